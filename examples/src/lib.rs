@@ -1,0 +1,6 @@
+//! Demo backends for the quickstart and the end-to-end tests.
+//!
+//! Each module is a small, real server a user could point an Ingress at. They own nothing of the
+//! proxy and must never depend on it: the tests use them as independent peers.
+
+pub mod echo;

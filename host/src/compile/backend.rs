@@ -1,0 +1,215 @@
+//! Service resolution: an Ingress backend (Service + port) to the ready addresses behind it.
+//!
+//! Follows Kubernetes: the Ingress names a Service port by number or name; EndpointSlices
+//! (label `kubernetes.io/service-name`) carry ports named after the Service port, already
+//! resolved to target port numbers; legacy Endpoints are used when a Service has no slices.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::IngressServiceBackend;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::route::Backend;
+use crate::source::Snapshot;
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Lookups over one snapshot's Services and endpoints, sharing one [`Backend`] per Service port
+/// so every route to it shares the round-robin position.
+pub struct Resolver<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    endpoints: HashMap<(&'a str, &'a str), &'a Endpoints>,
+    built: HashMap<String, Arc<Backend>>,
+}
+
+/// A resolved backend and, when it has no ready endpoint, a note for the user.
+pub struct Resolved {
+    pub backend: Arc<Backend>,
+    pub empty: bool,
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Self {
+        let services = snapshot
+            .services
+            .iter()
+            .map(|s| (ns_name(&s.object.metadata), &s.object))
+            .collect();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in &snapshot.endpoint_slices {
+            let meta = &s.object.metadata;
+            let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            let (ns, _) = ns_name(meta);
+            slices
+                .entry((ns, service.as_str()))
+                .or_default()
+                .push(&s.object);
+        }
+        let endpoints = snapshot
+            .endpoints
+            .iter()
+            .map(|e| (ns_name(&e.object.metadata), &e.object))
+            .collect();
+        Self {
+            services,
+            slices,
+            endpoints,
+            built: HashMap::new(),
+        }
+    }
+
+    /// Resolves `backend` in `namespace`; the error says what is missing, for a diagnostic on
+    /// the field the caller names.
+    pub fn resolve(
+        &mut self,
+        namespace: &str,
+        backend: &IngressServiceBackend,
+    ) -> Result<Resolved, (&'static str, String)> {
+        let name = backend.name.as_str();
+        let service = self
+            .services
+            .get(&(namespace, name))
+            .ok_or_else(|| ("name", format!("Service {namespace}/{name} not found")))?;
+        let spec = service.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err((
+                "name",
+                format!("Service {namespace}/{name} is of type ExternalName, which is not supported yet"),
+            ));
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+        let wanted = backend.port.as_ref();
+        let port = match (
+            wanted.and_then(|p| p.number),
+            wanted.and_then(|p| p.name.as_deref()),
+        ) {
+            (Some(number), _) => ports.iter().find(|p| p.port == number).ok_or_else(|| {
+                ("port.number", format!("Service {namespace}/{name} has no port {number}"))
+            })?,
+            (None, Some(port_name)) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(port_name))
+                .ok_or_else(|| {
+                    ("port.name", format!("Service {namespace}/{name} has no port named {port_name:?}"))
+                })?,
+            (None, None) => return Err(("port", "a port number or name is required".into())),
+        };
+
+        let key = format!("{namespace}/{name}:{}", port.port);
+        if let Some(built) = self.built.get(&key) {
+            return Ok(Resolved {
+                backend: built.clone(),
+                empty: built.endpoints().is_empty(),
+            });
+        }
+        let single_port = ports.len() == 1;
+        let addrs = match self.slices.get(&(namespace, name)) {
+            Some(slices) => slice_addresses(slices, port, single_port),
+            None => self
+                .endpoints
+                .get(&(namespace, name))
+                .map(|e| legacy_addresses(e, port, single_port))
+                .unwrap_or_default(),
+        };
+        let backend = Arc::new(Backend::new(key.as_str(), addrs));
+        self.built.insert(key, backend.clone());
+        Ok(Resolved {
+            empty: backend.endpoints().is_empty(),
+            backend,
+        })
+    }
+}
+
+/// Whether an endpoint port (`name`, `number`) serves the Service port: same name, as
+/// Kubernetes names them; or, for hand-written manifests, the numeric targetPort, or the only
+/// port on both sides.
+fn port_matches(sp: &ServicePort, name: Option<&str>, number: i32, only_port: bool) -> bool {
+    let sp_name = sp.name.as_deref().unwrap_or("");
+    if sp_name == name.unwrap_or("") {
+        return true;
+    }
+    let target = match &sp.target_port {
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(_)) => return only_port,
+        None => sp.port,
+    };
+    target == number || only_port
+}
+
+fn slice_addresses(slices: &[&EndpointSlice], sp: &ServicePort, single: bool) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for slice in slices {
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        let ports = slice.ports.as_deref().unwrap_or(&[]);
+        let only = single && ports.len() == 1;
+        let Some(port) = ports.iter().find_map(|p| {
+            let number = p.port?;
+            port_matches(sp, p.name.as_deref(), number, only).then_some(number)
+        }) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // A missing `ready` means unknown, which consumers must treat as ready.
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            out.extend(
+                endpoint
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                    .map(|ip| SocketAddr::new(ip, port)),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn legacy_addresses(endpoints: &Endpoints, sp: &ServicePort, single: bool) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for subset in endpoints.subsets.as_deref().unwrap_or(&[]) {
+        let ports = subset.ports.as_deref().unwrap_or(&[]);
+        let only = single && ports.len() == 1;
+        let Some(port) = ports
+            .iter()
+            .find(|p| port_matches(sp, p.name.as_deref(), p.port, only))
+            .and_then(|p| u16::try_from(p.port).ok())
+        else {
+            continue;
+        };
+        out.extend(
+            subset
+                .addresses
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|a| a.ip.parse::<IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, port)),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}

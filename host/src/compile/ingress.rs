@@ -1,0 +1,278 @@
+//! One Ingress to a [`Unit`]: its validated paths, backends, certificates and policy.
+//!
+//! Every problem is collected (not just the first) so a user fixes a manifest in one pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use rustls::sign::CertifiedKey;
+
+use super::backend::Resolver;
+use crate::diagnostic::Diagnostic;
+use crate::route::{Backend, HostMatch, PathKind, Policy};
+use crate::tls;
+
+pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+
+/// A compiled Ingress, kept whole so a later broken edit can fall back to it.
+#[derive(Debug)]
+pub struct Unit {
+    /// `namespace/name`.
+    pub key: Arc<str>,
+    /// Precedence among Ingresses: oldest first, then namespace/name.
+    pub order: (Option<Time>, Arc<str>),
+    pub origin: Option<Arc<str>>,
+    pub paths: Vec<UnitPath>,
+    pub default_backend: Option<Arc<Backend>>,
+    pub certificates: Vec<(String, Arc<CertifiedKey>)>,
+    /// The policy every route of this Ingress starts from; `ssl_redirect` here means "allowed",
+    /// and becomes effective only on hosts that have a certificate.
+    pub policy: Policy,
+}
+
+#[derive(Debug)]
+pub struct UnitPath {
+    pub host: HostMatch,
+    pub kind: PathKind,
+    pub path: String,
+    pub backend: Arc<Backend>,
+    pub field: String,
+}
+
+pub struct Context<'a, 'b> {
+    pub resolver: &'b mut Resolver<'a>,
+    pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
+    pub defaults: &'b Policy,
+}
+
+/// Compiles one Ingress; `Err` holds the reasons it is rejected (warnings ride along either way).
+pub fn compile(
+    ingress: &Ingress,
+    origin: Option<Arc<str>>,
+    cx: &mut Context<'_, '_>,
+) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
+    let name = ingress.metadata.name.as_deref().unwrap_or("");
+    let key: Arc<str> = format!("{namespace}/{name}").into();
+    let object = format!("Ingress {key}");
+    let mut notes = Vec::new();
+    let mut errors = Vec::new();
+    let mut error = |field: String, message: String| {
+        errors.push(Diagnostic::error(&object, field, message).at(origin.clone()));
+    };
+
+    let spec = ingress.spec.clone().unwrap_or_default();
+    let mut backend = |b: &IngressBackend, field: &str, notes: &mut Vec<Diagnostic>| {
+        let Some(service) = &b.service else {
+            return Err((
+                format!("{field}.resource"),
+                "resource backends are not supported; use a Service backend".to_owned(),
+            ));
+        };
+        match cx.resolver.resolve(namespace, service) {
+            Ok(resolved) => {
+                if resolved.empty {
+                    notes.push(
+                        Diagnostic::warning(
+                            &object,
+                            format!("{field}.service"),
+                            format!(
+                                "Service {} has no ready endpoints; its requests get 503",
+                                resolved.backend.name
+                            ),
+                        )
+                        .at(origin.clone()),
+                    );
+                }
+                Ok(resolved.backend)
+            }
+            Err((sub, why)) => Err((format!("{field}.service.{sub}"), why)),
+        }
+    };
+
+    let mut paths = Vec::new();
+    let mut hosts = Vec::new();
+    for (i, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = rule.host.as_deref().filter(|h| !h.is_empty());
+        // A bad host still has its paths checked, so every problem is reported in one pass.
+        let host_ok = match host {
+            Some(h) if !valid_host(h) => {
+                error(
+                    format!("spec.rules[{i}].host"),
+                    format!("{h:?} is not a valid host name (lowercase DNS name, optionally starting with \"*.\")"),
+                );
+                false
+            }
+            Some(h) => {
+                hosts.push(h.to_owned());
+                true
+            }
+            None => true,
+        };
+        let host_match = HostMatch::parse(host);
+        let Some(http) = &rule.http else {
+            continue;
+        };
+        for (j, p) in http.paths.iter().enumerate() {
+            let field = format!("spec.rules[{i}].http.paths[{j}]");
+            let path = p.path.as_deref().unwrap_or("/");
+            let kind = match p.path_type.as_str() {
+                "Exact" => PathKind::Exact,
+                "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                other => {
+                    error(
+                        format!("{field}.pathType"),
+                        format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
+                    );
+                    continue;
+                }
+            };
+            if let Err(why) = valid_path(path) {
+                error(format!("{field}.path"), format!("{path:?} {why}"));
+                continue;
+            }
+            match backend(&p.backend, &format!("{field}.backend"), &mut notes) {
+                Ok(_) if !host_ok => {}
+                Ok(b) => paths.push(UnitPath {
+                    host: host_match.clone(),
+                    kind,
+                    path: path.to_owned(),
+                    backend: b,
+                    field,
+                }),
+                Err((f, why)) => error(f, why),
+            }
+        }
+    }
+
+    let default_backend = match &spec.default_backend {
+        Some(b) => match backend(b, "spec.defaultBackend", &mut notes) {
+            Ok(b) => Some(b),
+            Err((f, why)) => {
+                error(f, why);
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut certificates = Vec::new();
+    for (i, entry) in spec.tls.iter().flatten().enumerate() {
+        let field = format!("spec.tls[{i}]");
+        let covered: Vec<String> = match entry.hosts.as_deref() {
+            Some(h) if !h.is_empty() => h.to_vec(),
+            _ => hosts.clone(),
+        };
+        let Some(secret_name) = entry.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+            notes.push(
+                Diagnostic::info(&object, format!("{field}.secretName"), "no secretName: these hosts use the default certificate")
+                    .at(origin.clone()),
+            );
+            continue;
+        };
+        let Some(secret) = cx.secrets.get(&(namespace, secret_name)) else {
+            error(
+                format!("{field}.secretName"),
+                format!("Secret {namespace}/{secret_name} not found"),
+            );
+            continue;
+        };
+        let data = secret.data.as_ref();
+        let get = |k: &str| data.and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+        let (Some(cert), Some(key_pem)) = (get("tls.crt"), get("tls.key")) else {
+            error(
+                format!("{field}.secretName"),
+                format!("Secret {namespace}/{secret_name} lacks tls.crt or tls.key"),
+            );
+            continue;
+        };
+        match tls::certified_key(cert, key_pem) {
+            Ok(certified) => {
+                let certified = Arc::new(certified);
+                for (k, host) in covered.iter().enumerate() {
+                    if valid_host(host) {
+                        certificates.push((host.clone(), certified.clone()));
+                    } else {
+                        error(format!("{field}.hosts[{k}]"), format!("{host:?} is not a valid host name"));
+                    }
+                }
+            }
+            Err(e) => error(
+                format!("{field}.secretName"),
+                format!("Secret {namespace}/{secret_name}: {e}"),
+            ),
+        }
+    }
+
+    let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
+    let mut policy = cx.defaults.clone();
+    policy.ssl_redirect = match annotations.get(SSL_REDIRECT_ANNOTATION).map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            notes.push(
+                Diagnostic::warning(
+                    &object,
+                    format!("metadata.annotations[{SSL_REDIRECT_ANNOTATION}]"),
+                    format!("{other:?} is not \"true\" or \"false\"; using true"),
+                )
+                .at(origin.clone()),
+            );
+            true
+        }
+    };
+
+    if paths.is_empty() && default_backend.is_none() && errors.is_empty() {
+        notes.push(
+            Diagnostic::warning(&object, "spec", "no rules with paths and no defaultBackend: nothing to serve")
+                .at(origin.clone()),
+        );
+    }
+    if !errors.is_empty() {
+        errors.extend(notes);
+        return Err(errors);
+    }
+    Ok((
+        Unit {
+            order: (ingress.metadata.creation_timestamp.clone(), key.clone()),
+            key,
+            origin,
+            paths,
+            default_backend,
+            certificates,
+            policy,
+        },
+        notes,
+    ))
+}
+
+/// A lowercase DNS name, or one with a leading `*.` wildcard label.
+pub fn valid_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// Paths are absolute and printable. They are only ever compared, never rendered into any
+/// configuration language, so no other character needs refusing.
+fn valid_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must start with \"/\"");
+    }
+    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    Ok(())
+}

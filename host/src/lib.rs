@@ -1,0 +1,16 @@
+//! wasmgress: a Kubernetes ingress controller whose annotation behaviours are sandboxed
+//! WebAssembly plugins.
+//!
+//! Data flows one way: [`source`] (files) -> [`source::Snapshot`] -> [`compile`] ->
+//! [`route::RouteTable`] + [`tls::CertStore`] -> [`proxy`]. [`run`] wires the loop; [`admin`]
+//! answers probes; [`demo`] is the quickstart.
+
+pub mod admin;
+pub mod compile;
+pub mod demo;
+pub mod diagnostic;
+pub mod proxy;
+pub mod route;
+pub mod run;
+pub mod source;
+pub mod tls;

@@ -1,0 +1,205 @@
+//! The `wasmgress` command line: `run`, `validate`, `demo`.
+//!
+//! Only argument parsing, logging setup and exit codes live here; everything else is in the
+//! library so tests and future front-ends share it.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wasmgress::compile::{Identity, LastGood, Options};
+use wasmgress::diagnostic::Severity;
+use wasmgress::proxy::Settings;
+use wasmgress::route::Policy;
+use wasmgress::run::{self, RunOptions};
+use wasmgress::source::files::FileSource;
+use wasmgress::{demo, tls};
+
+#[derive(Parser, Debug)]
+#[command(name = "wasmgress", version, about = "Kubernetes ingress controller with WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the Ingresses found in a folder of Kubernetes YAML, reloading on change.
+    Run {
+        /// Folder of Kubernetes manifests (*.yaml, *.yml; read recursively).
+        #[arg(long)]
+        manifests: PathBuf,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+    /// Compile a folder and print every diagnostic; exit 1 if any Ingress is rejected.
+    Validate {
+        /// Folder of Kubernetes manifests.
+        dir: PathBuf,
+        #[command(flatten)]
+        class: ClassArgs,
+    },
+    /// The quickstart: generate demo certificates, start demo backends and serve
+    /// examples/quickstart.
+    Demo {
+        /// Folder of quickstart manifests; certificates are written to its generated/ folder.
+        #[arg(long, default_value = "examples/quickstart")]
+        dir: PathBuf,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClassArgs {
+    /// Serve Ingresses of this class (spec.ingressClassName or kubernetes.io/ingress.class).
+    #[arg(long, default_value = "wasmgress")]
+    ingress_class: String,
+    /// The spec.controller value of IngressClasses that are ours.
+    #[arg(long, default_value = "wasmgress.io/ingress-controller")]
+    controller_name: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ProxyArgs {
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https_addr: SocketAddr,
+    /// Admin listener: /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_addr: SocketAddr,
+    #[command(flatten)]
+    class: ClassArgs,
+    /// Default seconds to wait for an upstream connection.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    proxy_connect_timeout: u64,
+    /// Default seconds to wait for an upstream response (nginx's proxy-read-timeout).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    proxy_read_timeout: u64,
+    /// Port that HTTP-to-HTTPS redirects point at (where clients reach the TLS listener).
+    #[arg(long, default_value_t = 443, value_name = "PORT")]
+    redirect_https_port: u16,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmgress: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { dir, class } => {
+            let options = compile_options(&class, Policy::default())?;
+            let mut source = FileSource::new(&dir);
+            let compiled = run::compile_folder(&mut source, &options, &LastGood::default())?;
+            for d in &compiled.diagnostics {
+                println!("{d}");
+            }
+            let warnings = wasmgress::compile::count(&compiled.diagnostics, Severity::Warning);
+            println!(
+                "{} Ingress(es) accepted, {} rejected, {warnings} warning(s)",
+                compiled.accepted, compiled.rejected
+            );
+            Ok(if compiled.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Run { manifests, proxy } => {
+            let options = run_options(manifests, &proxy)?;
+            runtime()?.block_on(run::run(options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir, proxy } => {
+            let generated = demo::generate(&dir)?;
+            let options = run_options(dir, &proxy)?;
+            runtime()?.block_on(async {
+                demo::start_backends().await?;
+                eprintln!("{}", demo::instructions(&generated, proxy.http_addr, proxy.https_addr));
+                run::run(options, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn compile_options(class: &ClassArgs, defaults: Policy) -> anyhow::Result<Options> {
+    let default_certificate = tls::default_certificate().context("cannot create the default certificate")?;
+    Ok(Options {
+        identity: Identity {
+            class: class.ingress_class.clone(),
+            controller: class.controller_name.clone(),
+        },
+        defaults,
+        default_certificate: Arc::new(default_certificate),
+    })
+}
+
+fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOptions> {
+    let defaults = Policy {
+        connect_timeout: Duration::from_secs(args.proxy_connect_timeout),
+        read_timeout: Duration::from_secs(args.proxy_read_timeout),
+        ..Policy::default()
+    };
+    Ok(RunOptions {
+        manifests,
+        http_addr: args.http_addr,
+        https_addr: args.https_addr,
+        admin_addr: args.admin_addr,
+        compile: compile_options(&args.class, defaults)?,
+        settings: Settings {
+            redirect_https_port: args.redirect_https_port,
+        },
+    })
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,370 @@
+//! The route table: which route answers a request, by host and path.
+//!
+//! Built by `compile`, published whole by the proxy and never mutated after `build`, so a request
+//! can hold the table it started with while a newer one is swapped in. Matching follows the
+//! Kubernetes Ingress spec: hosts exact, then `*.suffix` matching exactly one label, then rules
+//! without a host; within a host, Exact paths beat Prefix paths, Prefix matches whole path
+//! elements, the longest prefix wins, and paths are case-sensitive. This module knows nothing of
+//! Kubernetes objects or of how a route is served.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Plain-HTTP requests get a 308 to HTTPS.
+    pub ssl_redirect: bool,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream response head, and between two reads of its body.
+    pub read_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            ssl_redirect: false,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One address serving a backend, with its URI authority prepared once at compile time.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub authority: http::uri::Authority,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        let authority = http::uri::Authority::try_from(addr.to_string())
+            .expect("a socket address is a valid URI authority");
+        Self { addr, authority }
+    }
+}
+
+/// A Service port resolved to the addresses that serve it.
+#[derive(Debug)]
+pub struct Backend {
+    /// `namespace/service:port`, for messages and metrics.
+    pub name: Arc<str>,
+    endpoints: Box<[Endpoint]>,
+    next: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(name: impl Into<Arc<str>>, addrs: Vec<SocketAddr>) -> Self {
+        Self {
+            name: name.into(),
+            endpoints: addrs.into_iter().map(Endpoint::new).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Round-robin over the ready endpoints; `None` when there are none.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => Some(&self.endpoints[0]),
+            n => Some(&self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n]),
+        }
+    }
+}
+
+/// Where a matched request goes and how.
+#[derive(Debug)]
+pub struct Route {
+    /// `namespace/name` of the Ingress that defined the route.
+    pub ingress: Arc<str>,
+    pub backend: Arc<Backend>,
+    pub policy: Policy,
+}
+
+/// Which hosts a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// A full host name, lowercase.
+    Exact(String),
+    /// `*.suffix`: holds the suffix without `*.`.
+    Wildcard(String),
+    /// A rule without a host.
+    Any,
+}
+
+impl HostMatch {
+    /// Parses an Ingress rule host (already validated as a DNS name or `*.` wildcard).
+    pub fn parse(host: Option<&str>) -> Self {
+        match host {
+            None | Some("") => HostMatch::Any,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => HostMatch::Wildcard(suffix.to_ascii_lowercase()),
+                None => HostMatch::Exact(h.to_ascii_lowercase()),
+            },
+        }
+    }
+}
+
+/// Kubernetes path types; ImplementationSpecific is matched as Prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PathKind {
+    Exact,
+    Prefix,
+}
+
+#[derive(Debug, Default)]
+struct HostRoutes {
+    exact: Vec<(Box<str>, Arc<Route>)>,
+    /// Normalised prefixes (no trailing `/`, so `/` is empty), longest first after `build`.
+    prefix: Vec<(Box<str>, Arc<Route>)>,
+}
+
+impl HostRoutes {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        if let Some((_, route)) = self.exact.iter().find(|(p, _)| **p == *path) {
+            return Some(route);
+        }
+        // A prefix matches whole elements: the request path equals it or continues with `/`.
+        // The empty prefix (`/`) matches every path, which always starts with `/`.
+        self.prefix
+            .iter()
+            .find(|(p, _)| {
+                path.starts_with(&**p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            })
+            .map(|(_, route)| route)
+    }
+}
+
+/// The immutable table the proxy consults on every request.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, HostRoutes>,
+    wildcard: HashMap<Box<str>, HostRoutes>,
+    any: Option<HostRoutes>,
+    default_backend: Option<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Finds the route for a normalised host (see [`normalize_host`]) and a request path.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let group = self.exact.get(host).or_else(|| {
+            let (_, suffix) = host.split_once('.')?;
+            self.wildcard.get(suffix)
+        });
+        group
+            .or(self.any.as_ref())
+            .and_then(|g| g.find(path))
+            .or(self.default_backend.as_ref())
+    }
+
+    pub fn default_backend(&self) -> Option<&Arc<Route>> {
+        self.default_backend.as_ref()
+    }
+}
+
+/// Collects routes; the first route added for a host, path and kind wins.
+#[derive(Debug, Default)]
+pub struct RouteTableBuilder {
+    hosts: HashMap<HostMatch, HostRoutes>,
+    default_backend: Option<Arc<Route>>,
+}
+
+impl RouteTableBuilder {
+    /// Adds a route. On a conflict the existing route is kept and returned, so the caller can
+    /// name the winner in a diagnostic.
+    pub fn add(
+        &mut self,
+        host: &HostMatch,
+        kind: PathKind,
+        path: &str,
+        route: Arc<Route>,
+    ) -> Result<(), Arc<Route>> {
+        let group = self.hosts.entry(host.clone()).or_default();
+        let (list, key) = match kind {
+            PathKind::Exact => (&mut group.exact, path),
+            PathKind::Prefix => (&mut group.prefix, path.trim_end_matches('/')),
+        };
+        if let Some((_, existing)) = list.iter().find(|(p, _)| **p == *key) {
+            return Err(existing.clone());
+        }
+        list.push((key.into(), route));
+        Ok(())
+    }
+
+    /// Sets the catch-all route; the first one set wins, like [`add`](Self::add).
+    pub fn set_default_backend(&mut self, route: Arc<Route>) -> Result<(), Arc<Route>> {
+        match &self.default_backend {
+            Some(existing) => Err(existing.clone()),
+            None => {
+                self.default_backend = Some(route);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn build(self) -> RouteTable {
+        let mut table = RouteTable {
+            default_backend: self.default_backend,
+            ..RouteTable::default()
+        };
+        for (host, mut routes) in self.hosts {
+            // Stable sort: equal lengths keep insertion order, which is precedence order.
+            routes.prefix.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            match host {
+                HostMatch::Exact(h) => {
+                    table.exact.insert(h.into(), routes);
+                }
+                HostMatch::Wildcard(s) => {
+                    table.wildcard.insert(s.into(), routes);
+                }
+                HostMatch::Any => table.any = Some(routes),
+            }
+        }
+        table
+    }
+}
+
+/// Lowercases a request host and strips its port (and an IPv6 literal's brackets stay), without
+/// allocating in the common already-lowercase case.
+pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str) -> Arc<Route> {
+        Arc::new(Route {
+            ingress: name.into(),
+            backend: Arc::new(Backend::new(name, Vec::new())),
+            policy: Policy::default(),
+        })
+    }
+
+    fn table(paths: &[(&str, PathKind, &str)]) -> RouteTable {
+        let mut b = RouteTableBuilder::default();
+        for (host, kind, path) in paths {
+            let host = HostMatch::parse(Some(host));
+            b.add(&host, *kind, path, route(&format!("{kind:?} {path}")))
+                .expect("no conflict");
+        }
+        b.build()
+    }
+
+    fn hit(t: &RouteTable, host: &str, path: &str) -> Option<String> {
+        t.find(host, path).map(|r| r.ingress.to_string())
+    }
+
+    use PathKind::{Exact, Prefix};
+
+    /// The examples table of the Kubernetes Ingress documentation, row by row.
+    #[test]
+    fn kubernetes_path_matching_table() {
+        let h = "foo.example.com";
+        let rows: &[(&[(PathKind, &str)], &str, Option<&str>)] = &[
+            (&[(Prefix, "/")], "/anything/at/all", Some("Prefix /")),
+            (&[(Exact, "/foo")], "/foo", Some("Exact /foo")),
+            (&[(Exact, "/foo")], "/bar", None),
+            (&[(Exact, "/foo")], "/foo/", None),
+            (&[(Exact, "/foo/")], "/foo", None),
+            (&[(Prefix, "/foo")], "/foo", Some("Prefix /foo")),
+            (&[(Prefix, "/foo")], "/foo/", Some("Prefix /foo")),
+            (&[(Prefix, "/aaa/bb")], "/aaa/bbb", None),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix /aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb/")], "/aaa/bbb", Some("Prefix /aaa/bbb/")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/", Some("Prefix /aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/ccc", Some("Prefix /aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbbxyz", None),
+            (&[(Prefix, "/"), (Prefix, "/aaa")], "/aaa/ccc", Some("Prefix /aaa")),
+            (&[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix /aaa/bbb")),
+            (&[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")], "/ccc", Some("Prefix /")),
+            (&[(Prefix, "/aaa")], "/ccc", None),
+            (&[(Prefix, "/foo"), (Exact, "/foo")], "/foo", Some("Exact /foo")),
+            (&[(Prefix, "/foo")], "/FOO", None),
+        ];
+        for (paths, request, want) in rows {
+            let spec: Vec<_> = paths.iter().map(|(k, p)| (h, *k, *p)).collect();
+            let t = table(&spec);
+            assert_eq!(
+                hit(&t, h, request).as_deref(),
+                *want,
+                "paths {paths:?}, request {request}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_exact_then_one_label_wildcard_then_any() {
+        let t = table(&[
+            ("a.example.com", Prefix, "/"),
+            ("*.example.com", Prefix, "/wild"),
+            ("", Prefix, "/any"),
+        ]);
+        assert_eq!(hit(&t, "a.example.com", "/x").as_deref(), Some("Prefix /"));
+        assert_eq!(hit(&t, "b.example.com", "/wild").as_deref(), Some("Prefix /wild"));
+        assert_eq!(hit(&t, "b.c.example.com", "/wild"), None, "one label only");
+        assert_eq!(hit(&t, "example.com", "/wild"), None);
+        assert_eq!(hit(&t, "other.org", "/any").as_deref(), Some("Prefix /any"));
+    }
+
+    #[test]
+    fn default_backend_catches_what_nothing_matches() {
+        let mut b = RouteTableBuilder::default();
+        b.add(&HostMatch::parse(Some("a.test")), Prefix, "/app", route("app"))
+            .expect("add");
+        b.set_default_backend(route("default")).expect("default");
+        assert!(b.set_default_backend(route("second")).is_err(), "first default wins");
+        let t = b.build();
+        assert_eq!(hit(&t, "a.test", "/app/x").as_deref(), Some("app"));
+        assert_eq!(hit(&t, "a.test", "/other").as_deref(), Some("default"));
+        assert_eq!(hit(&t, "b.test", "/").as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn first_route_wins_a_conflict() {
+        let mut b = RouteTableBuilder::default();
+        let host = HostMatch::parse(Some("a.test"));
+        b.add(&host, Prefix, "/x", route("old")).expect("add");
+        let winner = b.add(&host, Prefix, "/x/", route("new")).expect_err("conflict");
+        assert_eq!(&*winner.ingress, "old");
+        b.add(&host, Exact, "/x", route("exact")).expect("different kind");
+    }
+
+    #[test]
+    fn round_robin_over_endpoints() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let c: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let backend = Backend::new("b", vec![a, c]);
+        let picks: Vec<_> = (0..4).filter_map(|_| backend.pick().map(|e| e.addr)).collect();
+        assert_eq!(picks, vec![a, c, a, c]);
+        assert!(Backend::new("none", Vec::new()).pick().is_none());
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Foo.Example.com:8443"), "foo.example.com");
+        assert_eq!(normalize_host("foo.example.com."), "foo.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert!(matches!(normalize_host("plain.test"), Cow::Borrowed(_)));
+    }
+}
