@@ -32,7 +32,10 @@ impl Admin {
         let (status, body) = match req.uri().path() {
             "/healthz" => (StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => (StatusCode::OK, "ready\n"),
-            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration compiled yet\n"),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no configuration compiled yet\n",
+            ),
             _ => (StatusCode::NOT_FOUND, "not found\n"),
         };
         let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

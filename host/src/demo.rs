@@ -77,8 +77,12 @@ pub fn generate(dir: &Path) -> Result<Generated, DemoError> {
 
     let server_key = KeyPair::generate()?;
     let mut server_params = CertificateParams::new(vec![DEMO_HOST.to_owned()])?;
-    server_params.distinguished_name.push(DnType::OrganizationName, "kubesre");
-    server_params.distinguished_name.push(DnType::CommonName, DEMO_HOST);
+    server_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "kubesre");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, DEMO_HOST);
     let server = server_params.signed_by(&server_key, &ca)?;
 
     let (crt, key) = (server.pem(), server_key.serialize_pem());

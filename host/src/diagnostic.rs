@@ -40,7 +40,11 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(object: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Error, object, field, message)
     }
 
@@ -52,7 +56,11 @@ impl Diagnostic {
         Self::new(Severity::Warning, object, field, message)
     }
 
-    pub fn info(object: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn info(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Info, object, field, message)
     }
 

@@ -21,7 +21,11 @@ use wasmgress::source::files::FileSource;
 use wasmgress::{demo, tls};
 
 #[derive(Parser, Debug)]
-#[command(name = "wasmgress", version, about = "Kubernetes ingress controller with WebAssembly plugins")]
+#[command(
+    name = "wasmgress",
+    version,
+    about = "Kubernetes ingress controller with WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = run_options(dir, &proxy)?;
             runtime()?.block_on(async {
                 demo::start_backends().await?;
-                eprintln!("{}", demo::instructions(&generated, proxy.http_addr, proxy.https_addr));
+                eprintln!(
+                    "{}",
+                    demo::instructions(&generated, proxy.http_addr, proxy.https_addr)
+                );
                 run::run(options, shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
@@ -154,7 +161,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn compile_options(class: &ClassArgs, defaults: Policy) -> anyhow::Result<Options> {
-    let default_certificate = tls::default_certificate().context("cannot create the default certificate")?;
+    let default_certificate =
+        tls::default_certificate().context("cannot create the default certificate")?;
     Ok(Options {
         identity: Identity {
             class: class.ingress_class.clone(),
@@ -188,13 +196,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -138,7 +138,8 @@ impl HostRoutes {
         self.prefix
             .iter()
             .find(|(p, _)| {
-                path.starts_with(&**p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+                path.starts_with(&**p)
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             })
             .map(|(_, route)| route)
     }
@@ -218,7 +219,9 @@ impl RouteTableBuilder {
         };
         for (host, mut routes) in self.hosts {
             // Stable sort: equal lengths keep insertion order, which is precedence order.
-            routes.prefix.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            routes
+                .prefix
+                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
             match host {
                 HostMatch::Exact(h) => {
                     table.exact.insert(h.into(), routes);
@@ -291,15 +294,43 @@ mod tests {
             (&[(Prefix, "/foo")], "/foo/", Some("Prefix /foo")),
             (&[(Prefix, "/aaa/bb")], "/aaa/bbb", None),
             (&[(Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix /aaa/bbb")),
-            (&[(Prefix, "/aaa/bbb/")], "/aaa/bbb", Some("Prefix /aaa/bbb/")),
-            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/", Some("Prefix /aaa/bbb")),
-            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/ccc", Some("Prefix /aaa/bbb")),
+            (
+                &[(Prefix, "/aaa/bbb/")],
+                "/aaa/bbb",
+                Some("Prefix /aaa/bbb/"),
+            ),
+            (
+                &[(Prefix, "/aaa/bbb")],
+                "/aaa/bbb/",
+                Some("Prefix /aaa/bbb"),
+            ),
+            (
+                &[(Prefix, "/aaa/bbb")],
+                "/aaa/bbb/ccc",
+                Some("Prefix /aaa/bbb"),
+            ),
             (&[(Prefix, "/aaa/bbb")], "/aaa/bbbxyz", None),
-            (&[(Prefix, "/"), (Prefix, "/aaa")], "/aaa/ccc", Some("Prefix /aaa")),
-            (&[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix /aaa/bbb")),
-            (&[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")], "/ccc", Some("Prefix /")),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa")],
+                "/aaa/ccc",
+                Some("Prefix /aaa"),
+            ),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
+                "/aaa/bbb",
+                Some("Prefix /aaa/bbb"),
+            ),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
+                "/ccc",
+                Some("Prefix /"),
+            ),
             (&[(Prefix, "/aaa")], "/ccc", None),
-            (&[(Prefix, "/foo"), (Exact, "/foo")], "/foo", Some("Exact /foo")),
+            (
+                &[(Prefix, "/foo"), (Exact, "/foo")],
+                "/foo",
+                Some("Exact /foo"),
+            ),
             (&[(Prefix, "/foo")], "/FOO", None),
         ];
         for (paths, request, want) in rows {
@@ -321,7 +352,10 @@ mod tests {
             ("", Prefix, "/any"),
         ]);
         assert_eq!(hit(&t, "a.example.com", "/x").as_deref(), Some("Prefix /"));
-        assert_eq!(hit(&t, "b.example.com", "/wild").as_deref(), Some("Prefix /wild"));
+        assert_eq!(
+            hit(&t, "b.example.com", "/wild").as_deref(),
+            Some("Prefix /wild")
+        );
         assert_eq!(hit(&t, "b.c.example.com", "/wild"), None, "one label only");
         assert_eq!(hit(&t, "example.com", "/wild"), None);
         assert_eq!(hit(&t, "other.org", "/any").as_deref(), Some("Prefix /any"));
@@ -330,10 +364,18 @@ mod tests {
     #[test]
     fn default_backend_catches_what_nothing_matches() {
         let mut b = RouteTableBuilder::default();
-        b.add(&HostMatch::parse(Some("a.test")), Prefix, "/app", route("app"))
-            .expect("add");
+        b.add(
+            &HostMatch::parse(Some("a.test")),
+            Prefix,
+            "/app",
+            route("app"),
+        )
+        .expect("add");
         b.set_default_backend(route("default")).expect("default");
-        assert!(b.set_default_backend(route("second")).is_err(), "first default wins");
+        assert!(
+            b.set_default_backend(route("second")).is_err(),
+            "first default wins"
+        );
         let t = b.build();
         assert_eq!(hit(&t, "a.test", "/app/x").as_deref(), Some("app"));
         assert_eq!(hit(&t, "a.test", "/other").as_deref(), Some("default"));
@@ -345,9 +387,12 @@ mod tests {
         let mut b = RouteTableBuilder::default();
         let host = HostMatch::parse(Some("a.test"));
         b.add(&host, Prefix, "/x", route("old")).expect("add");
-        let winner = b.add(&host, Prefix, "/x/", route("new")).expect_err("conflict");
+        let winner = b
+            .add(&host, Prefix, "/x/", route("new"))
+            .expect_err("conflict");
         assert_eq!(&*winner.ingress, "old");
-        b.add(&host, Exact, "/x", route("exact")).expect("different kind");
+        b.add(&host, Exact, "/x", route("exact"))
+            .expect("different kind");
     }
 
     #[test]
@@ -355,7 +400,9 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let c: SocketAddr = "127.0.0.1:2".parse().expect("addr");
         let backend = Backend::new("b", vec![a, c]);
-        let picks: Vec<_> = (0..4).filter_map(|_| backend.pick().map(|e| e.addr)).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| backend.pick().map(|e| e.addr))
+            .collect();
         assert_eq!(picks, vec![a, c, a, c]);
         assert!(Backend::new("none", Vec::new()).pick().is_none());
     }

@@ -52,13 +52,20 @@ pub enum RunError {
 }
 
 /// Compiles what a folder holds once, for `validate` and for startup.
-pub fn compile_folder(source: &mut FileSource, options: &Options, previous: &LastGood) -> Result<Compiled, files::Error> {
+pub fn compile_folder(
+    source: &mut FileSource,
+    options: &Options,
+    previous: &LastGood,
+) -> Result<Compiled, files::Error> {
     let snapshot = source.load()?;
     Ok(compile::compile(&snapshot, options, previous))
 }
 
 /// Runs the proxy until `stop` resolves, then drains open connections.
-pub async fn run(options: RunOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    options: RunOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     let mut source = FileSource::new(&options.manifests);
     let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
     let mut reported = report(&compiled.diagnostics, &HashSet::new());
@@ -72,8 +79,16 @@ pub async fn run(options: RunOptions, stop: impl std::future::Future<Output = ()
     let bind = |listener: &'static str, addr: SocketAddr| async move {
         let bound = TcpListener::bind(addr)
             .await
-            .map_err(|source| RunError::Bind { listener, addr, source })?;
-        let local = bound.local_addr().map_err(|source| RunError::Bind { listener, addr, source })?;
+            .map_err(|source| RunError::Bind {
+                listener,
+                addr,
+                source,
+            })?;
+        let local = bound.local_addr().map_err(|source| RunError::Bind {
+            listener,
+            addr,
+            source,
+        })?;
         tracing::info!(listener, addr = %local, "listening");
         Ok::<_, RunError>(bound)
     };
@@ -91,8 +106,20 @@ pub async fn run(options: RunOptions, stop: impl std::future::Future<Output = ()
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let servers = [
-        tokio::spawn(listener::serve(http, None, proxy.clone(), shutdown_rx.clone(), tracker.clone())),
-        tokio::spawn(listener::serve(https, Some(acceptor), proxy.clone(), shutdown_rx.clone(), tracker.clone())),
+        tokio::spawn(listener::serve(
+            http,
+            None,
+            proxy.clone(),
+            shutdown_rx.clone(),
+            tracker.clone(),
+        )),
+        tokio::spawn(listener::serve(
+            https,
+            Some(acceptor),
+            proxy.clone(),
+            shutdown_rx.clone(),
+            tracker.clone(),
+        )),
     ];
     admin.set_ready();
 
@@ -113,7 +140,12 @@ pub async fn run(options: RunOptions, stop: impl std::future::Future<Output = ()
             let (generation, kept) = split(compiled, number);
             last_good = kept;
             proxy.publish(generation);
-            tracing::info!(generation = number, accepted, rejected, "configuration applied");
+            tracing::info!(
+                generation = number,
+                accepted,
+                rejected,
+                "configuration applied"
+            );
         }
     };
     tokio::select! {
@@ -126,7 +158,10 @@ pub async fn run(options: RunOptions, stop: impl std::future::Future<Output = ()
     }
     tracker.close();
     if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "connections still open after the drain period; closing");
+        tracing::warn!(
+            open = tracker.len(),
+            "connections still open after the drain period; closing"
+        );
     }
     Ok(())
 }

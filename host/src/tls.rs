@@ -65,9 +65,8 @@ pub fn default_certificate() -> Result<CertifiedKey, CertError> {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "wasmgress default certificate");
     let cert = params.self_signed(&key)?;
-    let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| {
-        CertError::UnsupportedKey(rustls::Error::General(e.to_owned()))
-    })?;
+    let key = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| CertError::UnsupportedKey(rustls::Error::General(e.to_owned())))?;
     signed(vec![cert.der().clone()], key)
 }
 
@@ -205,7 +204,10 @@ mod tests {
         let mut store = CertStore::new(default.clone());
         assert!(store.insert("a.test", exact.clone()));
         assert!(store.insert("*.test", wild.clone()));
-        assert!(!store.insert("A.test", mk("again")), "first certificate wins");
+        assert!(
+            !store.insert("A.test", mk("again")),
+            "first certificate wins"
+        );
         assert!(Arc::ptr_eq(&store.resolve(Some("A.TEST")), &exact));
         assert!(Arc::ptr_eq(&store.resolve(Some("b.test")), &wild));
         assert!(Arc::ptr_eq(&store.resolve(Some("c.b.test")), &default));

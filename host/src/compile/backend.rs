@@ -88,7 +88,9 @@ impl<'a> Resolver<'a> {
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return Err((
                 "name",
-                format!("Service {namespace}/{name} is of type ExternalName, which is not supported yet"),
+                format!(
+                    "Service {namespace}/{name} is of type ExternalName, which is not supported yet"
+                ),
             ));
         }
         let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
@@ -98,13 +100,19 @@ impl<'a> Resolver<'a> {
             wanted.and_then(|p| p.name.as_deref()),
         ) {
             (Some(number), _) => ports.iter().find(|p| p.port == number).ok_or_else(|| {
-                ("port.number", format!("Service {namespace}/{name} has no port {number}"))
+                (
+                    "port.number",
+                    format!("Service {namespace}/{name} has no port {number}"),
+                )
             })?,
             (None, Some(port_name)) => ports
                 .iter()
                 .find(|p| p.name.as_deref() == Some(port_name))
                 .ok_or_else(|| {
-                    ("port.name", format!("Service {namespace}/{name} has no port named {port_name:?}"))
+                    (
+                        "port.name",
+                        format!("Service {namespace}/{name} has no port named {port_name:?}"),
+                    )
                 })?,
             (None, None) => return Err(("port", "a port number or name is required".into())),
         };
@@ -169,7 +177,11 @@ fn slice_addresses(slices: &[&EndpointSlice], sp: &ServicePort, single: bool) ->
         };
         for endpoint in &slice.endpoints {
             // A missing `ready` means unknown, which consumers must treat as ready.
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
             if !ready {
                 continue;
             }

@@ -17,16 +17,21 @@ pub struct Identity {
 impl Identity {
     fn owns_class(&self, class: &IngressClass) -> bool {
         class.metadata.name.as_deref() == Some(self.class.as_str())
-            || class
-                .spec
-                .as_ref()
-                .and_then(|s| s.controller.as_deref())
+            || class.spec.as_ref().and_then(|s| s.controller.as_deref())
                 == Some(self.controller.as_str())
     }
 
     /// `Ok(())` when the Ingress is ours, else why not (for a debug diagnostic).
-    pub fn claims(&self, ingress: &Ingress, classes: &[Sourced<IngressClass>]) -> Result<(), String> {
-        if let Some(name) = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+    pub fn claims(
+        &self,
+        ingress: &Ingress,
+        classes: &[Sourced<IngressClass>],
+    ) -> Result<(), String> {
+        if let Some(name) = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+        {
             let ours = name == self.class
                 || classes.iter().any(|c| {
                     c.object.metadata.name.as_deref() == Some(name) && self.owns_class(&c.object)
@@ -42,7 +47,10 @@ impl Identity {
             return if *name == self.class {
                 Ok(())
             } else {
-                Err(format!("{LEGACY_CLASS_ANNOTATION} {name:?} is not {:?}", self.class))
+                Err(format!(
+                    "{LEGACY_CLASS_ANNOTATION} {name:?} is not {:?}",
+                    self.class
+                ))
             };
         }
         let default_is_ours = classes.iter().any(|c| {

@@ -102,7 +102,9 @@ pub fn compile(
             Some(h) if !valid_host(h) => {
                 error(
                     format!("spec.rules[{i}].host"),
-                    format!("{h:?} is not a valid host name (lowercase DNS name, optionally starting with \"*.\")"),
+                    format!(
+                        "{h:?} is not a valid host name (lowercase DNS name, optionally starting with \"*.\")"
+                    ),
                 );
                 false
             }
@@ -168,8 +170,12 @@ pub fn compile(
         };
         let Some(secret_name) = entry.secret_name.as_deref().filter(|s| !s.is_empty()) else {
             notes.push(
-                Diagnostic::info(&object, format!("{field}.secretName"), "no secretName: these hosts use the default certificate")
-                    .at(origin.clone()),
+                Diagnostic::info(
+                    &object,
+                    format!("{field}.secretName"),
+                    "no secretName: these hosts use the default certificate",
+                )
+                .at(origin.clone()),
             );
             continue;
         };
@@ -196,7 +202,10 @@ pub fn compile(
                     if valid_host(host) {
                         certificates.push((host.clone(), certified.clone()));
                     } else {
-                        error(format!("{field}.hosts[{k}]"), format!("{host:?} is not a valid host name"));
+                        error(
+                            format!("{field}.hosts[{k}]"),
+                            format!("{host:?} is not a valid host name"),
+                        );
                     }
                 }
             }
@@ -227,8 +236,12 @@ pub fn compile(
 
     if paths.is_empty() && default_backend.is_none() && errors.is_empty() {
         notes.push(
-            Diagnostic::warning(&object, "spec", "no rules with paths and no defaultBackend: nothing to serve")
-                .at(origin.clone()),
+            Diagnostic::warning(
+                &object,
+                "spec",
+                "no rules with paths and no defaultBackend: nothing to serve",
+            )
+            .at(origin.clone()),
         );
     }
     if !errors.is_empty() {

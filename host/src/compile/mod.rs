@@ -137,7 +137,11 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     }
 }
 
-fn certificates(units: &[Arc<Unit>], options: &Options, diagnostics: &mut Vec<Diagnostic>) -> CertStore {
+fn certificates(
+    units: &[Arc<Unit>],
+    options: &Options,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> CertStore {
     let mut store = CertStore::new(options.default_certificate.clone());
     let mut owner: HashMap<&str, &str> = HashMap::new();
     for unit in units {
@@ -188,10 +192,10 @@ fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnost
                 backend: p.backend.clone(),
                 policy,
             });
-            if let Err(winner) = table.add(&p.host, p.kind, &p.path, route) {
-                if winner.ingress != unit.key {
-                    diagnostics.push(conflict(&p.field, &winner));
-                }
+            if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
+                && winner.ingress != unit.key
+            {
+                diagnostics.push(conflict(&p.field, &winner));
             }
         }
         if let Some(backend) = &unit.default_backend {
@@ -203,11 +207,17 @@ fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnost
                 policy,
             });
             if let Err(winner) = table.set_default_backend(route) {
-                diagnostics.push(Diagnostic::warning(
-                    format!("Ingress {}", unit.key),
-                    "spec.defaultBackend",
-                    format!("the default backend of the older Ingress {} wins", winner.ingress),
-                ).at(unit.origin.clone()));
+                diagnostics.push(
+                    Diagnostic::warning(
+                        format!("Ingress {}", unit.key),
+                        "spec.defaultBackend",
+                        format!(
+                            "the default backend of the older Ingress {} wins",
+                            winner.ingress
+                        ),
+                    )
+                    .at(unit.origin.clone()),
+                );
             }
         }
     }
@@ -216,5 +226,249 @@ fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnost
 
 /// Severity counts, for a one-line summary.
 pub fn count(diagnostics: &[Diagnostic], severity: Severity) -> usize {
-    diagnostics.iter().filter(|d| d.severity == severity).count()
+    diagnostics
+        .iter()
+        .filter(|d| d.severity == severity)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::files::FileSource;
+
+    const BACKEND: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80, targetPort: web}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\n\
+        addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}, {addresses: [10.0.0.2], conditions: {ready: false}}]\n\
+        ports: [{name: http, port: 8080}]\n";
+
+    fn ingress(
+        name: &str,
+        extra_meta: &str,
+        class: &str,
+        host: &str,
+        path: &str,
+        service: &str,
+    ) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n{extra_meta}spec:\n{class}  rules:\n  - host: {host}\n    http:\n      paths:\n      - path: {path}\n        pathType: Prefix\n        backend: {{service: {{name: {service}, port: {{number: 80}}}}}}\n"
+        )
+    }
+
+    fn options() -> Options {
+        Options {
+            identity: Identity {
+                class: "wasmgress".into(),
+                controller: "wasmgress.io/ingress-controller".into(),
+            },
+            defaults: Policy::default(),
+            default_certificate: Arc::new(crate::tls::default_certificate().expect("default cert")),
+        }
+    }
+
+    /// Compiles a folder holding `files`, as `run` would.
+    fn compile_files(
+        dir: &tempfile::TempDir,
+        files: &[(&str, String)],
+        previous: &LastGood,
+    ) -> Compiled {
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write manifest");
+        }
+        let snapshot = FileSource::new(dir.path()).load().expect("load");
+        compile(&snapshot, &options(), previous)
+    }
+
+    fn served_by(c: &Compiled, host: &str, path: &str) -> Option<String> {
+        c.routes.find(host, path).map(|r| r.ingress.to_string())
+    }
+
+    #[test]
+    fn claims_ingresses_by_class_name_legacy_annotation_and_default_class() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = "  annotations: {kubernetes.io/ingress.class: wasmgress}\n";
+        let c = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                (
+                    "a.yaml",
+                    ingress(
+                        "by-name",
+                        "",
+                        "  ingressClassName: wasmgress\n",
+                        "a.test",
+                        "/",
+                        "web",
+                    ),
+                ),
+                (
+                    "b.yaml",
+                    ingress("legacy", legacy, "", "b.test", "/", "web"),
+                ),
+                (
+                    "c.yaml",
+                    ingress(
+                        "other",
+                        "",
+                        "  ingressClassName: nginx\n",
+                        "c.test",
+                        "/",
+                        "web",
+                    ),
+                ),
+                ("d.yaml", ingress("classless", "", "", "d.test", "/", "web")),
+            ],
+            &LastGood::default(),
+        );
+        assert_eq!(
+            served_by(&c, "a.test", "/").as_deref(),
+            Some("default/by-name")
+        );
+        assert_eq!(
+            served_by(&c, "b.test", "/").as_deref(),
+            Some("default/legacy")
+        );
+        assert_eq!(
+            served_by(&c, "c.test", "/"),
+            None,
+            "another controller's class"
+        );
+        assert_eq!(
+            served_by(&c, "d.test", "/"),
+            None,
+            "no default IngressClass yet"
+        );
+
+        let default_class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: mine\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: wasmgress.io/ingress-controller}\n";
+        let c = compile_files(
+            &dir,
+            &[("class.yaml", default_class.into())],
+            &LastGood::default(),
+        );
+        assert_eq!(
+            served_by(&c, "d.test", "/").as_deref(),
+            Some("default/classless")
+        );
+    }
+
+    #[test]
+    fn resolves_named_target_ports_to_ready_endpoints_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                (
+                    "a.yaml",
+                    ingress(
+                        "a",
+                        "",
+                        "  ingressClassName: wasmgress\n",
+                        "a.test",
+                        "/",
+                        "web",
+                    ),
+                ),
+            ],
+            &LastGood::default(),
+        );
+        let route = c.routes.find("a.test", "/x").expect("route");
+        let addrs: Vec<_> = route
+            .backend
+            .endpoints()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(addrs, vec!["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn a_broken_ingress_is_rejected_alone_and_keeps_its_last_good_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = "  ingressClassName: wasmgress\n";
+        let first = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                ("a.yaml", ingress("a", "", class, "a.test", "/", "web")),
+                ("b.yaml", ingress("b", "", class, "b.test", "/", "web")),
+            ],
+            &LastGood::default(),
+        );
+        assert_eq!((first.accepted, first.rejected), (2, 0));
+
+        let second = compile_files(
+            &dir,
+            &[
+                ("a.yaml", ingress("a", "", class, "a.test", "/", "missing")),
+                ("c.yaml", ingress("c", "", class, "c.test", "/", "missing")),
+            ],
+            &first.last_good,
+        );
+        assert_eq!((second.accepted, second.rejected), (1, 2));
+        assert_eq!(
+            served_by(&second, "a.test", "/").as_deref(),
+            Some("default/a"),
+            "last good kept"
+        );
+        assert_eq!(
+            served_by(&second, "b.test", "/").as_deref(),
+            Some("default/b")
+        );
+        assert_eq!(
+            served_by(&second, "c.test", "/"),
+            None,
+            "never good, never served"
+        );
+        let d = second
+            .diagnostics
+            .iter()
+            .find(|d| d.object == "Ingress default/c" && d.severity == Severity::Error)
+            .expect("diagnostic for c");
+        assert_eq!(d.field, "spec.rules[0].http.paths[0].backend.service.name");
+        assert!(
+            d.message.contains("Service default/missing not found"),
+            "{d}"
+        );
+        assert!(
+            d.origin.as_deref().is_some_and(|o| o.ends_with("c.yaml")),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn identical_paths_go_to_the_oldest_ingress_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = "  ingressClassName: wasmgress\n";
+        let old = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n";
+        let new = "  creationTimestamp: \"2025-01-01T00:00:00Z\"\n";
+        let c = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                (
+                    "a.yaml",
+                    ingress("a-newer", new, class, "a.test", "/app", "web"),
+                ),
+                (
+                    "z.yaml",
+                    ingress("z-older", old, class, "a.test", "/app/", "web"),
+                ),
+            ],
+            &LastGood::default(),
+        );
+        assert_eq!(
+            served_by(&c, "a.test", "/app").as_deref(),
+            Some("default/z-older")
+        );
+        assert!(
+            c.diagnostics
+                .iter()
+                .any(|d| d.object == "Ingress default/a-newer"
+                    && d.message.contains("default/z-older")),
+            "{:?}",
+            c.diagnostics
+        );
+    }
 }

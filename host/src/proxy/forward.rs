@@ -94,7 +94,12 @@ mod tests {
     fn appends_to_x_forwarded_for_and_fills_host() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "192.0.2.7:5555".parse().expect("addr"), true, "a.test");
+        add_forwarded(
+            &mut h,
+            "192.0.2.7:5555".parse().expect("addr"),
+            true,
+            "a.test",
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");

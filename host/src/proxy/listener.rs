@@ -50,13 +50,18 @@ pub async fn serve(
             remote,
             secure: tls.is_some(),
         };
-        let (proxy, builder, tls, shutdown) =
-            (proxy.clone(), builder.clone(), tls.clone(), shutdown.clone());
+        let (proxy, builder, tls, shutdown) = (
+            proxy.clone(),
+            builder.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        );
         tracker.spawn(async move {
             match tls {
                 None => serve_connection(&builder, stream, conn, proxy, shutdown).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(stream)) => {
                             serve_connection(&builder, stream, conn, proxy, shutdown).await
                         }

@@ -77,7 +77,11 @@ impl Proxy {
         self.generation.load_full()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let generation = self.generation.load_full();
         let authority = match req.uri().authority() {
             Some(a) => a.as_str(),
@@ -121,7 +125,10 @@ impl Proxy {
         parts.uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(e) => {
-                return Ok(respond::text(StatusCode::BAD_REQUEST, format!("bad request target: {e}")));
+                return Ok(respond::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad request target: {e}"),
+                ));
             }
         };
         parts.version = Version::HTTP_11;
@@ -131,7 +138,12 @@ impl Proxy {
         let policy = &route.policy;
         match self
             .upstream
-            .send(Request::from_parts(parts, body), endpoint, &route.backend.name, policy.read_timeout)
+            .send(
+                Request::from_parts(parts, body),
+                endpoint,
+                &route.backend.name,
+                policy.read_timeout,
+            )
             .await
         {
             Ok(resp) => {

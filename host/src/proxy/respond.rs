@@ -12,8 +12,10 @@ pub fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     body.push('\n');
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -21,10 +23,16 @@ pub fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
 pub fn redirect(location: &str) -> Response<ProxyBody> {
     match HeaderValue::try_from(location) {
         Ok(value) => {
-            let mut resp = text(StatusCode::PERMANENT_REDIRECT, format!("redirecting to {location}"));
+            let mut resp = text(
+                StatusCode::PERMANENT_REDIRECT,
+                format!("redirecting to {location}"),
+            );
             resp.headers_mut().insert(LOCATION, value);
             resp
         }
-        Err(_) => text(StatusCode::BAD_REQUEST, "request target cannot be redirected".into()),
+        Err(_) => text(
+            StatusCode::BAD_REQUEST,
+            "request target cannot be redirected".into(),
+        ),
     }
 }

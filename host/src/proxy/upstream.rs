@@ -44,7 +44,9 @@ pub enum UpstreamError {
 impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -92,8 +92,12 @@ impl FileSource {
                     match (broken, self.last_good.get(&path)) {
                         (true, Some(previous)) => {
                             snapshot.problems.push(
-                                Diagnostic::error("", "", "keeping the objects of its last good version")
-                                    .at(Some(display.as_str().into())),
+                                Diagnostic::error(
+                                    "",
+                                    "",
+                                    "keeping the objects of its last good version",
+                                )
+                                .at(Some(display.as_str().into())),
                             );
                             previous.clone()
                         }
@@ -120,7 +124,10 @@ impl FileSource {
 
     /// Watches the folder; each burst of changes becomes one message after `debounce` of quiet.
     /// The returned watcher must be kept alive for as long as messages are wanted.
-    pub fn watch(&self, debounce: Duration) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
+    pub fn watch(
+        &self,
+        debounce: Duration,
+    ) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
         let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -235,7 +242,13 @@ fn parse_object(
     objects: &mut Vec<(Arc<str>, Object)>,
     problems: &mut Vec<Diagnostic>,
 ) {
-    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     let name = value
         .get("metadata")
@@ -365,14 +378,28 @@ mod tests {
     fn a_broken_edit_keeps_the_last_good_objects() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("svc.yaml");
-        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n").expect("write");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+        )
+        .expect("write");
         let mut source = FileSource::new(dir.path());
         assert_eq!(source.load().expect("load").services.len(), 1);
-        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").expect("write");
+        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n")
+            .expect("write");
         let snapshot = source.load().expect("load");
         assert_eq!(snapshot.services.len(), 1, "last good Service kept");
-        assert!(snapshot.problems.iter().any(|d| d.message.contains("invalid YAML")));
+        assert!(
+            snapshot
+                .problems
+                .iter()
+                .any(|d| d.message.contains("invalid YAML"))
+        );
         std::fs::remove_file(&file).expect("remove");
-        assert_eq!(source.load().expect("load").services.len(), 0, "deleted file forgotten");
+        assert_eq!(
+            source.load().expect("load").services.len(),
+            0,
+            "deleted file forgotten"
+        );
     }
 }
