@@ -9,6 +9,7 @@ pub mod admin;
 pub mod compile;
 pub mod demo;
 pub mod diagnostic;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod run;

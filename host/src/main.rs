@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use wasmgress::compile::{Identity, LastGood, Options};
 use wasmgress::diagnostic::Severity;
 use wasmgress::proxy::Settings;
+use wasmgress::proxy::upstream::Upstreams;
 use wasmgress::route::Policy;
 use wasmgress::run::{self, RunOptions};
 use wasmgress::source::files::FileSource;
@@ -170,6 +171,7 @@ fn compile_options(class: &ClassArgs, defaults: Policy) -> anyhow::Result<Option
         },
         defaults,
         default_certificate: Arc::new(default_certificate),
+        upstreams: Upstreams::new(),
     })
 }
 

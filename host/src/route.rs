@@ -12,27 +12,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-/// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Policy {
-    /// Plain-HTTP requests get a 308 to HTTPS.
-    pub ssl_redirect: bool,
-    pub connect_timeout: Duration,
-    /// Longest wait for the upstream response head, and between two reads of its body.
-    pub read_timeout: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            ssl_redirect: false,
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(60),
-        }
-    }
-}
+pub use crate::policy::Policy;
+use crate::proxy::upstream::Client;
 
 /// One address serving a backend, with its URI authority prepared once at compile time.
 #[derive(Clone, Debug)]
@@ -56,6 +38,8 @@ pub struct Backend {
     pub name: Arc<str>,
     endpoints: Box<[Endpoint]>,
     next: AtomicUsize,
+    /// The Service port declares `appProtocol` `kubernetes.io/h2c` or `grpc`.
+    pub h2c: bool,
 }
 
 impl Backend {
@@ -64,7 +48,13 @@ impl Backend {
             name: name.into(),
             endpoints: addrs.into_iter().map(Endpoint::new).collect(),
             next: AtomicUsize::new(0),
+            h2c: false,
         }
+    }
+
+    pub fn with_h2c(mut self, h2c: bool) -> Self {
+        self.h2c = h2c;
+        self
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
@@ -88,6 +78,10 @@ pub struct Route {
     pub ingress: Arc<str>,
     pub backend: Arc<Backend>,
     pub policy: Policy,
+    /// The pooled client for the policy's protocol.
+    pub client: Client,
+    /// For gRPC requests on an HTTP route whose Service port declares an h2c `appProtocol`.
+    pub grpc_client: Option<Client>,
 }
 
 /// Which hosts a rule applies to.
@@ -255,12 +249,16 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn route(name: &str) -> Arc<Route> {
         Arc::new(Route {
             ingress: name.into(),
             backend: Arc::new(Backend::new(name, Vec::new())),
             policy: Policy::default(),
+            client: crate::proxy::upstream::Upstreams::default()
+                .client(crate::proxy::upstream::Transport::Http1, Duration::from_secs(1)),
+            grpc_client: None,
         })
     }
 

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::compile::{self, Compiled, LastGood, Options};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::proxy::upstream::Upstream;
 use crate::proxy::{Generation, Proxy, Settings, listener};
 use crate::source::files::{self, FileSource};
 use crate::tls::{self, SniResolver};
@@ -70,11 +69,7 @@ pub async fn run(
     let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
     let mut reported = report(&compiled.diagnostics, &HashSet::new());
     let (generation, mut last_good) = split(compiled, 1);
-    let proxy = Arc::new(Proxy::new(
-        generation,
-        Upstream::new(options.compile.defaults.connect_timeout),
-        options.settings.clone(),
-    ));
+    let proxy = Arc::new(Proxy::new(generation, options.settings.clone()));
 
     let bind = |listener: &'static str, addr: SocketAddr| async move {
         let bound = TcpListener::bind(addr)

@@ -19,7 +19,9 @@ use rustls::sign::CertifiedKey;
 pub use class::Identity;
 
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::route::{HostMatch, Policy, Route, RouteTable, RouteTableBuilder};
+use crate::policy::Protocol;
+use crate::proxy::upstream::{Transport, Upstreams};
+use crate::route::{Backend, HostMatch, Policy, Route, RouteTable, RouteTableBuilder};
 use crate::source::Snapshot;
 use crate::tls::CertStore;
 use ingress::Unit;
@@ -31,6 +33,8 @@ pub struct Options {
     /// Policy every route starts from (the controller-wide defaults).
     pub defaults: Policy,
     pub default_certificate: Arc<CertifiedKey>,
+    /// Shared upstream clients, so connection pools outlive generations.
+    pub upstreams: Arc<Upstreams>,
 }
 
 /// One compiled generation.
@@ -125,7 +129,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
 
     units.sort_by(|a, b| a.order.cmp(&b.order));
     let certs = certificates(&units, options, &mut diagnostics);
-    let routes = routes(&units, &certs, &mut diagnostics);
+    let routes = routes(&units, &certs, &options.upstreams, &mut diagnostics);
     let last_good = LastGood(units.into_iter().map(|u| (u.key.clone(), u)).collect());
     Compiled {
         routes,
@@ -166,7 +170,31 @@ fn certificates(
     store
 }
 
-fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnostic>) -> RouteTable {
+/// A route for `backend` under `policy`, with the upstream clients its protocol needs.
+fn route(unit: &Unit, backend: &Arc<Backend>, policy: Policy, upstreams: &Upstreams) -> Arc<Route> {
+    let transport = match policy.protocol {
+        Protocol::Http | Protocol::AutoHttp => Transport::Http1,
+        Protocol::Https => Transport::TlsHttp1,
+        Protocol::Grpc => Transport::H2c,
+        Protocol::Grpcs => Transport::TlsH2,
+    };
+    let grpc_client = (transport == Transport::Http1 && backend.h2c)
+        .then(|| upstreams.client(Transport::H2c, policy.connect_timeout));
+    Arc::new(Route {
+        ingress: unit.key.clone(),
+        backend: backend.clone(),
+        client: upstreams.client(transport, policy.connect_timeout),
+        grpc_client,
+        policy,
+    })
+}
+
+fn routes(
+    units: &[Arc<Unit>],
+    certs: &CertStore,
+    upstreams: &Upstreams,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> RouteTable {
     let mut table = RouteTableBuilder::default();
     for unit in units {
         let conflict = |field: &str, winner: &Route| {
@@ -187,11 +215,7 @@ fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnost
                 HostMatch::Wildcard(s) => certs.covers(&format!("*.{s}")),
                 HostMatch::Any => false,
             };
-            let route = Arc::new(Route {
-                ingress: unit.key.clone(),
-                backend: p.backend.clone(),
-                policy,
-            });
+            let route = route(unit, &p.backend, policy, upstreams);
             if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
                 && winner.ingress != unit.key
             {
@@ -201,11 +225,7 @@ fn routes(units: &[Arc<Unit>], certs: &CertStore, diagnostics: &mut Vec<Diagnost
         if let Some(backend) = &unit.default_backend {
             let mut policy = unit.policy.clone();
             policy.ssl_redirect = false;
-            let route = Arc::new(Route {
-                ingress: unit.key.clone(),
-                backend: backend.clone(),
-                policy,
-            });
+            let route = route(unit, backend, policy, upstreams);
             if let Err(winner) = table.set_default_backend(route) {
                 diagnostics.push(
                     Diagnostic::warning(
@@ -263,6 +283,7 @@ mod tests {
             },
             defaults: Policy::default(),
             default_certificate: Arc::new(crate::tls::default_certificate().expect("default cert")),
+            upstreams: Upstreams::new(),
         }
     }
 

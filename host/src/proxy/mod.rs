@@ -2,9 +2,10 @@
 //!
 //! A request loads the generation once and holds it to the end, so a configuration swap never
 //! changes a request, stream or connection already under way. This module owns the request
-//! path (route lookup, redirects, forwarding, local error responses); it never reads
-//! configuration sources and never compiles anything.
+//! path (route lookup, redirects, executing the route's policy, forwarding, local error
+//! responses); it never reads configuration sources and never compiles anything.
 
+pub mod body;
 pub mod forward;
 pub mod listener;
 pub mod respond;
@@ -13,21 +14,25 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{CONTENT_TYPE, HOST, TE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::policy::{self, HttpVersion, RequestVars, StaticResponse};
 use crate::route::{RouteTable, normalize_host};
 use crate::tls::CertStore;
-use upstream::Upstream;
+use body::{Idle, OnIdle};
+use respond::GrpcCode;
+use upstream::UpstreamError;
 
 /// Response bodies: streamed from an upstream, or made here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Idle<Incoming>, Full<Bytes>>;
 
 /// One compiled configuration, swapped in whole.
 #[derive(Debug)]
@@ -44,11 +49,10 @@ pub struct Settings {
     pub redirect_https_port: u16,
 }
 
-/// What every connection shares: the current generation and the upstream pools.
+/// What every connection shares: the current generation.
 #[derive(Debug)]
 pub struct Proxy {
     generation: ArcSwap<Generation>,
-    upstream: Upstream,
     settings: Settings,
 }
 
@@ -60,10 +64,9 @@ pub struct Conn {
 }
 
 impl Proxy {
-    pub fn new(first: Generation, upstream: Upstream, settings: Settings) -> Self {
+    pub fn new(first: Generation, settings: Settings) -> Self {
         Self {
             generation: ArcSwap::from_pointee(first),
-            upstream,
             settings,
         }
     }
@@ -77,84 +80,208 @@ impl Proxy {
         self.generation.load_full()
     }
 
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        conn: Conn,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Result<Response<ProxyBody>, Infallible> {
         let generation = self.generation.load_full();
+        // Cheap reference-counted clones, so the host can outlive taking the request apart.
         let authority = match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => req
-                .headers()
-                .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            Some(a) => HostSource::Uri(a.clone()),
+            None => match req.headers().get(HOST) {
+                Some(v) => HostSource::Header(v.clone()),
+                None => HostSource::None,
+            },
         };
+        let authority = authority.as_str();
         let host = normalize_host(authority);
         let path = req.uri().path();
+        // gRPC clients only understand gRPC statuses, so errors for them are gRPC errors.
+        let grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let Some(route) = generation.routes.find(&host, path) else {
-            return Ok(respond::text(
-                StatusCode::NOT_FOUND,
-                format!("no route for host {host:?} and path {path:?}"),
-            ));
+            let why = format!("no route for host {host:?} and path {path:?}");
+            return Ok(if grpc {
+                respond::grpc_error(GrpcCode::Unimplemented, &why)
+            } else {
+                respond::text(StatusCode::NOT_FOUND, why)
+            });
         };
-        if route.policy.ssl_redirect && !conn.secure {
-            let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let policy = &route.policy;
+        let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        if policy.ssl_redirect && !conn.secure {
             let location = match self.settings.redirect_https_port {
                 443 => format!("https://{host}{pq}"),
                 port => format!("https://{host}:{port}{pq}"),
             };
-            return Ok(respond::redirect(&location));
+            return Ok(respond::redirect(StatusCode::PERMANENT_REDIRECT, &location));
+        }
+        let vars = RequestVars {
+            host: &host,
+            remote: conn.remote,
+            secure: conn.secure,
+            request_uri: pq,
+        };
+        if let Some(answer) = &policy.respond {
+            return Ok(static_response(answer, &vars));
+        }
+        if let Some(root) = &policy.app_root
+            && path == "/"
+        {
+            return Ok(respond::redirect(StatusCode::FOUND, root));
         }
         let Some(endpoint) = route.backend.pick() else {
-            return Ok(respond::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no ready endpoints for service {}", route.backend.name),
-            ));
+            let why = format!("no ready endpoints for service {}", route.backend.name);
+            return Ok(if grpc {
+                respond::grpc_error(GrpcCode::Unavailable, &why)
+            } else {
+                respond::text(StatusCode::SERVICE_UNAVAILABLE, why)
+            });
         };
+        let client = match &route.grpc_client {
+            Some(h2c) if grpc => h2c,
+            _ => &route.client,
+        };
+        let h2 = client.transport.is_h2();
 
-        let authority = authority.to_owned();
+        let mut head_timeout = policy.read_timeout;
+        if grpc && let Some(deadline) = req.headers().get("grpc-timeout").and_then(grpc_timeout) {
+            head_timeout = head_timeout.min(deadline);
+        }
         let (mut parts, body) = req.into_parts();
+        let wants_trailers = parts
+            .headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(client.transport.scheme());
         uri.authority = Some(endpoint.authority.clone());
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(PathAndQuery::from_static("/"));
         }
         parts.uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
-            Err(e) => {
-                return Ok(respond::text(
-                    StatusCode::BAD_REQUEST,
-                    format!("bad request target: {e}"),
-                ));
-            }
+            Err(e) => return Ok(respond::text(StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
         };
-        parts.version = Version::HTTP_11;
+        parts.version = match (h2, policy.http_version) {
+            (true, _) => Version::HTTP_2,
+            (false, HttpVersion::Http11) => Version::HTTP_11,
+            (false, HttpVersion::Http10) => Version::HTTP_10,
+        };
         forward::strip_hop_by_hop(&mut parts.headers);
-        forward::add_forwarded(&mut parts.headers, conn.remote, conn.secure, &authority);
+        if h2 && wants_trailers {
+            // The one TE value HTTP/2 allows; gRPC servers may require it.
+            parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        forward::add_forwarded(&mut parts.headers, conn.remote, conn.secure, authority);
+        policy::apply_edits(
+            &policy.request_headers,
+            &mut parts.headers,
+            &RequestVars {
+                host: &host,
+                remote: conn.remote,
+                secure: conn.secure,
+                request_uri: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+            },
+        );
 
-        let policy = &route.policy;
-        match self
-            .upstream
-            .send(
-                Request::from_parts(parts, body),
-                endpoint,
-                &route.backend.name,
-                policy.read_timeout,
-            )
+        let body = Idle::new(body, policy.send_timeout, OnIdle::Fail);
+        match client
+            .send(Request::from_parts(parts, body), endpoint, &route.backend.name, head_timeout)
             .await
         {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
+                if !policy.response_headers.is_empty() {
+                    let vars = RequestVars {
+                        host: &host,
+                        remote: conn.remote,
+                        secure: conn.secure,
+                        request_uri: "",
+                    };
+                    policy::apply_edits(&policy.response_headers, &mut parts.headers, &vars);
+                }
+                let on_idle = if grpc { OnIdle::GrpcDeadline } else { OnIdle::Fail };
+                let body = Idle::new(body, policy.read_timeout, on_idle);
                 Ok(Response::from_parts(parts, Either::Left(body)))
             }
             Err(e) => {
                 tracing::warn!(ingress = %route.ingress, error = %e, "upstream request failed");
-                Ok(respond::text(e.status(), e.to_string()))
+                Ok(if grpc {
+                    let code = match e {
+                        UpstreamError::Timeout { .. } => GrpcCode::DeadlineExceeded,
+                        _ => GrpcCode::Unavailable,
+                    };
+                    respond::grpc_error(code, &e.to_string())
+                } else {
+                    respond::text(e.status(), e.to_string())
+                })
             }
         }
+    }
+}
+
+/// Where the request's host came from: `:authority` (HTTP/2, absolute-form) or `Host`.
+enum HostSource {
+    Uri(http::uri::Authority),
+    Header(HeaderValue),
+    None,
+}
+
+impl HostSource {
+    fn as_str(&self) -> &str {
+        match self {
+            HostSource::Uri(a) => a.as_str(),
+            HostSource::Header(v) => v.to_str().unwrap_or(""),
+            HostSource::None => "",
+        }
+    }
+}
+
+fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<ProxyBody> {
+    match answer {
+        StaticResponse::Redirect { status, location } => {
+            respond::redirect(*status, &policy::render(location, vars))
+        }
+        StaticResponse::Fixed { status, headers, body } => {
+            let mut resp = Response::new(Either::Right(Full::new(body.clone())));
+            *resp.status_mut() = *status;
+            *resp.headers_mut() = headers.clone();
+            resp
+        }
+    }
+}
+
+/// Parses `grpc-timeout` (`1-8 digits` + unit H, M, S, m, u, n).
+fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let t = |s: &'static str| grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5x"), None);
+        assert_eq!(t("123456789S"), None, "at most 8 digits");
     }
 }

@@ -19,14 +19,12 @@ pub fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     resp
 }
 
-/// 308 keeps the method and body, unlike 301/302, so a POST is not silently turned into a GET.
-pub fn redirect(location: &str) -> Response<ProxyBody> {
+/// A redirect. HTTPS upgrades use 308, which keeps the method and body (301/302 may turn a
+/// POST into a GET).
+pub fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
     match HeaderValue::try_from(location) {
         Ok(value) => {
-            let mut resp = text(
-                StatusCode::PERMANENT_REDIRECT,
-                format!("redirecting to {location}"),
-            );
+            let mut resp = text(status, format!("redirecting to {location}"));
             resp.headers_mut().insert(LOCATION, value);
             resp
         }
@@ -35,4 +33,22 @@ pub fn redirect(location: &str) -> Response<ProxyBody> {
             "request target cannot be redirected".into(),
         ),
     }
+}
+
+/// gRPC status codes the proxy itself produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCode {
+    DeadlineExceeded = 4,
+    Unimplemented = 12,
+    Unavailable = 14,
+}
+
+/// A trailers-only gRPC error: HTTP 200, `content-type: application/grpc`, status and message
+/// in the headers, no body. gRPC clients read this as the call's status.
+pub fn grpc_error(code: GrpcCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.extend(super::body::grpc_status_trailers(code as u32, message));
+    resp
 }

@@ -1,21 +1,65 @@
-//! Upstream connections: an HTTP/1.1 keep-alive pool per endpoint, and the errors a client
-//! sees when an upstream fails (502 for connect and protocol failures, 504 for timeouts).
+//! Upstream connections and their failures.
+//!
+//! One pooled client per transport (HTTP/1.1, h2c, TLS + HTTP/1.1, TLS + h2) and connect
+//! timeout, shared by every route and every configuration generation that uses it, so
+//! keep-alive and multiplexed HTTP/2 connections survive config swaps. HTTP/2 clients multiplex
+//! many calls over one connection per endpoint. Compile picks the client for each route once;
+//! requests never look one up. Upstream TLS does not verify certificates, as ingress-nginx
+//! (`proxy-ssl-verify: off`) does by default: the upstream is addressed by pod IP.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as Pool;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use super::body::Idle;
 use crate::route::Endpoint;
 
-/// The shared upstream client. Pools are keyed by endpoint, so keep-alive connections are
-/// reused across routes and across configuration generations.
+/// Request bodies towards upstreams: the client's body with the send idle timeout.
+pub type UpstreamBody = Idle<Incoming>;
+
+/// How bytes reach an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Http1,
+    H2c,
+    TlsHttp1,
+    TlsH2,
+}
+
+impl Transport {
+    pub fn scheme(self) -> http::uri::Scheme {
+        match self {
+            Transport::Http1 | Transport::H2c => http::uri::Scheme::HTTP,
+            Transport::TlsHttp1 | Transport::TlsH2 => http::uri::Scheme::HTTPS,
+        }
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, Transport::H2c | Transport::TlsH2)
+    }
+}
+
 #[derive(Clone, Debug)]
-pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+enum Inner {
+    Plain(Pool<HttpConnector, UpstreamBody>),
+    Tls(Pool<HttpsConnector<HttpConnector>, UpstreamBody>),
+}
+
+/// A pooled client for one transport.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Inner,
+    pub transport: Transport,
 }
 
 /// Why a request could not be forwarded.
@@ -44,60 +88,162 @@ pub enum UpstreamError {
 impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
 
-impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Self { client }
-    }
-
-    /// Sends `req` and waits at most `read_timeout` for the response head.
+impl Client {
+    /// Sends `req` and waits at most `head_timeout` for the response head.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         endpoint: &Endpoint,
         backend: &str,
-        read_timeout: Duration,
+        head_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let sent = async {
+            match &self.inner {
+                Inner::Plain(pool) => pool.request(req).await,
+                Inner::Tls(pool) => pool.request(req).await,
+            }
+        };
         // Formatted only on failure: the success path allocates nothing here.
         let endpoint = || endpoint.addr.to_string();
-        match tokio::time::timeout(read_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(head_timeout, sent).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let cause = root_cause(&e);
+                let (endpoint, backend) = (endpoint(), backend.to_owned());
                 Err(if e.is_connect() {
-                    UpstreamError::Connect {
-                        endpoint: endpoint(),
-                        backend: backend.to_owned(),
-                        cause,
-                    }
+                    UpstreamError::Connect { endpoint, backend, cause }
                 } else {
-                    UpstreamError::Protocol {
-                        endpoint: endpoint(),
-                        backend: backend.to_owned(),
-                        cause,
-                    }
+                    UpstreamError::Protocol { endpoint, backend, cause }
                 })
             }
             Err(_) => Err(UpstreamError::Timeout {
                 endpoint: endpoint(),
                 backend: backend.to_owned(),
-                after: read_timeout,
+                after: head_timeout,
             }),
         }
+    }
+}
+
+/// Hands out shared clients; used at compile time only.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clients: Mutex<HashMap<(Transport, Duration), Client>>,
+}
+
+impl Upstreams {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn client(&self, transport: Transport, connect_timeout: Duration) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry((transport, connect_timeout))
+            .or_insert_with(|| build(transport, connect_timeout))
+            .clone()
+    }
+}
+
+fn build(transport: Transport, connect_timeout: Duration) -> Client {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let mut builder = Pool::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60));
+    if transport.is_h2() {
+        builder
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_adaptive_window(true);
+    }
+    let inner = match transport {
+        Transport::Http1 | Transport::H2c => Inner::Plain(builder.build(http)),
+        Transport::TlsHttp1 | Transport::TlsH2 => {
+            http.enforce_http(false);
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify))
+            .with_no_client_auth();
+            config.alpn_protocols = if transport.is_h2() {
+                vec![b"h2".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http);
+            Inner::Tls(builder.build(connector))
+        }
+    };
+    Client { inner, transport }
+}
+
+/// Accepts any upstream certificate but still checks handshake signatures, so the connection is
+/// encrypted to whoever holds the presented key.
+#[derive(Debug)]
+struct NoVerify;
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -1,0 +1,208 @@
+//! The executable policy of a route: everything compile decided about how to serve it.
+//!
+//! Plugins' `configure` results are turned into this once per Ingress at compile time, with
+//! header names and values already validated and parsed, so the request path only executes
+//! data. This module describes and evaluates policies; it does not decide them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// What the upstream speaks (ingress-nginx `backend-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    /// HTTP/1.1, or h2c for gRPC requests when the Service port declares an h2c-capable
+    /// `appProtocol`.
+    AutoHttp,
+}
+
+impl Protocol {
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::Grpcs)
+    }
+}
+
+/// HTTP version towards an HTTP/1 upstream (ingress-nginx `proxy-http-version`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    Http10,
+    #[default]
+    Http11,
+}
+
+/// A request property substituted into header values and redirect locations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variable {
+    Host,
+    RemoteAddr,
+    Scheme,
+    RequestUri,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    Variable(Variable),
+}
+
+/// The request facts templates may use.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestVars<'a> {
+    pub host: &'a str,
+    pub remote: SocketAddr,
+    pub secure: bool,
+    pub request_uri: &'a str,
+}
+
+/// Renders template parts for one request.
+pub fn render(parts: &[Part], vars: &RequestVars<'_>) -> String {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Literal(s) => out.push_str(s),
+            Part::Variable(Variable::Host) => out.push_str(vars.host),
+            Part::Variable(Variable::RemoteAddr) => out.push_str(&vars.remote.ip().to_string()),
+            Part::Variable(Variable::Scheme) => out.push_str(if vars.secure { "https" } else { "http" }),
+            Part::Variable(Variable::RequestUri) => out.push_str(vars.request_uri),
+        }
+    }
+    out
+}
+
+/// A header value known at compile time, or a template rendered per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Static(HeaderValue),
+    Template(Box<[Part]>),
+}
+
+impl Value {
+    fn resolve(&self, vars: &RequestVars<'_>) -> Option<HeaderValue> {
+        match self {
+            Value::Static(v) => Some(v.clone()),
+            Value::Template(parts) => HeaderValue::try_from(render(parts, vars)).ok(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Set(HeaderName, Value),
+    Append(HeaderName, Value),
+    Remove(HeaderName),
+}
+
+/// Applies edits in order. A template that renders to an invalid value (a client-controlled
+/// variable with a control character) is skipped rather than failing the request.
+pub fn apply_edits(edits: &[HeaderEdit], headers: &mut HeaderMap, vars: &RequestVars<'_>) {
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(name, value) => {
+                if let Some(v) = value.resolve(vars) {
+                    headers.insert(name.clone(), v);
+                }
+            }
+            HeaderEdit::Append(name, value) => {
+                if let Some(v) = value.resolve(vars) {
+                    headers.append(name.clone(), v);
+                }
+            }
+            HeaderEdit::Remove(name) => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// An answer made without contacting the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StaticResponse {
+    Redirect { status: StatusCode, location: Box<[Part]> },
+    Fixed { status: StatusCode, headers: HeaderMap, body: Bytes },
+}
+
+/// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub protocol: Protocol,
+    pub http_version: HttpVersion,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream response head, and between two reads of the upstream.
+    pub read_timeout: Duration,
+    /// Longest wait between two pieces of the request body from the client.
+    pub send_timeout: Duration,
+    /// Plain-HTTP requests get a 308 to HTTPS (compile sets it only on hosts with TLS).
+    pub ssl_redirect: bool,
+    pub request_headers: Arc<[HeaderEdit]>,
+    pub response_headers: Arc<[HeaderEdit]>,
+    pub respond: Option<Arc<StaticResponse>>,
+    /// Requests for exactly `/` are redirected here with 302.
+    pub app_root: Option<Arc<str>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Http,
+            http_version: HttpVersion::Http11,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            ssl_redirect: false,
+            request_headers: Arc::new([]),
+            response_headers: Arc::new([]),
+            respond: None,
+            app_root: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_apply_in_order_with_templates() {
+        let vars = RequestVars {
+            host: "a.test",
+            remote: "192.0.2.1:4000".parse().expect("addr"),
+            secure: true,
+            request_uri: "/x?y=1",
+        };
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let edits = [
+            HeaderEdit::Set(name("x-one"), Value::Static(HeaderValue::from_static("1"))),
+            HeaderEdit::Append(name("x-one"), Value::Static(HeaderValue::from_static("2"))),
+            HeaderEdit::Remove(name("x-gone")),
+            HeaderEdit::Set(
+                name("x-from"),
+                Value::Template(
+                    [
+                        Part::Variable(Variable::Scheme),
+                        Part::Literal("://".into()),
+                        Part::Variable(Variable::Host),
+                        Part::Variable(Variable::RequestUri),
+                        Part::Literal(" ".into()),
+                        Part::Variable(Variable::RemoteAddr),
+                    ]
+                    .into(),
+                ),
+            ),
+        ];
+        let mut h = HeaderMap::new();
+        h.insert("x-gone", HeaderValue::from_static("bye"));
+        apply_edits(&edits, &mut h, &vars);
+        let ones: Vec<_> = h.get_all("x-one").iter().collect();
+        assert_eq!(ones, ["1", "2"]);
+        assert!(!h.contains_key("x-gone"));
+        assert_eq!(h["x-from"], "https://a.test/x?y=1 192.0.2.1");
+    }
+}

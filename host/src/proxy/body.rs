@@ -1,0 +1,143 @@
+//! Streaming bodies with idle timeouts, in both directions.
+//!
+//! A body is passed through frame by frame (never collected), so gRPC streams and large uploads
+//! flow as they arrive. The idle timeout is nginx's semantics: the longest gap between two
+//! frames, not a total. An expired gRPC response ends with `DEADLINE_EXCEEDED` trailers instead
+//! of a bare reset, so the client sees a gRPC status.
+
+use std::pin::Pin;
+use std::future::Future;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// Why a proxied body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Peer(#[from] hyper::Error),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+}
+
+/// What an idle body does when its timeout expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnIdle {
+    Fail,
+    GrpcDeadline,
+}
+
+/// `B` with an idle timeout between frames.
+pub struct Idle<B> {
+    inner: B,
+    // Created on the first wait, so a body that is always ready (or never polled, like an
+    // empty GET body) never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    // Frames only record the time; the timer is re-armed lazily when it fires, so a busy
+    // stream costs one clock read per frame instead of one timer reset.
+    last: Instant,
+    on_idle: OnIdle,
+    finished: bool,
+}
+
+impl<B> Idle<B> {
+    pub fn new(inner: B, timeout: Duration, on_idle: OnIdle) -> Self {
+        Self {
+            inner,
+            sleep: None,
+            timeout,
+            last: Instant::now(),
+            on_idle,
+            finished: false,
+        }
+    }
+}
+
+impl<B> Body for Idle<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last = Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Peer)));
+        }
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.last + this.timeout)));
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            let due = this.last + this.timeout;
+            if Instant::now() < due {
+                sleep.as_mut().reset(due);
+                continue;
+            }
+            this.finished = true;
+            return Poll::Ready(Some(match this.on_idle {
+                OnIdle::Fail => Err(BodyError::Idle(this.timeout)),
+                OnIdle::GrpcDeadline => Ok(Frame::trailers(grpc_status_trailers(
+                    4,
+                    &format!("no message from upstream for {:?}", this.timeout),
+                ))),
+            }));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `grpc-status` and a percent-encoded `grpc-message`, as trailers or trailers-only headers.
+pub fn grpc_status_trailers(code: u32, message: &str) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(2);
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::try_from(percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
+/// gRPC's grpc-message encoding: printable ASCII except `%` as is, everything else `%XX`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        let h = grpc_status_trailers(14, "no way: 100% café");
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "no way: 100%25 caf%C3%A9");
+    }
+}
