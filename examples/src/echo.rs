@@ -85,8 +85,10 @@ async fn answer(
     });
     let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-backend", v);
     }

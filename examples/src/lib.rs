@@ -4,3 +4,4 @@
 //! proxy and must never depend on it: the tests use them as independent peers.
 
 pub mod echo;
+pub mod ws_echo;

@@ -17,6 +17,8 @@ use rcgen::{
 pub const DEMO_HOST: &str = "demo.kubesre.com";
 /// The echo backend address the quickstart's EndpointSlice names.
 pub const ECHO_ADDR: &str = "127.0.0.1:9000";
+/// The WebSocket echo backend address the quickstart's EndpointSlice names.
+pub const WS_ECHO_ADDR: &str = "127.0.0.1:9001";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -101,15 +103,18 @@ pub fn generate(dir: &Path) -> Result<Generated, DemoError> {
     Ok(Generated { ca_cert: ca_path })
 }
 
-/// Starts the echo backend the quickstart manifests route to.
+/// Starts the backends the quickstart manifests route to.
 pub async fn start_backends() -> Result<(), DemoError> {
-    let listener = tokio::net::TcpListener::bind(ECHO_ADDR)
-        .await
-        .map_err(|source| DemoError::Backend {
-            addr: ECHO_ADDR.into(),
-            source,
-        })?;
-    tokio::spawn(wasmgress_examples::echo::serve(listener, "echo"));
+    let bind = |addr: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DemoError::Backend {
+                addr: addr.into(),
+                source,
+            })
+    };
+    tokio::spawn(wasmgress_examples::echo::serve(bind(ECHO_ADDR).await?, "echo"));
+    tokio::spawn(wasmgress_examples::ws_echo::serve(bind(WS_ECHO_ADDR).await?));
     Ok(())
 }
 
@@ -123,6 +128,8 @@ pub fn instructions(generated: &Generated, http: SocketAddr, https: SocketAddr) 
          \x20 curl --cacert {ca} --resolve {DEMO_HOST}:{sp}:127.0.0.1 https://{DEMO_HOST}:{sp}/hello\n\n\
          \x20 # plain HTTP to a host with TLS is redirected (308):\n\
          \x20 curl -i -H 'Host: {DEMO_HOST}' http://127.0.0.1:{hp}/hello\n\n\
+         \x20 # WebSocket echo on /ws (any WebSocket client; websocat shown):\n\
+         \x20 SSL_CERT_FILE={ca} websocat wss://{DEMO_HOST}:{sp}/ws  # with {DEMO_HOST} resolving to 127.0.0.1\n\n\
          \x20 # any other host falls through to the default backend:\n\
          \x20 curl http://127.0.0.1:{hp}/\n\n\
          Edit the manifests in the folder and the change applies without a restart. Ctrl-C stops.\n"

@@ -87,19 +87,19 @@ impl CertStore {
         }
     }
 
-    /// Adds a certificate for `host` (`*.suffix` for a wildcard). Returns false, keeping the
-    /// existing one, when the host already has a certificate: precedence is insertion order.
-    pub fn insert(&mut self, host: &str, key: Arc<CertifiedKey>) -> bool {
+    /// Adds a certificate for `host` (`*.suffix` for a wildcard). When the host already has one,
+    /// keeps it and returns it: precedence is insertion order.
+    pub fn insert(&mut self, host: &str, key: Arc<CertifiedKey>) -> Result<(), Arc<CertifiedKey>> {
         let host = host.to_ascii_lowercase();
         let (map, name) = match host.strip_prefix("*.") {
             Some(suffix) => (&mut self.wildcard, suffix.to_owned()),
             None => (&mut self.exact, host),
         };
         match map.entry(name) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Occupied(e) => Err(e.get().clone()),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(key);
-                true
+                Ok(())
             }
         }
     }
@@ -202,12 +202,12 @@ mod tests {
         };
         let (exact, wild) = (mk("a.test"), mk("*.test"));
         let mut store = CertStore::new(default.clone());
-        assert!(store.insert("a.test", exact.clone()));
-        assert!(store.insert("*.test", wild.clone()));
-        assert!(
-            !store.insert("A.test", mk("again")),
-            "first certificate wins"
-        );
+        store.insert("a.test", exact.clone()).expect("first");
+        store.insert("*.test", wild.clone()).expect("first");
+        let kept = store
+            .insert("A.test", mk("again"))
+            .expect_err("first certificate wins");
+        assert!(Arc::ptr_eq(&kept, &exact));
         assert!(Arc::ptr_eq(&store.resolve(Some("A.TEST")), &exact));
         assert!(Arc::ptr_eq(&store.resolve(Some("b.test")), &wild));
         assert!(Arc::ptr_eq(&store.resolve(Some("c.b.test")), &default));

@@ -6,7 +6,10 @@ async fn main() -> std::io::Result<()> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
     let name = args.next().unwrap_or_else(|| "echo".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("echo backend {name:?} listening on {}", listener.local_addr()?);
+    eprintln!(
+        "echo backend {name:?} listening on {}",
+        listener.local_addr()?
+    );
     wasmgress_examples::echo::serve(listener, name).await;
     Ok(())
 }

@@ -150,20 +150,24 @@ fn certificates(
     let mut owner: HashMap<&str, &str> = HashMap::new();
     for unit in units {
         for (host, key) in &unit.certificates {
-            if store.insert(host, key.clone()) {
-                owner.insert(host, &unit.key);
-            } else if owner.get(host.as_str()) != Some(&&*unit.key) {
-                diagnostics.push(
+            match store.insert(host, key.clone()) {
+                Ok(()) => {
+                    owner.insert(host, &unit.key);
+                }
+                // The same certificate listed by several Ingresses (one Secret shared by a
+                // host's Ingresses) is no conflict.
+                Err(kept) if kept.cert == key.cert => {}
+                Err(_) => diagnostics.push(
                     Diagnostic::warning(
                         format!("Ingress {}", unit.key),
                         "spec.tls",
                         format!(
-                            "host {host} already has a certificate from Ingress {}; that one is served",
+                            "host {host} already has a different certificate from Ingress {}; that one is served",
                             owner.get(host.as_str()).copied().unwrap_or("?")
                         ),
                     )
                     .at(unit.origin.clone()),
-                );
+                ),
             }
         }
     }

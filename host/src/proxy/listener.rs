@@ -30,7 +30,11 @@ pub async fn serve(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // Extended CONNECT (RFC 8441) lets HTTP/2 clients open WebSockets on a shared connection.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
     let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod listener;
 pub mod respond;
 pub mod upstream;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,6 +55,7 @@ pub struct Settings {
 pub struct Proxy {
     generation: ArcSwap<Generation>,
     settings: Settings,
+    pub tunnels: Arc<websocket::Stats>,
 }
 
 /// Facts about the downstream connection a request came in on.
@@ -68,6 +70,7 @@ impl Proxy {
         Self {
             generation: ArcSwap::from_pointee(first),
             settings,
+            tunnels: Arc::default(),
         }
     }
 
@@ -142,6 +145,10 @@ impl Proxy {
             _ => &route.client,
         };
         let h2 = client.transport.is_h2();
+
+        if let Some(kind) = websocket::kind(&req) {
+            return Ok(self.tunnel(req, kind, route, endpoint, &host, conn).await);
+        }
 
         let mut head_timeout = policy.read_timeout;
         if grpc && let Some(deadline) = req.headers().get("grpc-timeout").and_then(grpc_timeout) {
@@ -234,6 +241,45 @@ impl HostSource {
             HostSource::Uri(a) => a.as_str(),
             HostSource::Header(v) => v.to_str().unwrap_or(""),
             HostSource::None => "",
+        }
+    }
+}
+
+impl Proxy {
+    /// Opens a WebSocket tunnel for `req`; the request headers get the same treatment as a
+    /// proxied request's.
+    async fn tunnel(
+        &self,
+        req: Request<Incoming>,
+        kind: websocket::Kind,
+        route: &crate::route::Route,
+        endpoint: &crate::route::Endpoint,
+        host: &str,
+        conn: Conn,
+    ) -> Response<ProxyBody> {
+        let policy = &route.policy;
+        let mut headers = req.headers().clone();
+        forward::strip_hop_by_hop(&mut headers);
+        forward::add_forwarded(&mut headers, conn.remote, conn.secure, host);
+        let request_uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let vars = RequestVars {
+            host,
+            remote: conn.remote,
+            secure: conn.secure,
+            request_uri,
+        };
+        policy::apply_edits(&policy.request_headers, &mut headers, &vars);
+        let timeouts = websocket::Timeouts {
+            connect: policy.connect_timeout,
+            read: policy.read_timeout,
+            send: policy.send_timeout,
+        };
+        match websocket::open(req, kind, endpoint, headers, host, timeouts, self.tunnels.clone()).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(ingress = %route.ingress, error = %e, "WebSocket tunnel failed");
+                respond::text(StatusCode::BAD_GATEWAY, e.to_string())
+            }
         }
     }
 }
