@@ -4,4 +4,5 @@
 //! proxy and must never depend on it: the tests use them as independent peers.
 
 pub mod echo;
+pub mod greeter;
 pub mod ws_echo;

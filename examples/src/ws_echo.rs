@@ -9,7 +9,7 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{WebSocketConfig, frame::coding::CloseCode};
 
@@ -23,20 +23,24 @@ pub async fn serve(listener: TcpListener) {
     }
 }
 
+/// Accepts the first subprotocol the client offers. The signature is tungstenite's callback's,
+/// whose error type is a whole HTTP response.
+#[allow(clippy::result_large_err)]
+fn pick_protocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_owned());
+    if let Some(p) = offered.and_then(|p| p.parse().ok()) {
+        resp.headers_mut().insert("sec-websocket-protocol", p);
+    }
+    Ok(resp)
+}
+
 async fn echo(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let pick_protocol = |req: &Request, mut resp: Response| {
-        let offered = req
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|p| p.trim().to_owned());
-        if let Some(p) = offered.and_then(|p| p.parse().ok()) {
-            resp.headers_mut().insert("sec-websocket-protocol", p);
-        }
-        Ok(resp)
-    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));

@@ -19,6 +19,8 @@ pub const DEMO_HOST: &str = "demo.kubesre.com";
 pub const ECHO_ADDR: &str = "127.0.0.1:9000";
 /// The WebSocket echo backend address the quickstart's EndpointSlice names.
 pub const WS_ECHO_ADDR: &str = "127.0.0.1:9001";
+/// The gRPC Greeter address the quickstart's EndpointSlice names.
+pub const GREETER_ADDR: &str = "127.0.0.1:50051";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -113,8 +115,19 @@ pub async fn start_backends() -> Result<(), DemoError> {
                 source,
             })
     };
-    tokio::spawn(wasmgress_examples::echo::serve(bind(ECHO_ADDR).await?, "echo"));
-    tokio::spawn(wasmgress_examples::ws_echo::serve(bind(WS_ECHO_ADDR).await?));
+    tokio::spawn(wasmgress_examples::echo::serve(
+        bind(ECHO_ADDR).await?,
+        "echo",
+    ));
+    tokio::spawn(wasmgress_examples::ws_echo::serve(
+        bind(WS_ECHO_ADDR).await?,
+    ));
+    let greeter = bind(GREETER_ADDR).await?;
+    tokio::spawn(async move {
+        if let Err(e) = wasmgress_examples::greeter::serve(greeter, Default::default()).await {
+            tracing::error!(error = %e, "the demo Greeter stopped");
+        }
+    });
     Ok(())
 }
 
@@ -124,6 +137,8 @@ pub fn instructions(generated: &Generated, http: SocketAddr, https: SocketAddr) 
     let (hp, sp) = (http.port(), https.port());
     format!(
         "\nwasmgress demo is up. Try, from another terminal:\n\n\
+         \x20 # the seed article's check: gRPC reflection through TLS (grpcurl):\n\
+         \x20 grpcurl -insecure -authority {DEMO_HOST} 127.0.0.1:{sp} list\n\n\
          \x20 # HTTPS with SNI {DEMO_HOST}, verified against the demo CA:\n\
          \x20 curl --cacert {ca} --resolve {DEMO_HOST}:{sp}:127.0.0.1 https://{DEMO_HOST}:{sp}/hello\n\n\
          \x20 # plain HTTP to a host with TLS is redirected (308):\n\

@@ -70,7 +70,9 @@ pub fn render(parts: &[Part], vars: &RequestVars<'_>) -> String {
             Part::Literal(s) => out.push_str(s),
             Part::Variable(Variable::Host) => out.push_str(vars.host),
             Part::Variable(Variable::RemoteAddr) => out.push_str(&vars.remote.ip().to_string()),
-            Part::Variable(Variable::Scheme) => out.push_str(if vars.secure { "https" } else { "http" }),
+            Part::Variable(Variable::Scheme) => {
+                out.push_str(if vars.secure { "https" } else { "http" })
+            }
             Part::Variable(Variable::RequestUri) => out.push_str(vars.request_uri),
         }
     }
@@ -125,8 +127,15 @@ pub fn apply_edits(edits: &[HeaderEdit], headers: &mut HeaderMap, vars: &Request
 /// An answer made without contacting the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StaticResponse {
-    Redirect { status: StatusCode, location: Box<[Part]> },
-    Fixed { status: StatusCode, headers: HeaderMap, body: Bytes },
+    Redirect {
+        status: StatusCode,
+        location: Box<[Part]>,
+    },
+    Fixed {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
 }
 
 /// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.

@@ -256,8 +256,10 @@ mod tests {
             ingress: name.into(),
             backend: Arc::new(Backend::new(name, Vec::new())),
             policy: Policy::default(),
-            client: crate::proxy::upstream::Upstreams::default()
-                .client(crate::proxy::upstream::Transport::Http1, Duration::from_secs(1)),
+            client: crate::proxy::upstream::Upstreams::default().client(
+                crate::proxy::upstream::Transport::Http1,
+                Duration::from_secs(1),
+            ),
             grpc_client: None,
         })
     }

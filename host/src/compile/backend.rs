@@ -133,10 +133,9 @@ impl<'a> Resolver<'a> {
                 .map(|e| legacy_addresses(e, port, single_port))
                 .unwrap_or_default(),
         };
-        let h2c = port
-            .app_protocol
-            .as_deref()
-            .is_some_and(|p| p.eq_ignore_ascii_case("kubernetes.io/h2c") || p.eq_ignore_ascii_case("grpc"));
+        let h2c = port.app_protocol.as_deref().is_some_and(|p| {
+            p.eq_ignore_ascii_case("kubernetes.io/h2c") || p.eq_ignore_ascii_case("grpc")
+        });
         let backend = Arc::new(Backend::new(key.as_str(), addrs).with_h2c(h2c));
         self.built.insert(key, backend.clone());
         Ok(Resolved {

@@ -5,8 +5,8 @@
 //! frames, not a total. An expired gRPC response ends with `DEADLINE_EXCEEDED` trailers instead
 //! of a bare reset, so the client sees a gRPC status.
 
-use std::pin::Pin;
 use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 

@@ -83,7 +83,11 @@ impl Proxy {
         self.generation.load_full()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let generation = self.generation.load_full();
         // Cheap reference-counted clones, so the host can outlive taking the request apart.
         let authority = match req.uri().authority() {
@@ -167,7 +171,12 @@ impl Proxy {
         }
         parts.uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
-            Err(e) => return Ok(respond::text(StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
+            Err(e) => {
+                return Ok(respond::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad request target: {e}"),
+                ));
+            }
         };
         parts.version = match (h2, policy.http_version) {
             (true, _) => Version::HTTP_2,
@@ -177,7 +186,9 @@ impl Proxy {
         forward::strip_hop_by_hop(&mut parts.headers);
         if h2 && wants_trailers {
             // The one TE value HTTP/2 allows; gRPC servers may require it.
-            parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+            parts
+                .headers
+                .insert(TE, HeaderValue::from_static("trailers"));
         }
         forward::add_forwarded(&mut parts.headers, conn.remote, conn.secure, authority);
         policy::apply_edits(
@@ -193,7 +204,12 @@ impl Proxy {
 
         let body = Idle::new(body, policy.send_timeout, OnIdle::Fail);
         match client
-            .send(Request::from_parts(parts, body), endpoint, &route.backend.name, head_timeout)
+            .send(
+                Request::from_parts(parts, body),
+                endpoint,
+                &route.backend.name,
+                head_timeout,
+            )
             .await
         {
             Ok(resp) => {
@@ -208,7 +224,11 @@ impl Proxy {
                     };
                     policy::apply_edits(&policy.response_headers, &mut parts.headers, &vars);
                 }
-                let on_idle = if grpc { OnIdle::GrpcDeadline } else { OnIdle::Fail };
+                let on_idle = if grpc {
+                    OnIdle::GrpcDeadline
+                } else {
+                    OnIdle::Fail
+                };
                 let body = Idle::new(body, policy.read_timeout, on_idle);
                 Ok(Response::from_parts(parts, Either::Left(body)))
             }
@@ -274,7 +294,17 @@ impl Proxy {
             read: policy.read_timeout,
             send: policy.send_timeout,
         };
-        match websocket::open(req, kind, endpoint, headers, host, timeouts, self.tunnels.clone()).await {
+        match websocket::open(
+            req,
+            kind,
+            endpoint,
+            headers,
+            host,
+            timeouts,
+            self.tunnels.clone(),
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(ingress = %route.ingress, error = %e, "WebSocket tunnel failed");
@@ -289,7 +319,11 @@ fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<
         StaticResponse::Redirect { status, location } => {
             respond::redirect(*status, &policy::render(location, vars))
         }
-        StaticResponse::Fixed { status, headers, body } => {
+        StaticResponse::Fixed {
+            status,
+            headers,
+            body,
+        } => {
             let mut resp = Response::new(Either::Right(Full::new(body.clone())));
             *resp.status_mut() = *status;
             *resp.headers_mut() = headers.clone();

@@ -88,7 +88,9 @@ pub enum UpstreamError {
 impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -117,9 +119,17 @@ impl Client {
                 let cause = root_cause(&e);
                 let (endpoint, backend) = (endpoint(), backend.to_owned());
                 Err(if e.is_connect() {
-                    UpstreamError::Connect { endpoint, backend, cause }
+                    UpstreamError::Connect {
+                        endpoint,
+                        backend,
+                        cause,
+                    }
                 } else {
-                    UpstreamError::Protocol { endpoint, backend, cause }
+                    UpstreamError::Protocol {
+                        endpoint,
+                        backend,
+                        cause,
+                    }
                 })
             }
             Err(_) => Err(UpstreamError::Timeout {

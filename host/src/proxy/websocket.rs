@@ -119,12 +119,13 @@ pub async fn open(
             cause: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| TunnelError::Handshake {
-            endpoint: endpoint_name(),
-            cause: e.to_string(),
-        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| TunnelError::Handshake {
+                endpoint: endpoint_name(),
+                cause: e.to_string(),
+            })?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -200,7 +201,13 @@ pub async fn open(
     tokio::spawn(async move {
         let ended = match (client_upgrade.await, backend_upgrade.await) {
             (Ok(client), Ok(backend)) => {
-                Tunnel::new(TokioIo::new(client), TokioIo::new(backend), timeouts, &stats).await
+                Tunnel::new(
+                    TokioIo::new(client),
+                    TokioIo::new(backend),
+                    timeouts,
+                    &stats,
+                )
+                .await
             }
             _ => End::Error,
         };

@@ -1,0 +1,263 @@
+//! What the backend receives and what comes back: the client's `Host`, `X-Forwarded-For`
+//! (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`; hop-by-hop headers
+//! removed; method, path, query and body forwarded; the backend's status and headers returned;
+//! HTTP/1.1 to the backend with keep-alive whatever the client spoke; h2c prior knowledge on the
+//! plain listener.
+
+use std::collections::HashSet;
+
+use http::{Method, Version};
+
+use crate::harness::backend::several;
+use crate::harness::certs::{self, BOTH_VERSIONS, TestCa};
+use crate::harness::{Backend, Conn, Ingress, Manifests, Req, Resp, Wasmgress, prefix};
+
+async fn start_app() -> (Wasmgress, Vec<Backend>, Manifests) {
+    let (backends, mut objects) = several(&["app"]).await;
+    objects.push(
+        Ingress::new("app")
+            .rule(Some("app.example.com"), &[prefix("/", "app")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+    (gw, backends, m)
+}
+
+fn joined(r: &Resp, header: &str) -> String {
+    r.seen(header).join(", ")
+}
+
+#[tokio::test]
+async fn backend_sees_host_and_forwarded_headers() {
+    let (gw, _backends, _m) = start_app().await;
+
+    let r = gw.get("app.example.com", "/").await;
+    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
+    assert_eq!(r.seen("host"), ["app.example.com"], "Host at the backend");
+    assert_eq!(
+        joined(&r, "x-forwarded-for"),
+        "127.0.0.1",
+        "X-Forwarded-For without an incoming one"
+    );
+    assert_eq!(r.seen("x-forwarded-proto"), ["http"], "X-Forwarded-Proto");
+    assert_eq!(
+        r.seen("x-forwarded-host"),
+        ["app.example.com"],
+        "X-Forwarded-Host"
+    );
+    assert_eq!(r.seen("x-real-ip"), ["127.0.0.1"], "X-Real-IP");
+
+    // An incoming X-Forwarded-For is kept and the client address appended; X-Real-IP and
+    // X-Forwarded-Proto describe this hop, whatever the client claimed.
+    let r = gw
+        .send(
+            &Req::get("app.example.com", "/")
+                .header("x-forwarded-for", "203.0.113.7")
+                .header("x-real-ip", "198.51.100.1")
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    assert_eq!(
+        joined(&r, "x-forwarded-for"),
+        "203.0.113.7, 127.0.0.1",
+        "X-Forwarded-For with an incoming value"
+    );
+    assert_eq!(
+        r.seen("x-real-ip"),
+        ["127.0.0.1"],
+        "X-Real-IP is the client's address"
+    );
+    assert_eq!(
+        r.seen("x-forwarded-proto"),
+        ["http"],
+        "X-Forwarded-Proto is the listener's scheme"
+    );
+}
+
+/// Over TLS with HTTP/2 the backend still gets HTTP/1.1, the `:authority` as `Host`, and
+/// `X-Forwarded-Proto: https`.
+#[tokio::test]
+async fn https_h2_request_reaches_the_backend_as_http11_with_proto_https() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["secure.example.com"]);
+    let (_backends, mut objects) = several(&["secure"]).await;
+    objects.push(leaf.secret("secure-tls", false));
+    objects.push(
+        Ingress::new("secure")
+            .tls(&["secure.example.com"], "secure-tls")
+            .rule(Some("secure.example.com"), &[prefix("/", "secure")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    let tls = gw
+        .tls(
+            "secure.example.com",
+            certs::client_config(ca.roots(), &[b"h2"], BOTH_VERSIONS),
+        )
+        .await
+        .expect("TLS handshake verified against the test CA");
+    let mut conn = Conn::h2(tls).await.expect("HTTP/2 over TLS");
+    let r = conn
+        .send(&Req::get("secure.example.com", "/over/h2?x=1").scheme("https"))
+        .await
+        .expect("HTTP/2 request over TLS");
+    assert_eq!(r.version, Version::HTTP_2, "client side is HTTP/2");
+    let echo = r.expect_echo();
+    assert_eq!(echo["backend"], "secure");
+    assert_eq!(
+        echo["version"], "HTTP/1.1",
+        "the backend is spoken to in HTTP/1.1"
+    );
+    assert_eq!(echo["path"], "/over/h2");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(
+        r.seen("host"),
+        ["secure.example.com"],
+        "Host at the backend"
+    );
+    assert_eq!(
+        r.seen("x-forwarded-proto"),
+        ["https"],
+        "X-Forwarded-Proto over TLS"
+    );
+    assert_eq!(
+        r.seen("x-forwarded-host"),
+        ["secure.example.com"],
+        "X-Forwarded-Host"
+    );
+    assert_eq!(
+        joined(&r, "x-forwarded-for"),
+        "127.0.0.1",
+        "X-Forwarded-For"
+    );
+    assert_eq!(r.seen("x-real-ip"), ["127.0.0.1"], "X-Real-IP");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let (gw, _backends, _m) = start_app().await;
+
+    let r = gw
+        .send(
+            &Req::get("app.example.com", "/")
+                .header("connection", "keep-alive, x-hop-secret")
+                .header("x-hop-secret", "for the proxy only")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers")
+                .header("x-end-to-end", "kept"),
+        )
+        .await;
+    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
+    assert_eq!(
+        r.seen("x-end-to-end"),
+        ["kept"],
+        "an end-to-end header must be forwarded"
+    );
+    for hop in ["x-hop-secret", "keep-alive", "te"] {
+        assert!(
+            r.seen(hop).is_empty(),
+            "hop-by-hop header {hop} reached the backend: {:?}",
+            r.seen(hop)
+        );
+    }
+    for value in r.seen("connection") {
+        assert!(
+            !value.to_ascii_lowercase().contains("x-hop-secret"),
+            "the client's Connection header reached the backend: {value:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn method_path_query_body_and_status_pass_through() {
+    let (gw, _backends, _m) = start_app().await;
+
+    let body = vec![b'x'; 256 * 1024];
+    let r = gw
+        .send(
+            &Req::get("app.example.com", "/upload/file.bin?x=1&y=two")
+                .method(Method::PUT)
+                .header("content-type", "application/octet-stream")
+                .body(body.clone()),
+        )
+        .await;
+    let echo = r.expect_echo();
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(echo["path"], "/upload/file.bin");
+    assert_eq!(echo["query"], "x=1&y=two");
+    assert_eq!(
+        echo["body_bytes"],
+        body.len(),
+        "request body bytes at the backend"
+    );
+    assert_eq!(
+        r.header("x-backend"),
+        Some("app"),
+        "backend's response header returned"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    for status in [201u16, 404, 418, 500] {
+        let r = gw
+            .get("app.example.com", &format!("/x?status={status}"))
+            .await;
+        assert_eq!(
+            r.status,
+            status,
+            "backend status {status} passed through: {}",
+            r.summary()
+        );
+        assert_eq!(
+            r.backend().as_deref(),
+            Some("app"),
+            "body from the backend: {}",
+            r.summary()
+        );
+    }
+}
+
+/// Sequential requests reuse pooled upstream connections: the backend sees fewer distinct
+/// client ports than requests.
+#[tokio::test]
+async fn upstream_connections_are_kept_alive() {
+    let (gw, _backends, _m) = start_app().await;
+
+    let mut peers = HashSet::new();
+    let mut conn = gw.h1().await;
+    for i in 0..6 {
+        let r = conn
+            .send(&Req::get("app.example.com", &format!("/n{i}")))
+            .await
+            .expect("request on a kept-alive client connection");
+        let echo = r.expect_echo();
+        peers.insert(echo["peer"].as_str().expect("peer").to_owned());
+    }
+    assert!(
+        peers.len() < 6,
+        "6 sequential requests opened 6 upstream connections (no keep-alive): {peers:?}"
+    );
+}
+
+/// HTTP/2 with prior knowledge on the plain listener, several requests on one connection.
+#[tokio::test]
+async fn h2c_prior_knowledge_on_the_plain_listener() {
+    let (gw, _backends, _m) = start_app().await;
+
+    let mut conn = gw.h2c().await;
+    for path in ["/one", "/two?q=2"] {
+        let r = conn
+            .send(&Req::get("app.example.com", path))
+            .await
+            .unwrap_or_else(|e| panic!("h2c request {path}: {e}"));
+        assert_eq!(r.version, Version::HTTP_2, "h2c response version");
+        let echo = r.expect_echo();
+        assert_eq!(echo["backend"], "app");
+        assert_eq!(r.seen("host"), ["app.example.com"], "Host from :authority");
+        assert_eq!(r.seen("x-forwarded-proto"), ["http"]);
+    }
+}

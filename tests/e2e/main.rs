@@ -1,0 +1,17 @@
+//! End-to-end tests for wasmgress: each test writes a folder of Kubernetes manifests, starts
+//! real echo backends and the real `wasmgress` binary on ephemeral ports, and talks to it with
+//! real HTTP/1.1, HTTP/2 and TLS clients. Which backend answered proves where a request went.
+
+mod harness;
+
+mod classes;
+mod errors;
+mod forwarding;
+mod loading;
+mod redirect;
+mod rejection;
+mod reload;
+mod routing;
+mod services;
+mod tls;
+mod validate;

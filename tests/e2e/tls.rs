@@ -1,0 +1,296 @@
+//! The TLS listener: SNI picks the certificate from the Ingresses' `spec.tls` Secrets (exact and
+//! wildcard hosts, `data` and `stringData` Secrets), checked by a rustls client that trusts only
+//! the test CA; an unknown name gets the generated default certificate (which that client
+//! rejects); ALPN negotiates `h2` or `http/1.1` and requests work on each; TLS 1.2 and 1.3.
+
+use http::Version;
+
+use crate::harness::backend::several;
+use crate::harness::certs::{self, BOTH_VERSIONS, TestCa};
+use crate::harness::{Conn, Ingress, Manifests, Req, Wasmgress, prefix};
+
+const H2: &[u8] = b"h2";
+const H1: &[u8] = b"http/1.1";
+
+/// Two TLS hosts, two Secrets: each name gets its own certificate, verified against the CA, and
+/// the request on that connection reaches that host's backend.
+#[tokio::test]
+async fn sni_picks_each_hosts_certificate() {
+    let ca = TestCa::new();
+    let alpha = ca.leaf(&["alpha.tls.test"]);
+    let beta = ca.leaf(&["beta.tls.test"]);
+    let (_backends, mut objects) = several(&["alpha", "beta"]).await;
+    objects.push(alpha.secret("alpha-tls", false));
+    objects.push(beta.secret("beta-tls", true));
+    objects.push(
+        Ingress::new("alpha")
+            .tls(&["alpha.tls.test"], "alpha-tls")
+            .rule(Some("alpha.tls.test"), &[prefix("/", "alpha")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("beta")
+            .tls(&["beta.tls.test"], "beta-tls")
+            .rule(Some("beta.tls.test"), &[prefix("/", "beta")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    for (host, leaf) in [("alpha.tls.test", &alpha), ("beta.tls.test", &beta)] {
+        let config = certs::client_config(ca.roots(), &[H1], BOTH_VERSIONS);
+        let tls = gw.tls(host, config).await.unwrap_or_else(|e| {
+            panic!("TLS handshake for {host} verified against the test CA: {e}")
+        });
+        let (_, cert) = certs::negotiated(&tls);
+        assert_eq!(
+            cert.as_ref(),
+            Some(&leaf.der),
+            "{host} was served another certificate"
+        );
+        let mut conn = Conn::h1(tls).await.expect("HTTP/1.1 over TLS");
+        let r = conn
+            .send(&Req::get(host, "/").scheme("https"))
+            .await
+            .unwrap_or_else(|e| panic!("HTTPS request to {host}: {e}"));
+        let backend = host.split('.').next().expect("first label");
+        assert_eq!(
+            r.backend().as_deref(),
+            Some(backend),
+            "HTTPS GET {host}/: {}",
+            r.summary()
+        );
+    }
+}
+
+/// A `*.wild.tls.test` Secret serves any one-label name under it; an exact-host Secret for one
+/// of those names takes precedence for that name.
+#[tokio::test]
+async fn wildcard_tls_hosts() {
+    let ca = TestCa::new();
+    let wild = ca.leaf(&["*.wild.tls.test"]);
+    let special = ca.leaf(&["special.wild.tls.test"]);
+    let (_backends, mut objects) = several(&["wild", "special"]).await;
+    objects.push(wild.secret("wild-tls", false));
+    objects.push(special.secret("special-tls", false));
+    objects.push(
+        Ingress::new("wild")
+            .tls(&["*.wild.tls.test"], "wild-tls")
+            .rule(Some("*.wild.tls.test"), &[prefix("/", "wild")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("special")
+            .tls(&["special.wild.tls.test"], "special-tls")
+            .rule(Some("special.wild.tls.test"), &[prefix("/", "special")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    for (host, leaf, backend) in [
+        ("one.wild.tls.test", &wild, "wild"),
+        ("two.wild.tls.test", &wild, "wild"),
+        ("special.wild.tls.test", &special, "special"),
+    ] {
+        let config = certs::client_config(ca.roots(), &[H2, H1], BOTH_VERSIONS);
+        let tls = gw.tls(host, config).await.unwrap_or_else(|e| {
+            panic!("TLS handshake for {host} verified against the test CA: {e}")
+        });
+        let (alpn, cert) = certs::negotiated(&tls);
+        assert_eq!(
+            cert.as_ref(),
+            Some(&leaf.der),
+            "{host} was served another certificate"
+        );
+        let mut conn = if alpn.as_deref() == Some(H2) {
+            Conn::h2(tls).await.expect("HTTP/2 over TLS")
+        } else {
+            Conn::h1(tls).await.expect("HTTP/1.1 over TLS")
+        };
+        let r = conn
+            .send(&Req::get(host, "/").scheme("https"))
+            .await
+            .unwrap_or_else(|e| panic!("HTTPS request to {host}: {e}"));
+        assert_eq!(
+            r.backend().as_deref(),
+            Some(backend),
+            "HTTPS GET {host}/: {}",
+            r.summary()
+        );
+    }
+}
+
+/// A name no Secret covers (and a client sending no SNI) gets the generated default
+/// certificate: a client trusting the test CA rejects it as a certificate problem, and a client
+/// that looks without verifying sees a certificate that is none of ours.
+#[tokio::test]
+async fn unknown_name_gets_the_default_certificate() {
+    let ca = TestCa::new();
+    let known = ca.leaf(&["known.tls.test"]);
+    let (_backends, mut objects) = several(&["known"]).await;
+    objects.push(known.secret("known-tls", false));
+    objects.push(
+        Ingress::new("known")
+            .tls(&["known.tls.test"], "known-tls")
+            .rule(Some("known.tls.test"), &[prefix("/", "known")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    // The known name verifies, so the listener and the CA are sound.
+    gw.tls(
+        "known.tls.test",
+        certs::client_config(ca.roots(), &[H1], BOTH_VERSIONS),
+    )
+    .await
+    .expect("the known name verifies against the test CA");
+
+    match gw
+        .tls(
+            "unknown.tls.test",
+            certs::client_config(ca.roots(), &[H1], BOTH_VERSIONS),
+        )
+        .await
+    {
+        Ok(_) => panic!("an unknown name must not get a certificate the test CA vouches for"),
+        Err(e) => assert!(
+            certs::is_certificate_error(&e),
+            "an unknown name should fail certificate verification, not: {e}"
+        ),
+    }
+
+    for sni in ["unknown.tls.test", "127.0.0.1"] {
+        let tls = gw
+            .tls(sni, certs::insecure_config(&[H1]))
+            .await
+            .unwrap_or_else(|e| panic!("TLS handshake with SNI {sni:?} without verification: {e}"));
+        let (_, cert) = certs::negotiated(&tls);
+        let cert = cert.unwrap_or_else(|| panic!("no certificate presented for SNI {sni:?}"));
+        assert_ne!(
+            cert, known.der,
+            "SNI {sni:?} got known.tls.test's certificate"
+        );
+        let mut conn = Conn::h1(tls).await.expect("HTTP/1.1 over TLS");
+        let r = conn
+            .send(&Req::get("unknown.tls.test", "/").scheme("https"))
+            .await
+            .unwrap_or_else(|e| panic!("HTTPS request with SNI {sni:?}: {e}"));
+        assert_eq!(r.status, 404, "unknown host over TLS: {}", r.summary());
+    }
+}
+
+/// ALPN: a client offering h2 gets h2 and an HTTP/2 answer; a client offering only http/1.1
+/// (or nothing) gets HTTP/1.1. Both reach the backend.
+#[tokio::test]
+async fn alpn_negotiates_h2_and_http11() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["alpn.tls.test"]);
+    let (_backends, mut objects) = several(&["app"]).await;
+    objects.push(leaf.secret("alpn-tls", false));
+    objects.push(
+        Ingress::new("alpn")
+            .tls(&["alpn.tls.test"], "alpn-tls")
+            .rule(Some("alpn.tls.test"), &[prefix("/", "app")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    // (offered protocols, expected negotiated protocol, expected response version)
+    type Case = (&'static [&'static [u8]], Option<&'static [u8]>, Version);
+    let cases: [Case; 3] = [
+        (&[H2, H1], Some(H2), Version::HTTP_2),
+        (&[H1], Some(H1), Version::HTTP_11),
+        (&[], None, Version::HTTP_11),
+    ];
+    for (offer, expected, version) in cases {
+        let label = format!(
+            "ALPN offer {:?}",
+            offer
+                .iter()
+                .map(|p| String::from_utf8_lossy(p))
+                .collect::<Vec<_>>()
+        );
+        let tls = gw
+            .tls(
+                "alpn.tls.test",
+                certs::client_config(ca.roots(), offer, BOTH_VERSIONS),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: handshake: {e}"));
+        let (alpn, _) = certs::negotiated(&tls);
+        assert_eq!(alpn.as_deref(), expected, "{label}: negotiated protocol");
+        let mut conn = if version == Version::HTTP_2 {
+            Conn::h2(tls).await.expect("HTTP/2 over TLS")
+        } else {
+            Conn::h1(tls).await.expect("HTTP/1.1 over TLS")
+        };
+        for path in ["/first", "/second"] {
+            let r = conn
+                .send(&Req::get("alpn.tls.test", path).scheme("https"))
+                .await
+                .unwrap_or_else(|e| panic!("{label}: request {path}: {e}"));
+            assert_eq!(r.version, version, "{label}: response version");
+            assert_eq!(
+                r.backend().as_deref(),
+                Some("app"),
+                "{label}: {path}: {}",
+                r.summary()
+            );
+            assert_eq!(
+                r.expect_echo()["path"],
+                path,
+                "{label}: path at the backend"
+            );
+        }
+    }
+}
+
+/// Clients limited to TLS 1.2, or to TLS 1.3, both connect and are served.
+#[tokio::test]
+async fn tls12_and_tls13_are_both_accepted() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["versions.tls.test"]);
+    let (_backends, mut objects) = several(&["app"]).await;
+    objects.push(leaf.secret("versions-tls", false));
+    objects.push(
+        Ingress::new("versions")
+            .tls(&["versions.tls.test"], "versions-tls")
+            .rule(Some("versions.tls.test"), &[prefix("/", "app")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    for (only, expected) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let tls = gw
+            .tls(
+                "versions.tls.test",
+                certs::client_config(ca.roots(), &[H1], &[only]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{expected:?}-only client: handshake: {e}"));
+        assert_eq!(certs::version(&tls), Some(expected));
+        let mut conn = Conn::h1(tls).await.expect("HTTP/1.1 over TLS");
+        let r = conn
+            .send(&Req::get("versions.tls.test", "/").scheme("https"))
+            .await
+            .unwrap_or_else(|e| panic!("{expected:?}: request: {e}"));
+        assert_eq!(
+            r.backend().as_deref(),
+            Some("app"),
+            "{expected:?}: {}",
+            r.summary()
+        );
+    }
+}

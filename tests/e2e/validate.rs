@@ -1,0 +1,185 @@
+//! `wasmgress validate DIR`: one line per diagnostic on stdout, `error: FILE: Ingress NS/NAME:
+//! FIELD: why`, naming the file and the field of each rejected Ingress, exit 1 when any Ingress
+//! was rejected and 0 for a good folder; only Ingresses of the chosen class are judged.
+
+use crate::harness::backend::several;
+use crate::harness::process::validate;
+use crate::harness::{Ingress, Manifests, Port, prefix};
+
+/// The stdout lines about Ingress `name`, or a panic showing all of stdout.
+fn lines_for<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
+    let needle = format!("Ingress default/{name}:");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(&needle)).collect();
+    assert!(
+        !lines.is_empty(),
+        "no diagnostic line names {needle:?}; stdout was:\n{stdout}"
+    );
+    lines
+}
+
+/// The `error:` line about Ingress `name` naming `field` (after `Ingress NS/NAME: `) and saying
+/// why after it, or a panic showing that Ingress's lines.
+fn error_line_with_field<'a>(stdout: &'a str, name: &str, field: &str) -> &'a str {
+    let prefix = format!("Ingress default/{name}:");
+    let lines = lines_for(stdout, name);
+    lines
+        .iter()
+        .copied()
+        .find(|line| {
+            let Some(at) = line.find(&prefix) else {
+                return false;
+            };
+            let after = line[at + prefix.len()..].trim_start();
+            let why = after
+                .strip_prefix(field)
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, why)| why.trim())
+                .unwrap_or_default();
+            line.starts_with("error: ") && !why.is_empty()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no `error: FILE: {prefix} {field}...: why` line; lines about {name}:\n{}",
+                lines.join("\n")
+            )
+        })
+}
+
+#[tokio::test]
+async fn a_folder_with_broken_ingresses_names_file_and_field_and_exits_1() {
+    let (_backends, mut objects) = several(&["good"]).await;
+    objects.push(
+        Ingress::new("good-app")
+            .rule(Some("good.example.com"), &[prefix("/", "good")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("good.yaml", &objects);
+    let on = |name: &str| Ingress::new(name);
+    let broken = [
+        (
+            "broken/service.yaml",
+            on("broken-svc").rule(Some("a.test"), &[prefix("/", "no-such-service")]),
+            "spec.rules[0].http.paths[0].backend.service.name",
+        ),
+        (
+            "broken/port.yaml",
+            on("broken-port").rule(Some("b.test"), &[prefix("/", "good").port(81)]),
+            "spec.rules[0].http.paths[0].backend.service.port",
+        ),
+        (
+            "broken/path.yaml",
+            on("broken-path")
+                .rule(Some("c.test"), &[prefix("/ok", "good")])
+                .rule(
+                    Some("d.test"),
+                    &[prefix("/ok", "good"), prefix("foo", "good")],
+                ),
+            "spec.rules[1].http.paths[1].path",
+        ),
+        (
+            "broken/secret.yml",
+            on("broken-secret")
+                .tls(&["e.test"], "no-such-secret")
+                .rule(Some("e.test"), &[prefix("/", "good")]),
+            "spec.tls[0].secretName",
+        ),
+        (
+            "broken/default.yaml",
+            on("broken-default").default_backend("no-such-service", Port::Number(80)),
+            "spec.defaultBackend.service.name",
+        ),
+    ];
+    for (file, ing, _) in &broken {
+        m.write(file, &[ing.clone().build()]);
+    }
+
+    let (code, stdout, stderr) = validate(&m, &[]).await;
+    assert_eq!(
+        code, 1,
+        "exit code with rejected Ingresses; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for (file, ing, field) in &broken {
+        let name = ing.clone().build()["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_owned();
+        let line = error_line_with_field(&stdout, &name, field);
+        assert!(
+            line.contains(file),
+            "diagnostic for {name} should name its file {file}: {line:?}"
+        );
+    }
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("error:") && l.contains("good-app")),
+        "the good Ingress must not be reported as an error:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_good_folder_exits_0_without_errors() {
+    let (_backends, mut objects) = several(&["good"]).await;
+    objects.push(
+        Ingress::new("good-app")
+            .rule(Some("good.example.com"), &[prefix("/", "good")])
+            .default_backend("good", Port::Name("http"))
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("good.yaml", &objects);
+
+    let (code, stdout, stderr) = validate(&m, &[]).await;
+    assert_eq!(
+        code, 0,
+        "exit code for a good folder; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("error:")),
+        "a good folder printed errors:\n{stdout}"
+    );
+}
+
+/// A broken Ingress of another class is not ours to judge, unless `--ingress-class` names it.
+#[tokio::test]
+async fn only_ingresses_of_the_chosen_class_are_judged() {
+    let (_backends, mut objects) = several(&["good"]).await;
+    objects.push(
+        Ingress::new("good-app")
+            .rule(Some("good.example.com"), &[prefix("/", "good")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("theirs")
+            .class(Some("other"))
+            .rule(
+                Some("theirs.example.com"),
+                &[prefix("/", "no-such-service")],
+            )
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+
+    let (code, stdout, stderr) = validate(&m, &[]).await;
+    assert_eq!(
+        code, 0,
+        "another class's broken Ingress rejected ours; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("error:")),
+        "another class's Ingress was reported:\n{stdout}"
+    );
+
+    let (code, stdout, stderr) = validate(&m, &["--ingress-class", "other"]).await;
+    assert_eq!(
+        code, 1,
+        "with --ingress-class other; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    error_line_with_field(
+        &stdout,
+        "theirs",
+        "spec.rules[0].http.paths[0].backend.service.name",
+    );
+}
