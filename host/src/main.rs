@@ -86,9 +86,14 @@ struct ProxyArgs {
     /// Default seconds to wait for an upstream connection.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     proxy_connect_timeout: u64,
-    /// Default seconds to wait for an upstream response (nginx's proxy-read-timeout).
+    /// Default seconds of silence allowed from an upstream: before its response head, between
+    /// reads of its body, and from the backend side of a WebSocket (nginx's proxy-read-timeout).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     proxy_read_timeout: u64,
+    /// Default seconds of silence allowed from a client while sending its request body or on
+    /// its side of a WebSocket (nginx's proxy-send-timeout).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    proxy_send_timeout: u64,
     /// Port that HTTP-to-HTTPS redirects point at (where clients reach the TLS listener).
     #[arg(long, default_value_t = 443, value_name = "PORT")]
     redirect_https_port: u16,
@@ -179,6 +184,7 @@ fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOption
     let defaults = Policy {
         connect_timeout: Duration::from_secs(args.proxy_connect_timeout),
         read_timeout: Duration::from_secs(args.proxy_read_timeout),
+        send_timeout: Duration::from_secs(args.proxy_send_timeout),
         ..Policy::default()
     };
     Ok(RunOptions {
