@@ -1,4 +1,4 @@
-//! The admin listener: liveness and readiness for kubelet probes.
+//! The admin listener: liveness and readiness for kubelet probes, `/metrics` for Prometheus.
 //!
 //! Kept apart from the proxy listeners so probes and (later) metrics never compete with traffic
 //! and are never exposed on the public ports. It reads process state; it changes nothing.
@@ -16,30 +16,54 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-/// Process state the probes report.
+/// Process state the probes and scrapes report.
 #[derive(Debug, Default)]
 pub struct Admin {
     ready: AtomicBool,
+    metrics: prometheus_client::registry::Registry,
 }
 
 impl Admin {
+    pub fn new(metrics: prometheus_client::registry::Registry) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
     /// Ready once the first configuration has been compiled and published.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
 
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let (status, body) = match req.uri().path() {
-            "/healthz" => (StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Acquire) => (StatusCode::OK, "ready\n"),
+        let (status, body, content_type) = match req.uri().path() {
+            "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
+            "/readyz" if self.ready.load(Ordering::Acquire) => {
+                (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
+            }
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no configuration compiled yet\n",
+                Bytes::from_static(b"not ready: no configuration compiled yet\n"),
+                "text/plain",
             ),
-            _ => (StatusCode::NOT_FOUND, "not found\n"),
+            "/metrics" => (
+                StatusCode::OK,
+                Bytes::from(crate::metrics::encode(&self.metrics)),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(b"not found\n"),
+                "text/plain",
+            ),
         };
-        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let mut resp = Response::new(Full::new(body));
         *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
         resp
     }
 }

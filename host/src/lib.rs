@@ -9,6 +9,8 @@ pub mod admin;
 pub mod compile;
 pub mod demo;
 pub mod diagnostic;
+pub mod metrics;
+pub mod plugin;
 pub mod policy;
 pub mod proxy;
 pub mod route;

@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wasmgress::compile::{Identity, LastGood, Options};
 use wasmgress::diagnostic::Severity;
+use wasmgress::plugin::{Registry, RuntimeConfig};
 use wasmgress::proxy::Settings;
 use wasmgress::proxy::upstream::Upstreams;
 use wasmgress::route::Policy;
@@ -62,6 +63,9 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct ClassArgs {
+    /// Folder of extra plugins (`*.wasm` components), watched and reloaded like manifests.
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
     /// Serve Ingresses of this class (spec.ingressClassName or kubernetes.io/ingress.class).
     #[arg(long, default_value = "wasmgress")]
     ingress_class: String,
@@ -120,7 +124,12 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { dir, class } => {
-            let options = compile_options(&class, Policy::default())?;
+            let builtins = builtin_plugins()?;
+            let (plugins, problems) = run::load_plugins(&builtins, class.plugin_dir.as_deref());
+            for p in &problems {
+                println!("error: {p}");
+            }
+            let options = compile_options(&class, Policy::default(), Arc::new(plugins))?;
             let mut source = FileSource::new(&dir);
             let compiled = run::compile_folder(&mut source, &options, &LastGood::default())?;
             for d in &compiled.diagnostics {
@@ -166,7 +175,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn compile_options(class: &ClassArgs, defaults: Policy) -> anyhow::Result<Options> {
+fn builtin_plugins() -> anyhow::Result<Arc<Registry>> {
+    let registry = Registry::with_builtins(RuntimeConfig::default())
+        .context("cannot load the built-in plugins")?;
+    Ok(Arc::new(registry))
+}
+
+fn compile_options(
+    class: &ClassArgs,
+    defaults: Policy,
+    plugins: Arc<Registry>,
+) -> anyhow::Result<Options> {
     let default_certificate =
         tls::default_certificate().context("cannot create the default certificate")?;
     Ok(Options {
@@ -177,6 +196,7 @@ fn compile_options(class: &ClassArgs, defaults: Policy) -> anyhow::Result<Option
         defaults,
         default_certificate: Arc::new(default_certificate),
         upstreams: Upstreams::new(),
+        plugins,
     })
 }
 
@@ -187,12 +207,19 @@ fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOption
         send_timeout: Duration::from_secs(args.proxy_send_timeout),
         ..Policy::default()
     };
+    let builtins = builtin_plugins()?;
+    let (plugins, problems) = run::load_plugins(&builtins, args.class.plugin_dir.as_deref());
+    for p in &problems {
+        tracing::error!("{p}");
+    }
     Ok(RunOptions {
         manifests,
+        plugin_dir: args.class.plugin_dir.clone(),
+        builtins,
         http_addr: args.http_addr,
         https_addr: args.https_addr,
         admin_addr: args.admin_addr,
-        compile: compile_options(&args.class, defaults)?,
+        compile: compile_options(&args.class, defaults, Arc::new(plugins))?,
         settings: Settings {
             redirect_https_port: args.redirect_https_port,
         },

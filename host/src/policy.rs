@@ -11,6 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::plugin::HookChain;
+
 /// What the upstream speaks (ingress-nginx `backend-protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -139,7 +141,7 @@ pub enum StaticResponse {
 }
 
 /// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     pub protocol: Protocol,
     pub http_version: HttpVersion,
@@ -148,13 +150,19 @@ pub struct Policy {
     pub read_timeout: Duration,
     /// Longest wait between two pieces of the request body from the client.
     pub send_timeout: Duration,
-    /// Plain-HTTP requests get a 308 to HTTPS (compile sets it only on hosts with TLS).
+    /// Plain-HTTP requests get a 308 to HTTPS (compile sets it only on hosts with TLS, or
+    /// everywhere with `force-ssl-redirect`).
     pub ssl_redirect: bool,
     pub request_headers: Arc<[HeaderEdit]>,
     pub response_headers: Arc<[HeaderEdit]>,
     pub respond: Option<Arc<StaticResponse>>,
     /// Requests for exactly `/` are redirected here with 302.
     pub app_root: Option<Arc<str>>,
+    /// ingress-nginx `rewrite-target`: on a regex route, the request path becomes this, with
+    /// `$1`.. replaced by the path regex's captures (the query is kept).
+    pub rewrite_target: Option<Arc<str>>,
+    /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
+    pub hooks: HookChain,
 }
 
 impl Default for Policy {
@@ -170,6 +178,8 @@ impl Default for Policy {
             response_headers: Arc::new([]),
             respond: None,
             app_root: None,
+            rewrite_target: None,
+            hooks: HookChain::default(),
         }
     }
 }

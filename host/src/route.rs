@@ -82,6 +82,8 @@ pub struct Route {
     pub client: Client,
     /// For gRPC requests on an HTTP route whose Service port declares an h2c `appProtocol`.
     pub grpc_client: Option<Client>,
+    /// The path's regular expression, on regex routes (for `rewrite-target` captures).
+    pub path_regex: Option<regex::Regex>,
 }
 
 /// Which hosts a rule applies to.
@@ -108,16 +110,30 @@ impl HostMatch {
     }
 }
 
-/// Kubernetes path types; ImplementationSpecific is matched as Prefix.
+/// Kubernetes path types; ImplementationSpecific is matched as Prefix, or as a regular
+/// expression when the Ingress asks for it (ingress-nginx `use-regex`, `rewrite-target`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathKind {
     Exact,
     Prefix,
+    /// Case-insensitive, anchored at the start of the path, as ingress-nginx's `~*` locations.
+    Regex,
+}
+
+/// Compiles an Ingress path as ingress-nginx does for `use-regex`: case-insensitive and
+/// anchored at the start.
+pub fn path_regex(path: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{path})"))
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
 }
 
 #[derive(Debug, Default)]
 struct HostRoutes {
     exact: Vec<(Box<str>, Arc<Route>)>,
+    /// Regex routes (their `path_regex`), longest pattern first after `build`.
+    regex: Vec<(Box<str>, Arc<Route>)>,
     /// Normalised prefixes (no trailing `/`, so `/` is empty), longest first after `build`.
     prefix: Vec<(Box<str>, Arc<Route>)>,
 }
@@ -125,6 +141,13 @@ struct HostRoutes {
 impl HostRoutes {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
         if let Some((_, route)) = self.exact.iter().find(|(p, _)| **p == *path) {
+            return Some(route);
+        }
+        if let Some((_, route)) = self
+            .regex
+            .iter()
+            .find(|(_, r)| r.path_regex.as_ref().is_some_and(|re| re.is_match(path)))
+        {
             return Some(route);
         }
         // A prefix matches whole elements: the request path equals it or continues with `/`.
@@ -187,6 +210,7 @@ impl RouteTableBuilder {
         let (list, key) = match kind {
             PathKind::Exact => (&mut group.exact, path),
             PathKind::Prefix => (&mut group.prefix, path.trim_end_matches('/')),
+            PathKind::Regex => (&mut group.regex, path),
         };
         if let Some((_, existing)) = list.iter().find(|(p, _)| **p == *key) {
             return Err(existing.clone());
@@ -261,6 +285,7 @@ mod tests {
                 Duration::from_secs(1),
             ),
             grpc_client: None,
+            path_regex: None,
         })
     }
 
@@ -284,7 +309,9 @@ mod tests {
     #[test]
     fn kubernetes_path_matching_table() {
         let h = "foo.example.com";
-        let rows: &[(&[(PathKind, &str)], &str, Option<&str>)] = &[
+        // (the Ingress paths, the request path, which path should answer)
+        type Row<'a> = (&'a [(PathKind, &'a str)], &'a str, Option<&'a str>);
+        let rows: &[Row] = &[
             (&[(Prefix, "/")], "/anything/at/all", Some("Prefix /")),
             (&[(Exact, "/foo")], "/foo", Some("Exact /foo")),
             (&[(Exact, "/foo")], "/bar", None),

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::compile::{self, Compiled, LastGood, Options};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::metrics::{self, ConfigStats};
+use crate::plugin::Registry;
 use crate::proxy::{Generation, Proxy, Settings, listener};
 use crate::source::files::{self, FileSource};
 use crate::tls::{self, SniResolver};
@@ -30,6 +32,10 @@ const DRAIN: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub manifests: PathBuf,
+    /// Extra plugins (`*.wasm`), watched and reloaded like manifests.
+    pub plugin_dir: Option<PathBuf>,
+    /// The built-in plugins, loaded once; reloads start from them.
+    pub builtins: Arc<Registry>,
     pub http_addr: SocketAddr,
     pub https_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -50,6 +56,19 @@ pub enum RunError {
     },
 }
 
+/// The built-ins plus every `*.wasm` of `dir`. Plugins that fail to load are left out and
+/// described in the returned messages; Ingresses that attach them are then rejected by name.
+pub fn load_plugins(builtins: &Registry, dir: Option<&Path>) -> (Registry, Vec<String>) {
+    let mut registry = builtins.clone();
+    let Some(dir) = dir else {
+        return (registry, Vec::new());
+    };
+    match registry.load_dir(dir) {
+        Ok(errors) => (registry, errors.iter().map(ToString::to_string).collect()),
+        Err(e) => (registry, vec![e.to_string()]),
+    }
+}
+
 /// Compiles what a folder holds once, for `validate` and for startup.
 pub fn compile_folder(
     source: &mut FileSource,
@@ -62,12 +81,13 @@ pub fn compile_folder(
 
 /// Runs the proxy until `stop` resolves, then drains open connections.
 pub async fn run(
-    options: RunOptions,
+    mut options: RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let mut source = FileSource::new(&options.manifests);
     let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
     let mut reported = report(&compiled.diagnostics, &HashSet::new());
+    let first_counts = (compiled.accepted, compiled.rejected);
     let (generation, mut last_good) = split(compiled, 1);
     let proxy = Arc::new(Proxy::new(generation, options.settings.clone()));
 
@@ -91,7 +111,12 @@ pub async fn run(
     let https = bind("https", options.https_addr).await?;
     let admin_listener = bind("admin", options.admin_addr).await?;
 
-    let admin = Arc::new(Admin::default());
+    let config_stats = Arc::new(ConfigStats::default());
+    config_stats.applied(1, first_counts.0, first_counts.1);
+    let admin = Arc::new(Admin::new(metrics::registry(
+        config_stats.clone(),
+        proxy.tunnels.clone(),
+    )));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
 
     let certs_from = proxy.clone();
@@ -119,9 +144,34 @@ pub async fn run(
     admin.set_ready();
 
     let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
+    let mut plugin_changes = match &options.plugin_dir {
+        Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
+        None => None,
+    };
     let reload = async {
         let mut number = 1;
-        while changes.recv().await.is_some() {
+        loop {
+            let plugins_changed = tokio::select! {
+                change = changes.recv() => match change {
+                    Some(()) => false,
+                    None => return,
+                },
+                Some(()) = async {
+                    match &mut plugin_changes {
+                        Some((_, rx)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if plugins_changed {
+                let (registry, problems) =
+                    load_plugins(&options.builtins, options.plugin_dir.as_deref());
+                for p in &problems {
+                    tracing::error!("{p}");
+                }
+                options.compile.plugins = Arc::new(registry);
+                tracing::info!("plugins reloaded");
+            }
             let compiled = match compile_folder(&mut source, &options.compile, &last_good) {
                 Ok(c) => c,
                 Err(e) => {
@@ -135,6 +185,7 @@ pub async fn run(
             let (generation, kept) = split(compiled, number);
             last_good = kept;
             proxy.publish(generation);
+            config_stats.applied(number, accepted, rejected);
             tracing::info!(
                 generation = number,
                 accepted,

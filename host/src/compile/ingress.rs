@@ -12,10 +12,9 @@ use rustls::sign::CertifiedKey;
 
 use super::backend::Resolver;
 use crate::diagnostic::Diagnostic;
+use crate::plugin;
 use crate::route::{Backend, HostMatch, PathKind, Policy};
 use crate::tls;
-
-pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 
 /// A compiled Ingress, kept whole so a later broken edit can fall back to it.
 #[derive(Debug)]
@@ -29,8 +28,10 @@ pub struct Unit {
     pub default_backend: Option<Arc<Backend>>,
     pub certificates: Vec<(String, Arc<CertifiedKey>)>,
     /// The policy every route of this Ingress starts from; `ssl_redirect` here means "allowed",
-    /// and becomes effective only on hosts that have a certificate.
+    /// and becomes effective only on hosts that have a certificate (or everywhere when
+    /// `force_ssl_redirect`).
     pub policy: Policy,
+    pub force_ssl_redirect: bool,
 }
 
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub struct UnitPath {
     pub host: HostMatch,
     pub kind: PathKind,
     pub path: String,
+    /// The compiled path, for regex paths.
+    pub regex: Option<regex::Regex>,
     pub backend: Arc<Backend>,
     pub field: String,
 }
@@ -46,6 +49,7 @@ pub struct Context<'a, 'b> {
     pub resolver: &'b mut Resolver<'a>,
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
     pub defaults: &'b Policy,
+    pub plugins: &'b plugin::Registry,
 }
 
 /// Compiles one Ingress; `Err` holds the reasons it is rejected (warnings ride along either way).
@@ -63,6 +67,41 @@ pub fn compile(
     let mut error = |field: String, message: String| {
         errors.push(Diagnostic::error(&object, field, message).at(origin.clone()));
     };
+
+    // Annotations are the plugins' business: each attached plugin's `configure` turns the ones
+    // it owns into policy. A plugin error rejects the Ingress like any other error.
+    let annotations: std::collections::BTreeMap<String, String> =
+        ingress.metadata.annotations.clone().unwrap_or_default();
+    let mut policy = cx.defaults.clone();
+    let (mut ssl_redirect, mut force_ssl_redirect, mut regex_paths) = (true, false, false);
+    match plugin::configure_ingress(cx.plugins, &annotations) {
+        Ok(configured) => {
+            notes.extend(
+                configured
+                    .diagnostics
+                    .iter()
+                    .map(|d| d.to_diagnostic(&object).at(origin.clone())),
+            );
+            let p = configured.policy;
+            p.apply_to(&mut policy);
+            ssl_redirect = p.ssl_redirect.unwrap_or(true);
+            force_ssl_redirect = p.force_ssl_redirect.unwrap_or(false);
+            regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
+            policy.rewrite_target = p.rewrite_target.map(Arc::from);
+            policy.hooks = p.hooks;
+        }
+        Err(diagnostics) => {
+            for d in diagnostics {
+                let d = d.to_diagnostic(&object).at(origin.clone());
+                if d.severity == crate::diagnostic::Severity::Error {
+                    error(d.field, d.message);
+                } else {
+                    notes.push(d);
+                }
+            }
+        }
+    }
+    policy.ssl_redirect = ssl_redirect;
 
     let spec = ingress.spec.clone().unwrap_or_default();
     let mut backend = |b: &IngressBackend, field: &str, notes: &mut Vec<Diagnostic>| {
@@ -123,6 +162,8 @@ pub fn compile(
             let path = p.path.as_deref().unwrap_or("/");
             let kind = match p.path_type.as_str() {
                 "Exact" => PathKind::Exact,
+                // ingress-nginx treats every path of a regex Ingress as a regex.
+                "Prefix" | "ImplementationSpecific" if regex_paths => PathKind::Regex,
                 "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
                 other => {
                     error(
@@ -136,12 +177,26 @@ pub fn compile(
                 error(format!("{field}.path"), format!("{path:?} {why}"));
                 continue;
             }
+            let regex = match kind {
+                PathKind::Regex => match crate::route::path_regex(path) {
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        error(
+                            format!("{field}.path"),
+                            format!("{path:?} is not a valid regular expression: {e}"),
+                        );
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             match backend(&p.backend, &format!("{field}.backend"), &mut notes) {
                 Ok(_) if !host_ok => {}
                 Ok(b) => paths.push(UnitPath {
                     host: host_match.clone(),
                     kind,
                     path: path.to_owned(),
+                    regex,
                     backend: b,
                     field,
                 }),
@@ -216,24 +271,6 @@ pub fn compile(
         }
     }
 
-    let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
-    let mut policy = cx.defaults.clone();
-    policy.ssl_redirect = match annotations.get(SSL_REDIRECT_ANNOTATION).map(String::as_str) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            notes.push(
-                Diagnostic::warning(
-                    &object,
-                    format!("metadata.annotations[{SSL_REDIRECT_ANNOTATION}]"),
-                    format!("{other:?} is not \"true\" or \"false\"; using true"),
-                )
-                .at(origin.clone()),
-            );
-            true
-        }
-    };
-
     if paths.is_empty() && default_backend.is_none() && errors.is_empty() {
         notes.push(
             Diagnostic::warning(
@@ -257,6 +294,7 @@ pub fn compile(
             default_backend,
             certificates,
             policy,
+            force_ssl_redirect,
         },
         notes,
     ))

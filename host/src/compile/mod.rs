@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 pub use class::Identity;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::plugin;
 use crate::policy::Protocol;
 use crate::proxy::upstream::{Transport, Upstreams};
 use crate::route::{Backend, HostMatch, Policy, Route, RouteTable, RouteTableBuilder};
@@ -35,6 +36,8 @@ pub struct Options {
     pub default_certificate: Arc<CertifiedKey>,
     /// Shared upstream clients, so connection pools outlive generations.
     pub upstreams: Arc<Upstreams>,
+    /// The plugins Ingresses can use: built-ins and loaded ones.
+    pub plugins: Arc<plugin::Registry>,
 }
 
 /// One compiled generation.
@@ -82,6 +85,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
         resolver: &mut resolver,
         secrets: &secrets,
         defaults: &options.defaults,
+        plugins: &options.plugins,
     };
 
     let (mut accepted, mut rejected) = (0, 0);
@@ -175,7 +179,13 @@ fn certificates(
 }
 
 /// A route for `backend` under `policy`, with the upstream clients its protocol needs.
-fn route(unit: &Unit, backend: &Arc<Backend>, policy: Policy, upstreams: &Upstreams) -> Arc<Route> {
+fn route(
+    unit: &Unit,
+    backend: &Arc<Backend>,
+    policy: Policy,
+    upstreams: &Upstreams,
+    path_regex: Option<regex::Regex>,
+) -> Arc<Route> {
     let transport = match policy.protocol {
         Protocol::Http | Protocol::AutoHttp => Transport::Http1,
         Protocol::Https => Transport::TlsHttp1,
@@ -190,6 +200,7 @@ fn route(unit: &Unit, backend: &Arc<Backend>, policy: Policy, upstreams: &Upstre
         client: upstreams.client(transport, policy.connect_timeout),
         grpc_client,
         policy,
+        path_regex,
     })
 }
 
@@ -214,12 +225,13 @@ fn routes(
         };
         for p in &unit.paths {
             let mut policy = unit.policy.clone();
-            policy.ssl_redirect &= match &p.host {
+            let has_tls = match &p.host {
                 HostMatch::Exact(h) => certs.covers(h),
                 HostMatch::Wildcard(s) => certs.covers(&format!("*.{s}")),
                 HostMatch::Any => false,
             };
-            let route = route(unit, &p.backend, policy, upstreams);
+            policy.ssl_redirect = unit.force_ssl_redirect || (policy.ssl_redirect && has_tls);
+            let route = route(unit, &p.backend, policy, upstreams, p.regex.clone());
             if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
                 && winner.ingress != unit.key
             {
@@ -229,7 +241,7 @@ fn routes(
         if let Some(backend) = &unit.default_backend {
             let mut policy = unit.policy.clone();
             policy.ssl_redirect = false;
-            let route = route(unit, backend, policy, upstreams);
+            let route = route(unit, backend, policy, upstreams, None);
             if let Err(winner) = table.set_default_backend(route) {
                 diagnostics.push(
                     Diagnostic::warning(
@@ -288,7 +300,21 @@ mod tests {
             defaults: Policy::default(),
             default_certificate: Arc::new(crate::tls::default_certificate().expect("default cert")),
             upstreams: Upstreams::new(),
+            plugins: test_plugins(),
         }
+    }
+
+    /// The built-in plugins, compiled once per test process.
+    fn test_plugins() -> Arc<plugin::Registry> {
+        static REGISTRY: std::sync::OnceLock<Arc<plugin::Registry>> = std::sync::OnceLock::new();
+        REGISTRY
+            .get_or_init(|| {
+                Arc::new(
+                    plugin::Registry::with_builtins(Default::default())
+                        .expect("built-in plugins load"),
+                )
+            })
+            .clone()
     }
 
     /// Compiles a folder holding `files`, as `run` would.

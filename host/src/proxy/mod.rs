@@ -25,6 +25,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::plugin::{self, HookOutcome};
 use crate::policy::{self, HttpVersion, RequestVars, StaticResponse};
 use crate::route::{RouteTable, normalize_host};
 use crate::tls::CertStore;
@@ -136,6 +137,23 @@ impl Proxy {
         {
             return Ok(respond::redirect(StatusCode::FOUND, root));
         }
+        let req = if policy.hooks.is_empty() {
+            req
+        } else {
+            let (mut parts, body) = req.into_parts();
+            let head = plugin::RequestHead {
+                method: parts.method.as_str(),
+                scheme: if conn.secure { "https" } else { "http" },
+                authority,
+                path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+            };
+            if let HookOutcome::Respond(answer) =
+                policy.hooks.run_request(&head, &mut parts.headers)
+            {
+                return Ok(fixed(answer));
+            }
+            Request::from_parts(parts, body)
+        };
         let Some(endpoint) = route.backend.pick() else {
             let why = format!("no ready endpoints for service {}", route.backend.name);
             return Ok(if grpc {
@@ -168,6 +186,14 @@ impl Proxy {
         uri.authority = Some(endpoint.authority.clone());
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
+            && let Some(rewritten) = uri
+                .path_and_query
+                .as_ref()
+                .and_then(|pq| rewrite(re, target, pq))
+        {
+            uri.path_and_query = Some(rewritten);
         }
         parts.uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
@@ -223,6 +249,12 @@ impl Proxy {
                         request_uri: "",
                     };
                     policy::apply_edits(&policy.response_headers, &mut parts.headers, &vars);
+                }
+                if !policy.hooks.is_empty()
+                    && let HookOutcome::Respond(answer) =
+                        policy.hooks.run_response(parts.status, &mut parts.headers)
+                {
+                    return Ok(fixed(answer));
                 }
                 let on_idle = if grpc {
                     OnIdle::GrpcDeadline
@@ -332,6 +364,30 @@ fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<
     }
 }
 
+/// A plugin's answer as a response.
+fn fixed(answer: plugin::FixedResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(answer.body)));
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
+    resp
+}
+
+/// ingress-nginx `rewrite-target`: when the path regex matches, the path becomes the target
+/// with `$1`.. expanded from its captures; the query string is kept.
+fn rewrite(re: &regex::Regex, target: &str, pq: &PathAndQuery) -> Option<PathAndQuery> {
+    let caps = re.captures(pq.path())?;
+    let mut out = String::with_capacity(target.len() + pq.as_str().len());
+    caps.expand(target, &mut out);
+    if !out.starts_with('/') {
+        out.insert(0, '/');
+    }
+    if let Some(q) = pq.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::try_from(out).ok()
+}
+
 /// Parses `grpc-timeout` (`1-8 digits` + unit H, M, S, m, u, n).
 fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
     let s = value.to_str().ok()?;
@@ -354,6 +410,21 @@ fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrite_target_expands_captures_and_keeps_the_query() {
+        let re = crate::route::path_regex("/something(/|$)(.*)").expect("regex");
+        let pq = |s: &'static str| PathAndQuery::from_static(s);
+        assert_eq!(
+            rewrite(&re, "/$2", &pq("/something/new/x?a=1")).map(|p| p.to_string()),
+            Some("/new/x?a=1".to_owned())
+        );
+        assert_eq!(
+            rewrite(&re, "/$2", &pq("/something")).map(|p| p.to_string()),
+            Some("/".to_owned())
+        );
+        assert_eq!(rewrite(&re, "/$2", &pq("/other")), None);
+    }
 
     #[test]
     fn parses_grpc_timeouts() {

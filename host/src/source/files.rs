@@ -122,47 +122,52 @@ impl FileSource {
         Ok(snapshot)
     }
 
-    /// Watches the folder; each burst of changes becomes one message after `debounce` of quiet.
-    /// The returned watcher must be kept alive for as long as messages are wanted.
+    /// Watches the folder; see [`watch`].
     pub fn watch(
         &self,
         debounce: Duration,
     ) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
-        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = raw_tx.send(());
-                }
-            })
-            .map_err(|source| Error::Watch {
-                path: self.root.clone(),
-                source,
-            })?;
-        watcher
-            .watch(&self.root, notify::RecursiveMode::Recursive)
-            .map_err(|source| Error::Watch {
-                path: self.root.clone(),
-                source,
-            })?;
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            while raw_rx.recv().await.is_some() {
-                // Editors write a file in several steps: wait for the burst to end.
-                loop {
-                    match tokio::time::timeout(debounce, raw_rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        Ok(None) => return,
-                        Err(_) => break,
-                    }
-                }
-                if tx.send(()).await.is_err() {
-                    return;
+        watch(&self.root, debounce)
+    }
+}
+
+/// Watches a folder recursively; each burst of changes becomes one message after `debounce` of
+/// quiet. The returned watcher must be kept alive for as long as messages are wanted.
+pub fn watch(
+    root: &Path,
+    debounce: Duration,
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let failed = |source| Error::Watch {
+        path: root.to_owned(),
+        source,
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = raw_tx.send(());
+        }
+    })
+    .map_err(failed)?;
+    watcher
+        .watch(root, notify::RecursiveMode::Recursive)
+        .map_err(failed)?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            // Editors write a file in several steps: wait for the burst to end.
+            loop {
+                match tokio::time::timeout(debounce, raw_rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
                 }
             }
-        });
-        Ok((watcher, rx))
-    }
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((watcher, rx))
 }
 
 fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -1,0 +1,310 @@
+//! A compiled plugin ([`LoadedPlugin`]) and one live instance of it ([`PluginInstance`]).
+//!
+//! Owns the call discipline: every call into a guest gets a fresh epoch deadline, a reset log
+//! budget and, for hooks, the header map moved into the store for exactly the duration of the
+//! call; every failure is classified into a [`CallError`] and counted. A caller must drop an
+//! instance whose call failed (the methods consume nothing, but the contract is that a failed
+//! instance is never reused: its memory may be in any state). This module does not decide
+//! which instance serves which Ingress; `hooks` and `configure` do.
+
+use super::bindings::{FIELDS_REP, FieldsHandle, Filter, FilterPre, wit};
+use super::engine::{RuntimeConfig, StoreState, ticks};
+use super::error::{CallError, CallErrorKind};
+use http::HeaderMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+/// Per-plugin counters, readable at any time (for metrics). Monotonic.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Every call into the plugin (describe, configure, hooks).
+    pub calls: AtomicU64,
+    /// Request-time hook calls only: zero for plugins whose policies are static.
+    pub hook_calls: AtomicU64,
+    /// Calls that trapped (including memory failures).
+    pub traps: AtomicU64,
+    /// Calls interrupted at their deadline.
+    pub deadline_hits: AtomicU64,
+    /// Calls that hit the memory cap (also counted in `traps`).
+    pub memory_failures: AtomicU64,
+    /// Instances created.
+    pub instances: AtomicU64,
+}
+
+/// A plain copy of [`PluginStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub hook_calls: u64,
+    pub traps: u64,
+    pub deadline_hits: u64,
+    pub memory_failures: u64,
+    pub instances: u64,
+}
+
+impl PluginStats {
+    /// Read every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            hook_calls: self.hook_calls.load(Ordering::Relaxed),
+            traps: self.traps.load(Ordering::Relaxed),
+            deadline_hits: self.deadline_hits.load(Ordering::Relaxed),
+            memory_failures: self.memory_failures.load(Ordering::Relaxed),
+            instances: self.instances.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginOrigin {
+    /// Compiled from `plugins/` and embedded in the binary.
+    Builtin,
+    /// Loaded from a file (for example `--plugin-dir`).
+    File(String),
+}
+
+impl std::fmt::Display for PluginOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginOrigin::Builtin => f.write_str("built-in"),
+            PluginOrigin::File(path) => f.write_str(path),
+        }
+    }
+}
+
+/// The per-request hooks a plugin may use or a policy may ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookSet {
+    pub request_headers: bool,
+    pub response_headers: bool,
+}
+
+impl HookSet {
+    pub(crate) fn from_wit(hooks: &[wit::Hook]) -> Self {
+        let mut set = HookSet::default();
+        for h in hooks {
+            match h {
+                wit::Hook::RequestHeaders => set.request_headers = true,
+                wit::Hook::ResponseHeaders => set.response_headers = true,
+            }
+        }
+        set
+    }
+
+    /// True when no hook is used.
+    pub fn is_empty(&self) -> bool {
+        !self.request_headers && !self.response_headers
+    }
+
+    /// True when every hook in `self` is also in `other`.
+    pub fn is_subset_of(&self, other: &HookSet) -> bool {
+        (!self.request_headers || other.request_headers)
+            && (!self.response_headers || other.response_headers)
+    }
+}
+
+/// What a plugin says about itself (`describe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    /// Exact annotation keys owned.
+    pub keys: Vec<String>,
+    /// Annotation key prefixes owned (besides `wasmgress.io/plugin.<name>.`).
+    pub prefixes: Vec<String>,
+    /// Hooks the plugin may ask for.
+    pub hooks: HookSet,
+}
+
+/// A compiled, pre-linked plugin: instantiating it costs microseconds.
+pub struct LoadedPlugin {
+    pub(crate) info: PluginInfo,
+    pub(crate) name: Arc<str>,
+    pub(crate) origin: PluginOrigin,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) pre: FilterPre<StoreState>,
+    pub(crate) stats: Arc<PluginStats>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("info", &self.info)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// What the plugin said about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Where it came from.
+    pub fn origin(&self) -> &PluginOrigin {
+        &self.origin
+    }
+
+    /// SHA-256 of the component bytes, lower-case hex (what `wasmgress.io/plugin.<name>.sha256`
+    /// pins).
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The plugin's counters.
+    pub fn stats(&self) -> &Arc<PluginStats> {
+        &self.stats
+    }
+
+    /// A fresh instance.
+    pub(crate) fn instantiate(&self, config: &RuntimeConfig) -> Result<PluginInstance, CallError> {
+        self.stats.instances.fetch_add(1, Ordering::Relaxed);
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(self.name.clone(), config.memory_limit),
+        );
+        store.limiter(|s| &mut s.limiter);
+        // Instantiation runs the component's start-up code: bound it like a compile-time call.
+        store.set_epoch_deadline(ticks(config.compile_deadline));
+        match self.pre.instantiate(&mut store) {
+            Ok(filter) => Ok(PluginInstance {
+                store,
+                filter,
+                stats: self.stats.clone(),
+            }),
+            Err(e) => Err(CallError {
+                plugin: self.name.to_string(),
+                call: "instantiate",
+                kind: CallErrorKind::Instantiate,
+                deadline: config.compile_deadline,
+                detail: format!("{e:#}"),
+            }),
+        }
+    }
+}
+
+/// The request line handed to `on-request-headers`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+}
+
+/// One live instance: a store and the bindings into it.
+pub(crate) struct PluginInstance {
+    store: Store<StoreState>,
+    filter: Filter,
+    stats: Arc<PluginStats>,
+}
+
+impl PluginInstance {
+    /// Classify a failed call, count it and build the error.
+    fn fail(&mut self, e: wasmtime::Error, call: &'static str, deadline: Duration) -> CallError {
+        let stats = &self.stats;
+        let plugin = self.store.data().plugin.to_string();
+        let (kind, detail) = if self.store.data().limiter.exceeded {
+            stats.traps.fetch_add(1, Ordering::Relaxed);
+            stats.memory_failures.fetch_add(1, Ordering::Relaxed);
+            (CallErrorKind::Memory, String::from("memory growth refused"))
+        } else if let Some(trap) = e.downcast_ref::<Trap>() {
+            if *trap == Trap::Interrupt {
+                stats.deadline_hits.fetch_add(1, Ordering::Relaxed);
+                (CallErrorKind::Deadline, String::new())
+            } else {
+                stats.traps.fetch_add(1, Ordering::Relaxed);
+                (CallErrorKind::Trap, trap.to_string())
+            }
+        } else {
+            stats.traps.fetch_add(1, Ordering::Relaxed);
+            (CallErrorKind::Trap, format!("{e:#}"))
+        };
+        CallError {
+            plugin,
+            call,
+            kind,
+            deadline,
+            detail,
+        }
+    }
+
+    fn begin(&mut self, deadline: Duration) {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.store.set_epoch_deadline(ticks(deadline));
+        self.store.data_mut().log_lines = 0;
+    }
+
+    pub(crate) fn describe(&mut self, deadline: Duration) -> Result<wit::Info, CallError> {
+        self.begin(deadline);
+        match self.filter.call_describe(&mut self.store) {
+            Ok(info) => Ok(info),
+            Err(e) => Err(self.fail(e, "describe", deadline)),
+        }
+    }
+
+    pub(crate) fn configure(
+        &mut self,
+        annotations: &[(String, String)],
+        deadline: Duration,
+    ) -> Result<Result<wit::Policy, Vec<wit::Diagnostic>>, CallError> {
+        self.begin(deadline);
+        match self.filter.call_configure(&mut self.store, annotations) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(e, "configure", deadline)),
+        }
+    }
+
+    /// Run `on-request-headers` over `headers` (edited in place by the guest).
+    pub(crate) fn on_request_headers(
+        &mut self,
+        head: &RequestHead<'_>,
+        headers: &mut HeaderMap,
+        deadline: Duration,
+    ) -> Result<wit::Action, CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        self.begin(deadline);
+        let head = wit::RequestHead {
+            method: head.method.to_owned(),
+            scheme: head.scheme.to_owned(),
+            authority: head.authority.to_owned(),
+            path: head.path.to_owned(),
+        };
+        // Lend the map to the store for this call only; it comes back even if the call fails.
+        self.store.data_mut().headers = std::mem::take(headers);
+        let r = self.filter.call_on_request_headers(
+            &mut self.store,
+            &head,
+            Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
+        );
+        *headers = std::mem::take(&mut self.store.data_mut().headers);
+        r.map_err(|e| self.fail(e, "on-request-headers", deadline))
+    }
+
+    /// Run `on-response-headers` over `headers` (edited in place by the guest).
+    pub(crate) fn on_response_headers(
+        &mut self,
+        status: u16,
+        headers: &mut HeaderMap,
+        deadline: Duration,
+    ) -> Result<wit::Action, CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        self.begin(deadline);
+        self.store.data_mut().headers = std::mem::take(headers);
+        let r = self.filter.call_on_response_headers(
+            &mut self.store,
+            status,
+            Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
+        );
+        *headers = std::mem::take(&mut self.store.data_mut().headers);
+        r.map_err(|e| self.fail(e, "on-response-headers", deadline))
+    }
+}

@@ -1,0 +1,460 @@
+//! [`PluginPolicy`]: what the plugins attached to one Ingress decided, converted from their WIT
+//! policies into the proxy's own types ([`crate::policy`]), validated, and merged.
+//!
+//! Owns the conversion rules (every header name, value and status a plugin returns is checked
+//! here, once, at compile time, so the proxy never sees an invalid one) and the merge rule:
+//!
+//! - scalar fields (`Option`s): the later plugin in attach order wins when it sets the field;
+//! - header edits: concatenated in attach order and applied in that order;
+//! - hooks: concatenated in attach order (each plugin's hooks run in that order).
+//!
+//! Executing a policy is [`crate::policy`]'s job; this module must not run plugins either: it
+//! only holds and transforms their results.
+
+use super::bindings::{RESERVED_HEADERS, wit};
+use super::hooks::HookChain;
+use crate::policy::{self as exec, HeaderEdit, HttpVersion, Part, Protocol, StaticResponse, Value};
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A complete response made by a plugin (a `respond-now` from a hook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the plugins attached to one Ingress want. `None` / empty means "not set by any
+/// plugin": the route keeps its default.
+#[derive(Debug, Clone, Default)]
+pub struct PluginPolicy {
+    pub protocol: Option<Protocol>,
+    pub http_version: Option<HttpVersion>,
+    pub connect_timeout: Option<Duration>,
+    /// Longest idle time between two reads from the upstream (nginx semantics, not a total).
+    pub read_timeout: Option<Duration>,
+    /// Longest idle time between two writes to the upstream (nginx semantics, not a total).
+    pub send_timeout: Option<Duration>,
+    /// Applied to the request before it goes upstream, in order.
+    pub request_headers: Vec<HeaderEdit>,
+    /// Applied to the response before it goes to the client, in order.
+    pub response_headers: Vec<HeaderEdit>,
+    /// Answer every request without proxying.
+    pub respond: Option<StaticResponse>,
+    /// Redirect `/` here (302).
+    pub app_root: Option<String>,
+    /// ingress-nginx `ssl-redirect` as written (the host defaults it to true on TLS hosts).
+    pub ssl_redirect: Option<bool>,
+    /// Redirect to HTTPS even on hosts without TLS.
+    pub force_ssl_redirect: Option<bool>,
+    /// Replacement for the matched path; `$1`..`$9` are capture groups of the Ingress path.
+    pub rewrite_target: Option<String>,
+    /// Ingress paths are regular expressions.
+    pub use_regex: Option<bool>,
+    /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
+    pub hooks: HookChain,
+}
+
+impl PluginPolicy {
+    /// Merge `later` into `self` (see the module doc). Returns the names of scalar fields that
+    /// `later` overrode with a different value, for a diagnostic.
+    pub fn merge(&mut self, later: PluginPolicy) -> Vec<&'static str> {
+        fn take<T: PartialEq>(
+            slot: &mut Option<T>,
+            new: Option<T>,
+            name: &'static str,
+            overridden: &mut Vec<&'static str>,
+        ) {
+            if let Some(v) = new {
+                if slot.as_ref().is_some_and(|old| *old != v) {
+                    overridden.push(name);
+                }
+                *slot = Some(v);
+            }
+        }
+        let mut overridden = Vec::new();
+        let o = &mut overridden;
+        take(&mut self.protocol, later.protocol, "upstream protocol", o);
+        take(
+            &mut self.http_version,
+            later.http_version,
+            "upstream HTTP version",
+            o,
+        );
+        take(
+            &mut self.connect_timeout,
+            later.connect_timeout,
+            "connect timeout",
+            o,
+        );
+        take(
+            &mut self.read_timeout,
+            later.read_timeout,
+            "read timeout",
+            o,
+        );
+        take(
+            &mut self.send_timeout,
+            later.send_timeout,
+            "send timeout",
+            o,
+        );
+        take(
+            &mut self.respond,
+            later.respond,
+            "fixed response or redirect",
+            o,
+        );
+        take(&mut self.app_root, later.app_root, "app-root", o);
+        take(
+            &mut self.ssl_redirect,
+            later.ssl_redirect,
+            "ssl-redirect",
+            o,
+        );
+        take(
+            &mut self.force_ssl_redirect,
+            later.force_ssl_redirect,
+            "force-ssl-redirect",
+            o,
+        );
+        take(
+            &mut self.rewrite_target,
+            later.rewrite_target,
+            "rewrite-target",
+            o,
+        );
+        take(&mut self.use_regex, later.use_regex, "use-regex", o);
+        self.request_headers.extend(later.request_headers);
+        self.response_headers.extend(later.response_headers);
+        self.hooks.extend(later.hooks);
+        overridden
+    }
+
+    /// True when requests need no plugin call.
+    pub fn is_static(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    /// Copy what maps one-to-one onto a route's executable policy: protocol, HTTP version,
+    /// timeouts, header edits (appended after the route's own), fixed response or redirect,
+    /// app-root. The rest (`ssl_redirect`, `force_ssl_redirect`, `rewrite_target`,
+    /// `use_regex`, `hooks`) depends on the route (TLS, path), so the compile step decides it.
+    pub fn apply_to(&self, route: &mut exec::Policy) {
+        if let Some(p) = self.protocol {
+            route.protocol = p;
+        }
+        if let Some(v) = self.http_version {
+            route.http_version = v;
+        }
+        if let Some(t) = self.connect_timeout {
+            route.connect_timeout = t;
+        }
+        if let Some(t) = self.read_timeout {
+            route.read_timeout = t;
+        }
+        if let Some(t) = self.send_timeout {
+            route.send_timeout = t;
+        }
+        if !self.request_headers.is_empty() {
+            route.request_headers = route
+                .request_headers
+                .iter()
+                .chain(&self.request_headers)
+                .cloned()
+                .collect();
+        }
+        if !self.response_headers.is_empty() {
+            route.response_headers = route
+                .response_headers
+                .iter()
+                .chain(&self.response_headers)
+                .cloned()
+                .collect();
+        }
+        if let Some(r) = &self.respond {
+            route.respond = Some(Arc::new(r.clone()));
+        }
+        if let Some(root) = &self.app_root {
+            route.app_root = Some(Arc::from(root.as_str()));
+        }
+    }
+}
+
+fn name(n: &str) -> Result<HeaderName, String> {
+    let name = HeaderName::from_bytes(n.as_bytes())
+        .map_err(|_| format!("`{n}` is not a valid header name"))?;
+    if RESERVED_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "header `{n}` is managed by the proxy and cannot be edited"
+        ));
+    }
+    Ok(name)
+}
+
+fn parts(list: Vec<wit::TemplatePart>) -> Box<[Part]> {
+    list.into_iter()
+        .map(|p| match p {
+            wit::TemplatePart::Literal(s) => Part::Literal(s),
+            wit::TemplatePart::Variable(v) => Part::Variable(match v {
+                wit::RequestVariable::Host => exec::Variable::Host,
+                wit::RequestVariable::RemoteAddr => exec::Variable::RemoteAddr,
+                wit::RequestVariable::Scheme => exec::Variable::Scheme,
+                wit::RequestVariable::RequestUri => exec::Variable::RequestUri,
+            }),
+        })
+        .collect()
+}
+
+fn edit_value(name: &HeaderName, v: wit::HeaderValue) -> Result<Value, String> {
+    let bad = || format!("the value for `{name}` is not a valid header value");
+    match v {
+        wit::HeaderValue::Text(s) => HeaderValue::from_str(&s)
+            .map(Value::Static)
+            .map_err(|_| bad()),
+        wit::HeaderValue::Bytes(b) => HeaderValue::from_bytes(&b)
+            .map(Value::Static)
+            .map_err(|_| bad()),
+        wit::HeaderValue::Template(list) => {
+            let ps = parts(list);
+            // Literal parts must be valid on their own; variables are the host's own values.
+            let mut literal = String::new();
+            let mut only_literals = true;
+            for p in ps.iter() {
+                match p {
+                    Part::Literal(s) if HeaderValue::from_str(s).is_err() => return Err(bad()),
+                    Part::Literal(s) => literal.push_str(s),
+                    Part::Variable(_) => only_literals = false,
+                }
+            }
+            if only_literals {
+                HeaderValue::from_str(&literal)
+                    .map(Value::Static)
+                    .map_err(|_| bad())
+            } else {
+                Ok(Value::Template(ps))
+            }
+        }
+    }
+}
+
+fn edits(list: Vec<wit::HeaderEdit>) -> Result<Vec<HeaderEdit>, String> {
+    list.into_iter()
+        .map(|e| {
+            Ok(match e {
+                wit::HeaderEdit::Set(h) => {
+                    let n = name(&h.name)?;
+                    let v = edit_value(&n, h.value)?;
+                    HeaderEdit::Set(n, v)
+                }
+                wit::HeaderEdit::Append(h) => {
+                    let n = name(&h.name)?;
+                    let v = edit_value(&n, h.value)?;
+                    HeaderEdit::Append(n, v)
+                }
+                wit::HeaderEdit::Remove(n) => HeaderEdit::Remove(name(&n)?),
+            })
+        })
+        .collect()
+}
+
+/// Convert a guest-built response (fixed response or `respond-now`), validating every part.
+pub(crate) fn fixed_response(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+) -> Result<FixedResponse, String> {
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| format!("status {status} is not a final HTTP status (200 to 599)"))?;
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (n, v) in headers {
+        let n = name(&n)?;
+        let v = HeaderValue::from_bytes(&v)
+            .map_err(|_| format!("the value for `{n}` is not a valid header value"))?;
+        map.append(n, v);
+    }
+    Ok(FixedResponse {
+        status,
+        headers: map,
+        body: Bytes::from(body),
+    })
+}
+
+/// Convert a plugin's policy (hooks excepted: `configure` binds them). `Err` names what was
+/// refused.
+pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
+    let ms = |v: Option<u32>| v.map(|ms| Duration::from_millis(u64::from(ms)));
+    let respond = match p.respond {
+        None => None,
+        Some(wit::StaticResponse::Redirect(r)) => {
+            let status = StatusCode::from_u16(r.status)
+                .ok()
+                .filter(|s| (300..=308).contains(&s.as_u16()))
+                .ok_or_else(|| format!("redirect status {} is not 300 to 308", r.status))?;
+            let location = parts(r.location);
+            let literal_ok = location.iter().all(|p| match p {
+                Part::Literal(s) => HeaderValue::from_str(s).is_ok(),
+                Part::Variable(_) => true,
+            });
+            if location.is_empty() || !literal_ok {
+                return Err("redirect location is empty or not a valid header value".into());
+            }
+            Some(StaticResponse::Redirect { status, location })
+        }
+        Some(wit::StaticResponse::Fixed(f)) => {
+            let r = fixed_response(f.status, f.headers, f.body)?;
+            Some(StaticResponse::Fixed {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
+        }
+    };
+    if let Some(root) = &p.app_root
+        && (!root.starts_with('/') || HeaderValue::from_str(root).is_err())
+    {
+        return Err(format!("app-root `{root}` is not an absolute path"));
+    }
+    Ok(PluginPolicy {
+        protocol: p.upstream_protocol.map(|u| match u {
+            wit::UpstreamProtocol::Http => Protocol::Http,
+            wit::UpstreamProtocol::Https => Protocol::Https,
+            wit::UpstreamProtocol::Grpc => Protocol::Grpc,
+            wit::UpstreamProtocol::Grpcs => Protocol::Grpcs,
+            wit::UpstreamProtocol::AutoHttp => Protocol::AutoHttp,
+        }),
+        http_version: p.upstream_http_version.map(|v| match v {
+            wit::HttpVersion::Http10 => HttpVersion::Http10,
+            wit::HttpVersion::Http11 => HttpVersion::Http11,
+        }),
+        connect_timeout: ms(p.connect_timeout_ms),
+        read_timeout: ms(p.read_timeout_ms),
+        send_timeout: ms(p.send_timeout_ms),
+        request_headers: edits(p.request_headers)?,
+        response_headers: edits(p.response_headers)?,
+        respond,
+        app_root: p.app_root,
+        ssl_redirect: p.ssl_redirect,
+        force_ssl_redirect: p.force_ssl_redirect,
+        rewrite_target: p.rewrite_target,
+        use_regex: p.use_regex,
+        hooks: HookChain::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{RequestVars, apply_edits};
+
+    fn vars() -> RequestVars<'static> {
+        RequestVars {
+            host: "example.com",
+            remote: "10.0.0.1:5555".parse().expect("addr"),
+            secure: true,
+            request_uri: "/a?b=1",
+        }
+    }
+
+    #[test]
+    fn merge_later_wins_and_edits_concatenate() {
+        let mut a = PluginPolicy {
+            read_timeout: Some(Duration::from_secs(1)),
+            ssl_redirect: Some(true),
+            request_headers: vec![HeaderEdit::Remove(HeaderName::from_static("x-a"))],
+            ..PluginPolicy::default()
+        };
+        let b = PluginPolicy {
+            read_timeout: Some(Duration::from_secs(2)),
+            ssl_redirect: Some(true),
+            request_headers: vec![HeaderEdit::Remove(HeaderName::from_static("x-b"))],
+            ..PluginPolicy::default()
+        };
+        let overridden = a.merge(b);
+        assert_eq!(overridden, ["read timeout"]);
+        assert_eq!(a.read_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(a.request_headers.len(), 2);
+        assert!(a.is_static());
+    }
+
+    #[test]
+    fn converted_edits_apply_in_order_with_templates() {
+        let edits = edits(vec![
+            wit::HeaderEdit::Set(wit::Header {
+                name: "X-Where".into(),
+                value: wit::HeaderValue::Template(vec![
+                    wit::TemplatePart::Variable(wit::RequestVariable::Scheme),
+                    wit::TemplatePart::Literal("://".into()),
+                    wit::TemplatePart::Variable(wit::RequestVariable::Host),
+                    wit::TemplatePart::Variable(wit::RequestVariable::RequestUri),
+                ]),
+            }),
+            wit::HeaderEdit::Append(wit::Header {
+                name: "x-tag".into(),
+                value: wit::HeaderValue::Bytes(b"b".to_vec()),
+            }),
+            wit::HeaderEdit::Set(wit::Header {
+                name: "x-lit".into(),
+                value: wit::HeaderValue::Template(vec![wit::TemplatePart::Literal("v".into())]),
+            }),
+            wit::HeaderEdit::Remove("x-gone".into()),
+        ])
+        .expect("valid");
+        assert!(matches!(&edits[2], HeaderEdit::Set(_, Value::Static(_))));
+        let mut map = HeaderMap::new();
+        map.insert("x-tag", HeaderValue::from_static("a"));
+        map.insert("x-gone", HeaderValue::from_static("1"));
+        apply_edits(&edits, &mut map, &vars());
+        assert_eq!(map["x-where"], "https://example.com/a?b=1");
+        assert_eq!(map.get_all("x-tag").iter().count(), 2);
+        assert!(!map.contains_key("x-gone"));
+    }
+
+    #[test]
+    fn invalid_plugin_output_refused() {
+        let set = |n: &str, v: wit::HeaderValue| {
+            edits(vec![wit::HeaderEdit::Set(wit::Header {
+                name: n.into(),
+                value: v,
+            })])
+        };
+        assert!(set("bad name", wit::HeaderValue::Text("x".into())).is_err());
+        assert!(set("x-a", wit::HeaderValue::Text("a\r\nb".into())).is_err());
+        assert!(set("connection", wit::HeaderValue::Text("close".into())).is_err());
+        assert!(fixed_response(99, vec![], vec![]).is_err());
+        assert!(fixed_response(200, vec![("x-a".into(), b"\n".to_vec())], vec![]).is_err());
+        let ok = fixed_response(401, vec![("x-a".into(), b"1".to_vec())], b"no".to_vec())
+            .expect("valid");
+        assert_eq!(ok.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn apply_to_overrides_only_what_is_set() {
+        let mut route = exec::Policy::default();
+        let edit = HeaderEdit::Remove(HeaderName::from_static("x-a"));
+        route.request_headers = Arc::new([edit.clone()]);
+        let p = PluginPolicy {
+            protocol: Some(Protocol::Grpc),
+            read_timeout: Some(Duration::from_secs(3600)),
+            request_headers: vec![HeaderEdit::Remove(HeaderName::from_static("x-b"))],
+            app_root: Some("/app".into()),
+            ..PluginPolicy::default()
+        };
+        p.apply_to(&mut route);
+        assert_eq!(route.protocol, Protocol::Grpc);
+        assert_eq!(route.read_timeout, Duration::from_secs(3600));
+        assert_eq!(
+            route.connect_timeout,
+            exec::Policy::default().connect_timeout
+        );
+        assert_eq!(route.request_headers.len(), 2);
+        assert_eq!(route.request_headers[0], edit);
+        assert_eq!(route.app_root.as_deref(), Some("/app"));
+    }
+}

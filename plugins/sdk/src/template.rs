@@ -1,0 +1,113 @@
+//! nginx-style `$variable` templates, restricted to the variables the host can substitute
+//! ([`RequestVariable`]). Used by plugins that accept header values or redirect targets with
+//! variables; anything else is refused, never passed through.
+
+use crate::{RequestVariable, TemplatePart};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Why a template was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateError {
+    /// `$name` with a name the host does not substitute (nginx would have).
+    UnknownVariable(String),
+    /// A `$` not followed by a variable name, or an unclosed `${`.
+    BadDollar,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateError::UnknownVariable(name) => write!(
+                f,
+                "variable `${name}` is not supported (only $host, $remote_addr, $scheme and $request_uri are)"
+            ),
+            TemplateError::BadDollar => f.write_str(
+                "`$` must start a variable name ($host, $remote_addr, $scheme, $request_uri)",
+            ),
+        }
+    }
+}
+
+/// The host-substituted variable called `name` (nginx spelling), if any.
+pub fn variable(name: &str) -> Option<RequestVariable> {
+    match name {
+        "host" => Some(RequestVariable::Host),
+        "remote_addr" => Some(RequestVariable::RemoteAddr),
+        "scheme" => Some(RequestVariable::Scheme),
+        "request_uri" => Some(RequestVariable::RequestUri),
+        _ => None,
+    }
+}
+
+/// Split `text` into literals and variables (`$name` or `${name}`; names are
+/// `[A-Za-z0-9_]+`). Adjacent literals are merged; an empty text gives no parts.
+pub fn parse(text: &str) -> Result<Vec<TemplatePart>, TemplateError> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        literal.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or(TemplateError::BadDollar)?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(TemplateError::BadDollar);
+        }
+        let var = variable(name).ok_or_else(|| TemplateError::UnknownVariable(name.to_string()))?;
+        if !literal.is_empty() {
+            parts.push(TemplatePart::Literal(core::mem::take(&mut literal)));
+        }
+        parts.push(TemplatePart::Variable(var));
+        rest = tail;
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(TemplatePart::Literal(literal));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_variables() {
+        let parts = parse("https://example.com$request_uri").expect("valid");
+        assert_eq!(
+            parts,
+            alloc::vec![
+                TemplatePart::Literal("https://example.com".into()),
+                TemplatePart::Variable(RequestVariable::RequestUri),
+            ]
+        );
+        assert_eq!(
+            parse("${scheme}://x").expect("valid"),
+            alloc::vec![
+                TemplatePart::Variable(RequestVariable::Scheme),
+                TemplatePart::Literal("://x".into()),
+            ]
+        );
+        assert!(parse("").expect("valid").is_empty());
+    }
+
+    #[test]
+    fn unknown_and_dangling_refused() {
+        assert_eq!(
+            parse("$http_cookie"),
+            Err(TemplateError::UnknownVariable("http_cookie".into()))
+        );
+        assert_eq!(parse("a$"), Err(TemplateError::BadDollar));
+        assert_eq!(parse("${host"), Err(TemplateError::BadDollar));
+        assert_eq!(parse("$-"), Err(TemplateError::BadDollar));
+    }
+}

@@ -1,0 +1,39 @@
+//! Test plugin `grow`: allocates without bound in `on-request-headers`, never freeing.
+//! Exercises the host's memory cap: the growth that crosses it fails the call.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use wasmgress_plugin_sdk::{
+    Action, Annotations, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead,
+    export_plugin, info,
+};
+
+struct Grow;
+
+impl Plugin for Grow {
+    type Config = ();
+
+    fn info() -> Info {
+        info("grow", "0.1.0", &[], &[], &[Hook::RequestHeaders])
+    }
+
+    fn configure(_: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+        let policy = Policy {
+            hooks: alloc::vec![Hook::RequestHeaders],
+            ..Policy::default()
+        };
+        Ok((policy, ()))
+    }
+
+    fn on_request_headers(_: &(), _: &RequestHead, _: &Headers<'_>) -> Action {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            // 1 MiB at a time, touched so it is really committed, and kept forever.
+            hoard.push(core::hint::black_box(alloc::vec![1u8; 1 << 20]));
+        }
+    }
+}
+
+export_plugin!(Grow);
