@@ -16,6 +16,9 @@ use crate::plugin;
 use crate::route::{Backend, HostMatch, PathKind, Policy};
 use crate::tls;
 
+/// NGINX Inc's controller needed this to allow WebSocket; here it is a no-op.
+const NGINX_INC_WEBSOCKET: &str = "nginx.org/websocket-services";
+
 /// A compiled Ingress, kept whole so a later broken edit can fall back to it.
 #[derive(Debug)]
 pub struct Unit {
@@ -102,6 +105,26 @@ pub fn compile(
         }
     }
     policy.ssl_redirect = ssl_redirect;
+    if annotations.contains_key(NGINX_INC_WEBSOCKET) {
+        notes.push(
+            Diagnostic::info(
+                &object,
+                format!("metadata.annotations[{NGINX_INC_WEBSOCKET}]"),
+                "not needed: WebSocket upgrades always work on wasmgress",
+            )
+            .at(origin.clone()),
+        );
+    }
+    if policy.http_version == crate::policy::HttpVersion::Http10 {
+        notes.push(
+            Diagnostic::warning(
+                &object,
+                "metadata.annotations[nginx.ingress.kubernetes.io/proxy-http-version]",
+                "HTTP/1.0 cannot carry WebSocket upgrades; WebSocket requests still use HTTP/1.1 to the backend",
+            )
+            .at(origin.clone()),
+        );
+    }
 
     let spec = ingress.spec.clone().unwrap_or_default();
     let mut backend = |b: &IngressBackend, field: &str, notes: &mut Vec<Diagnostic>| {
