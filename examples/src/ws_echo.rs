@@ -1,7 +1,7 @@
 //! A WebSocket echo backend (tokio-tungstenite), HTTP/1.1 Upgrade only, as most backends are.
 //!
 //! Text and binary messages come back unchanged; pings are answered with pongs by the library;
-//! a close from the client is answered with the same close code and reason. The first
+//! a close from the client is answered with the same close code (by tungstenite). The first
 //! subprotocol a client offers is accepted. Messages up to 64 MiB are allowed so tests can send
 //! large ones. A text message `close:CODE` makes the server close with that code, so tests can
 //! check that a backend-initiated close reaches the client.
@@ -61,7 +61,9 @@ async fn echo(stream: TcpStream) {
                 continue;
             }
             Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(frame) => Message::Close(frame),
+            // tungstenite answers a close with the same code by itself; keep reading until
+            // the stream ends so that answer is flushed.
+            Message::Close(_) => continue,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if ws.send(reply).await.is_err() {

@@ -287,6 +287,17 @@ pub fn translate(snippet: &str) -> Result<Translation, String> {
                 let [n, v] = args else {
                     return Err("`proxy_set_header` takes a name and a value".to_string());
                 };
+                // The classic WebSocket snippet: the proxy forwards upgrades by itself, so
+                // these two are already what happens, not an edit to refuse.
+                if n.text.eq_ignore_ascii_case("upgrade")
+                    || n.text.eq_ignore_ascii_case("connection")
+                {
+                    t.notes.push(format!(
+                        "proxy_set_header {}: not needed, WebSocket upgrades are forwarded by the proxy; ignored",
+                        n.text
+                    ));
+                    continue;
+                }
                 let n = name(&n.text)?;
                 t.request.push(if v.text.is_empty() {
                     HeaderEdit::remove(n)
@@ -397,6 +408,16 @@ mod tests {
 
     fn refused(snippet: &str) -> String {
         translate(snippet).expect_err(snippet)
+    }
+
+    #[test]
+    fn the_websocket_snippet_is_accepted_as_a_no_op() {
+        let t = translate(
+            "proxy_set_header Upgrade \"websocket\";\nproxy_set_header Connection \"Upgrade\";",
+        )
+        .expect("the seed article's snippet");
+        assert!(t.request.is_empty() && t.response.is_empty());
+        assert_eq!(t.notes.len(), 2);
     }
 
     #[test]
