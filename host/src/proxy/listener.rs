@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use super::{Conn, Proxy};
 
 /// A slow or silent client must not hold a handshake slot forever.
@@ -34,7 +35,9 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .enable_connect_protocol();
+        .enable_connect_protocol()
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW);
     let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {

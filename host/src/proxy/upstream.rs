@@ -24,6 +24,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use super::body::Idle;
 use crate::route::Endpoint;
 
+/// HTTP/2 flow-control windows, upstream and downstream: what one connection, and one stream,
+/// may have in flight unread. They bound the proxy's buffering per connection.
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+pub const H2_STREAM_WINDOW: u32 = 2 << 20;
+
 /// Request bodies towards upstreams: the client's body with the send idle timeout.
 pub type UpstreamBody = Idle<Incoming>;
 
@@ -113,7 +118,16 @@ impl Client {
         };
         // Formatted only on failure: the success path allocates nothing here.
         let endpoint = || endpoint.addr.to_string();
-        match tokio::time::timeout(head_timeout, sent).await {
+        let deadline = tokio::time::Instant::now() + head_timeout;
+        match tokio::time::timeout_at(deadline, sent).await {
+            // A task polled late sees the upstream's answer and the expired timer together;
+            // the deadline has passed, so it wins (a gRPC backend that enforced the same
+            // forwarded deadline answers CANCELLED, which is not what the client asked for).
+            Ok(Ok(_)) if tokio::time::Instant::now() >= deadline => Err(UpstreamError::Timeout {
+                endpoint: endpoint(),
+                backend: backend.to_owned(),
+                after: head_timeout,
+            }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let cause = root_cause(&e);
@@ -171,10 +185,14 @@ fn build(transport: Transport, connect_timeout: Duration) -> Client {
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60));
     if transport.is_h2() {
+        // Many calls share one connection, so its windows must be wide: h2 also sizes its
+        // defence against floods of small DATA frames from the connection window, and a burst
+        // of small gRPC replies on a 64 KiB window trips it (GOAWAY ENHANCE_YOUR_CALM).
         builder
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_adaptive_window(true);
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW);
     }
     let inner = match transport {
         Transport::Http1 | Transport::H2c => Inner::Plain(builder.build(http)),

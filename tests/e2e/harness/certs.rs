@@ -200,3 +200,10 @@ impl ServerCertVerifier for AcceptAnything {
             .supported_schemes()
     }
 }
+
+impl TestCa {
+    /// This CA's certificate as PEM, for clients that take a PEM root (tonic).
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+}

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod certs;
 pub mod client;
+pub mod grpc;
 pub mod manifests;
 pub mod process;
 pub mod yaml;
@@ -12,3 +13,5 @@ pub use backend::Backend;
 pub use client::{Conn, Req, Resp};
 pub use manifests::{Ingress, Manifests, Port, exact, implementation_specific, prefix};
 pub use process::Wasmgress;
+pub mod plugins;
+pub mod ws;

@@ -28,10 +28,18 @@ impl Plugin for Grow {
     }
 
     fn on_request_headers(_: &(), _: &RequestHead, _: &Headers<'_>) -> Action {
-        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        // Ask for linear memory 1 MiB at a time without touching it, so the memory cap is what
+        // stops the plugin (long before its deadline), as it would stop a real leak.
+        #[cfg(target_arch = "wasm32")]
         loop {
-            // 1 MiB at a time, touched so it is really committed, and kept forever.
-            hoard.push(core::hint::black_box(alloc::vec![1u8; 1 << 20]));
+            core::hint::black_box(core::arch::wasm32::memory_grow(0, 16));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(core::hint::black_box(alloc::vec![1u8; 1 << 20]));
+            }
         }
     }
 }
