@@ -1,4 +1,5 @@
-//! The admin listener: liveness and readiness for kubelet probes, `/metrics` for Prometheus.
+//! The admin listener: liveness and readiness for kubelet probes, `/metrics` for Prometheus,
+//! `/debug/routes` for people (the compiled route table as JSON).
 //!
 //! Kept apart from the proxy listeners so probes and (later) metrics never compete with traffic
 //! and are never exposed on the public ports. It reads process state; it changes nothing.
@@ -16,18 +17,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::proxy::Proxy;
+
 /// Process state the probes and scrapes report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admin {
     ready: AtomicBool,
     metrics: prometheus_client::registry::Registry,
+    proxy: Arc<Proxy>,
 }
 
 impl Admin {
-    pub fn new(metrics: prometheus_client::registry::Registry) -> Self {
+    pub fn new(metrics: prometheus_client::registry::Registry, proxy: Arc<Proxy>) -> Self {
         Self {
             ready: AtomicBool::new(false),
             metrics,
+            proxy,
         }
     }
 
@@ -52,6 +57,18 @@ impl Admin {
                 Bytes::from(crate::metrics::encode(&self.metrics)),
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ),
+            "/debug/routes" => {
+                let generation = self.proxy.current();
+                let doc = serde_json::json!({
+                    "generation": generation.number,
+                    "routes": generation.routes.describe(),
+                });
+                (
+                    StatusCode::OK,
+                    Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
+                    "application/json",
+                )
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 Bytes::from_static(b"not found\n"),

@@ -98,6 +98,9 @@ struct ProxyArgs {
     /// its side of a WebSocket (nginx's proxy-send-timeout).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     proxy_send_timeout: u64,
+    /// Proxy worker threads (like nginx's worker_processes); default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// Port that HTTP-to-HTTPS redirects point at (where clients reach the TLS listener).
     #[arg(long, default_value_t = 443, value_name = "PORT")]
     redirect_https_port: u16,
@@ -148,13 +151,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { manifests, proxy } => {
             let options = run_options(manifests, &proxy)?;
-            runtime()?.block_on(run::run(options, shutdown_signal()))?;
+            runtime(proxy.workers)?.block_on(run::run(options, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir, proxy } => {
             let generated = demo::generate(&dir)?;
             let options = run_options(dir, &proxy)?;
-            runtime()?.block_on(async {
+            runtime(proxy.workers)?.block_on(async {
                 demo::start_backends().await?;
                 eprintln!(
                     "{}",
@@ -168,8 +171,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.into());
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

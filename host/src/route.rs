@@ -187,6 +187,80 @@ impl RouteTable {
     pub fn default_backend(&self) -> Option<&Arc<Route>> {
         self.default_backend.as_ref()
     }
+
+    /// The table as JSON, for `/debug/routes`: what the proxy actually does, host by host.
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let group = |g: &HostRoutes| {
+            let paths = g
+                .exact
+                .iter()
+                .map(|(p, r)| ("Exact", p.to_string(), r))
+                .chain(g.regex.iter().map(|(p, r)| ("Regex", p.to_string(), r)))
+                .chain(g.prefix.iter().map(|(p, r)| {
+                    let p = if p.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        p.to_string()
+                    };
+                    ("Prefix", p, r)
+                }))
+                .map(|(kind, path, route)| {
+                    let mut entry = route.describe();
+                    entry["pathType"] = json!(kind);
+                    entry["path"] = json!(path);
+                    entry
+                })
+                .collect::<Vec<_>>();
+            json!(paths)
+        };
+        let mut hosts = serde_json::Map::new();
+        let mut names: Vec<_> = self.exact.keys().collect();
+        names.sort();
+        for name in names {
+            hosts.insert(name.to_string(), group(&self.exact[name]));
+        }
+        let mut names: Vec<_> = self.wildcard.keys().collect();
+        names.sort();
+        for name in names {
+            hosts.insert(format!("*.{name}"), group(&self.wildcard[name]));
+        }
+        if let Some(any) = &self.any {
+            hosts.insert("*".to_owned(), group(any));
+        }
+        json!({
+            "hosts": hosts,
+            "defaultBackend": self.default_backend.as_ref().map(|r| r.describe()),
+        })
+    }
+}
+
+impl Route {
+    fn describe(&self) -> serde_json::Value {
+        let p = &self.policy;
+        let edits = |edits: &[crate::policy::HeaderEdit]| -> Vec<String> {
+            edits.iter().map(|e| format!("{e:?}")).collect()
+        };
+        serde_json::json!({
+            "ingress": &*self.ingress,
+            "backend": &*self.backend.name,
+            "endpoints": self.backend.endpoints().iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+            "policy": {
+                "protocol": format!("{:?}", p.protocol),
+                "httpVersion": format!("{:?}", p.http_version),
+                "connectTimeoutMs": p.connect_timeout.as_millis() as u64,
+                "readTimeoutMs": p.read_timeout.as_millis() as u64,
+                "sendTimeoutMs": p.send_timeout.as_millis() as u64,
+                "sslRedirect": p.ssl_redirect,
+                "requestHeaders": edits(&p.request_headers),
+                "responseHeaders": edits(&p.response_headers),
+                "respond": p.respond.as_ref().map(|r| format!("{r:?}")),
+                "appRoot": p.app_root.as_deref(),
+                "rewriteTarget": p.rewrite_target.as_deref(),
+            },
+            "plugins": p.hooks.plugins().iter().map(|h| h.name().to_owned()).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// Collects routes; the first route added for a host, path and kind wins.

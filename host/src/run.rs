@@ -113,10 +113,10 @@ pub async fn run(
 
     let config_stats = Arc::new(ConfigStats::default());
     config_stats.applied(1, first_counts.0, first_counts.1);
-    let admin = Arc::new(Admin::new(metrics::registry(
-        config_stats.clone(),
-        proxy.tunnels.clone(),
-    )));
+    let admin = Arc::new(Admin::new(
+        metrics::registry(config_stats.clone(), proxy.tunnels.clone()),
+        proxy.clone(),
+    ));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
 
     let certs_from = proxy.clone();

@@ -1,7 +1,9 @@
 //! Rewriting a request for its upstream and a response for its client: hop-by-hop headers,
-//! `Host`, and the `X-Forwarded-*` family ingress-nginx users rely on.
+//! `Host`, the `X-Forwarded-*` family ingress-nginx users rely on, and `X-Request-Id`.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{CONNECTION, HOST, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
@@ -10,6 +12,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers meaningful only on one connection (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -71,6 +74,34 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, secure: bool, 
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+}
+
+/// A new request id: 32 hex digits, a random per-process prefix and a counter, so ids are
+/// unique across replicas without a random draw per request.
+fn request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut seed = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        u64::from_le_bytes(seed)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 32];
+    for (i, byte) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(&n.to_be_bytes())
+        .enumerate()
+    {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -105,5 +136,24 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test");
         assert_eq!(h["host"], "a.test");
+        let id = h["x-request-id"].to_str().expect("ascii").to_owned();
+        assert_eq!(id.len(), 32);
+        let mut again = HeaderMap::new();
+        add_forwarded(
+            &mut again,
+            "192.0.2.7:5555".parse().expect("addr"),
+            true,
+            "a.test",
+        );
+        assert_ne!(again["x-request-id"], id, "ids are unique");
+        let mut kept = HeaderMap::new();
+        kept.insert("x-request-id", HeaderValue::from_static("mine"));
+        add_forwarded(
+            &mut kept,
+            "192.0.2.7:5555".parse().expect("addr"),
+            true,
+            "a.test",
+        );
+        assert_eq!(kept["x-request-id"], "mine", "a client's id is passed on");
     }
 }
