@@ -116,7 +116,29 @@ fn nested_target_dir(out_dir: &Path) -> PathBuf {
     }
 }
 
+/// Installs the wasm target when rustup manages the toolchain and lacks it, so the README's
+/// commands work as written on a fresh machine. Without rustup, the build error below says
+/// what to install.
+fn ensure_wasm_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    let Ok(out) = installed else { return };
+    if !out.status.success()
+        || String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == WASM_TARGET)
+    {
+        return;
+    }
+    println!("cargo:warning=installing the {WASM_TARGET} target with rustup to build the plugins");
+    let _ = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status();
+}
+
 fn build_plugins(workspace: &Path, target_dir: &Path) {
+    ensure_wasm_target();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
