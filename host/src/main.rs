@@ -98,6 +98,9 @@ struct ProxyArgs {
     /// its side of a WebSocket (nginx's proxy-send-timeout).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     proxy_send_timeout: u64,
+    /// Access log on stdout: one line per request or tunnel.
+    #[arg(long, value_enum, default_value = "off")]
+    access_log: wasmgress::proxy::access::Format,
     /// Proxy worker threads (like nginx's worker_processes); default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
@@ -204,10 +207,12 @@ fn compile_options(
         default_certificate: Arc::new(default_certificate),
         upstreams: Upstreams::new(),
         plugins,
+        route_stats: wasmgress::metrics::RouteStatsRegistry::new(),
     })
 }
 
 fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOptions> {
+    wasmgress::proxy::access::init(args.access_log);
     let defaults = Policy {
         connect_timeout: Duration::from_secs(args.proxy_connect_timeout),
         read_timeout: Duration::from_secs(args.proxy_read_timeout),

@@ -84,6 +84,8 @@ pub struct Route {
     pub grpc_client: Option<Client>,
     /// The path's regular expression, on regex routes (for `rewrite-target` captures).
     pub path_regex: Option<regex::Regex>,
+    /// Request counters and histograms, shared with earlier generations of the same route.
+    pub stats: Arc<crate::metrics::RouteStats>,
 }
 
 /// Which hosts a rule applies to.
@@ -360,6 +362,12 @@ mod tests {
             ),
             grpc_client: None,
             path_regex: None,
+            stats: crate::metrics::RouteStatsRegistry::default().get(crate::metrics::RouteLabels {
+                ingress: name.into(),
+                host: "*".into(),
+                path: "/".into(),
+                service: name.into(),
+            }),
         })
     }
 

@@ -114,7 +114,12 @@ pub async fn run(
     let config_stats = Arc::new(ConfigStats::default());
     config_stats.applied(1, first_counts.0, first_counts.1);
     let admin = Arc::new(Admin::new(
-        metrics::registry(config_stats.clone(), proxy.tunnels.clone()),
+        metrics::registry(
+            config_stats.clone(),
+            proxy.tunnels.clone(),
+            options.compile.route_stats.clone(),
+            proxy.tls.clone(),
+        ),
         proxy.clone(),
     ));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));

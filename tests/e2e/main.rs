@@ -9,6 +9,7 @@ mod errors;
 mod forwarding;
 mod grpc;
 mod loading;
+mod observability;
 mod plugins;
 mod redirect;
 mod rejection;

@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 pub use class::Identity;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::metrics::{RouteLabels, RouteStatsRegistry};
 use crate::plugin;
 use crate::policy::Protocol;
 use crate::proxy::upstream::{Transport, Upstreams};
@@ -38,6 +39,8 @@ pub struct Options {
     pub upstreams: Arc<Upstreams>,
     /// The plugins Ingresses can use: built-ins and loaded ones.
     pub plugins: Arc<plugin::Registry>,
+    /// Per-route counters, kept across generations.
+    pub route_stats: Arc<RouteStatsRegistry>,
 }
 
 /// One compiled generation.
@@ -133,7 +136,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
 
     units.sort_by(|a, b| a.order.cmp(&b.order));
     let certs = certificates(&units, options, &mut diagnostics);
-    let routes = routes(&units, &certs, &options.upstreams, &mut diagnostics);
+    let routes = routes(&units, &certs, options, &mut diagnostics);
     let last_good = LastGood(units.into_iter().map(|u| (u.key.clone(), u)).collect());
     Compiled {
         routes,
@@ -183,9 +186,22 @@ fn route(
     unit: &Unit,
     backend: &Arc<Backend>,
     policy: Policy,
-    upstreams: &Upstreams,
+    options: &Options,
+    rule: (&HostMatch, &str),
     path_regex: Option<regex::Regex>,
 ) -> Arc<Route> {
+    let upstreams = &options.upstreams;
+    let host: Arc<str> = match rule.0 {
+        HostMatch::Exact(h) => h.as_str().into(),
+        HostMatch::Wildcard(s) => format!("*.{s}").into(),
+        HostMatch::Any => "*".into(),
+    };
+    let stats = options.route_stats.get(RouteLabels {
+        ingress: unit.key.clone(),
+        host,
+        path: rule.1.into(),
+        service: backend.name.clone(),
+    });
     let transport = match policy.protocol {
         Protocol::Http | Protocol::AutoHttp => Transport::Http1,
         Protocol::Https => Transport::TlsHttp1,
@@ -201,13 +217,14 @@ fn route(
         grpc_client,
         policy,
         path_regex,
+        stats,
     })
 }
 
 fn routes(
     units: &[Arc<Unit>],
     certs: &CertStore,
-    upstreams: &Upstreams,
+    options: &Options,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> RouteTable {
     let mut table = RouteTableBuilder::default();
@@ -231,7 +248,14 @@ fn routes(
                 HostMatch::Any => false,
             };
             policy.ssl_redirect = unit.force_ssl_redirect || (policy.ssl_redirect && has_tls);
-            let route = route(unit, &p.backend, policy, upstreams, p.regex.clone());
+            let route = route(
+                unit,
+                &p.backend,
+                policy,
+                options,
+                (&p.host, &p.path),
+                p.regex.clone(),
+            );
             if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
                 && winner.ingress != unit.key
             {
@@ -241,7 +265,14 @@ fn routes(
         if let Some(backend) = &unit.default_backend {
             let mut policy = unit.policy.clone();
             policy.ssl_redirect = false;
-            let route = route(unit, backend, policy, upstreams, None);
+            let route = route(
+                unit,
+                backend,
+                policy,
+                options,
+                (&HostMatch::Any, "(default backend)"),
+                None,
+            );
             if let Err(winner) = table.set_default_backend(route) {
                 diagnostics.push(
                     Diagnostic::warning(
@@ -301,6 +332,7 @@ mod tests {
             default_certificate: Arc::new(crate::tls::default_certificate().expect("default cert")),
             upstreams: Upstreams::new(),
             plugins: test_plugins(),
+            route_stats: RouteStatsRegistry::new(),
         }
     }
 

@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -43,6 +45,8 @@ pub struct Idle<B> {
     last: Instant,
     on_idle: OnIdle,
     finished: bool,
+    /// Data bytes passed, for the access log (only when it is on).
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl<B> Idle<B> {
@@ -54,7 +58,14 @@ impl<B> Idle<B> {
             last: Instant::now(),
             on_idle,
             finished: false,
+            counter: None,
         }
+    }
+
+    /// Counts the data bytes that pass into `counter`.
+    pub fn counting(mut self, counter: Option<Arc<AtomicU64>>) -> Self {
+        self.counter = counter;
+        self
     }
 }
 
@@ -75,6 +86,11 @@ where
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.last = Instant::now();
+            if let (Some(counter), Some(Ok(f))) = (&this.counter, &frame)
+                && let Some(data) = f.data_ref()
+            {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Peer)));
         }
         let sleep = this

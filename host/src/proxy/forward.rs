@@ -74,9 +74,14 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, secure: bool, 
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id());
-    }
+    ensure_request_id(headers);
+}
+
+/// Gives the request an `X-Request-Id` unless the client sent one; returns it.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
+    headers
+        .entry(X_REQUEST_ID.clone())
+        .or_insert_with(request_id)
 }
 
 /// A new request id: 32 hex digits, a random per-process prefix and a counter, so ids are

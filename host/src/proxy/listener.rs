@@ -4,6 +4,7 @@
 //! the TLS one). On shutdown they stop accepting and let open connections finish gracefully.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -70,10 +71,17 @@ pub async fn serve(
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
+                            proxy.tls.handshakes.fetch_add(1, Ordering::Relaxed);
                             serve_connection(&builder, stream, conn, proxy, shutdown).await
                         }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            proxy.tls.failed_error.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            proxy.tls.failed_timeout.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
                     }
                 }
             }

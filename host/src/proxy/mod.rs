@@ -5,6 +5,7 @@
 //! path (route lookup, redirects, executing the route's policy, forwarding, local error
 //! responses); it never reads configuration sources and never compiles anything.
 
+pub mod access;
 pub mod body;
 pub mod forward;
 pub mod listener;
@@ -33,8 +34,10 @@ use body::{Idle, OnIdle};
 use respond::GrpcCode;
 use upstream::UpstreamError;
 
-/// Response bodies: streamed from an upstream, or made here.
-pub type ProxyBody = Either<Idle<Incoming>, Full<Bytes>>;
+/// Response bodies: streamed from an upstream (logged when they end), or made here.
+pub type ProxyBody = Either<access::Logged<Idle<Incoming>>, Full<Bytes>>;
+/// Response bodies before the access log wraps them.
+pub(crate) type InnerBody = Either<Idle<Incoming>, Full<Bytes>>;
 
 /// One compiled configuration, swapped in whole.
 #[derive(Debug)]
@@ -57,6 +60,7 @@ pub struct Proxy {
     generation: ArcSwap<Generation>,
     settings: Settings,
     pub tunnels: Arc<websocket::Stats>,
+    pub tls: Arc<crate::metrics::TlsStats>,
 }
 
 /// Facts about the downstream connection a request came in on.
@@ -72,6 +76,7 @@ impl Proxy {
             generation: ArcSwap::from_pointee(first),
             settings,
             tunnels: Arc::default(),
+            tls: Arc::default(),
         }
     }
 
@@ -89,6 +94,51 @@ impl Proxy {
         req: Request<Incoming>,
         conn: Conn,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = tokio::time::Instant::now();
+        let method = req.method().clone();
+        let protocol = protocol_of(&req);
+        let mut record = access::enabled().then(|| Box::new(start_record(&req, conn, protocol)));
+        let mut stats = None;
+        let Ok(resp) = self.serve(req, conn, &mut record, &mut stats).await;
+        let (parts, body) = resp.into_parts();
+        // Trailers-only gRPC answers carry their status in the headers.
+        let grpc_status = parts.headers.get("grpc-status");
+        if let Some(s) = &stats {
+            s.record(protocol, &method, parts.status, started.elapsed());
+            if let Some(code) = grpc_status {
+                s.grpc_status(code);
+            }
+        }
+        if let Some(r) = record.as_mut() {
+            r.status = parts.status.as_u16();
+            r.grpc_status = grpc_status.cloned();
+        }
+        let body = match body {
+            Either::Left(streamed) => {
+                // gRPC statuses usually come in trailers, at the end of the stream.
+                let trailers_to = stats.filter(|_| protocol == GRPC && grpc_status.is_none());
+                Either::Left(access::Logged::new(streamed, record, trailers_to))
+            }
+            Either::Right(made) => {
+                if let Some(r) = record {
+                    r.finish();
+                }
+                Either::Right(made)
+            }
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+        record: &mut Option<Box<access::Record>>,
+        stats: &mut Option<Arc<crate::metrics::RouteStats>>,
+    ) -> Result<Response<InnerBody>, Infallible> {
+        let mut req = req;
+        // Before anything else, so hooks, the upstream and the log all see the same id.
+        forward::ensure_request_id(req.headers_mut());
         let generation = self.generation.load_full();
         // Cheap reference-counted clones, so the host can outlive taking the request apart.
         let authority = match req.uri().authority() {
@@ -115,6 +165,11 @@ impl Proxy {
             });
         };
         let policy = &route.policy;
+        *stats = Some(route.stats.clone());
+        if let Some(r) = record.as_mut() {
+            r.ingress = Some(route.ingress.clone());
+            r.request_id = req.headers().get("x-request-id").cloned();
+        }
         let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
         if policy.ssl_redirect && !conn.secure {
             let location = match self.settings.redirect_https_port {
@@ -168,6 +223,9 @@ impl Proxy {
         };
         let h2 = client.transport.is_h2();
 
+        if let Some(r) = record.as_mut() {
+            r.upstream = Some(endpoint.addr);
+        }
         if let Some(kind) = websocket::kind(&req) {
             return Ok(self.tunnel(req, kind, route, endpoint, &host, conn).await);
         }
@@ -228,16 +286,26 @@ impl Proxy {
             },
         );
 
-        let body = Idle::new(body, policy.send_timeout, OnIdle::Fail);
-        match client
+        let counter = record.as_ref().map(|r| r.bytes_in.clone());
+        let body = Idle::new(body, policy.send_timeout, OnIdle::Fail).counting(counter);
+        let sent_at = tokio::time::Instant::now();
+        let result = client
             .send(
                 Request::from_parts(parts, body),
                 endpoint,
                 &route.backend.name,
                 head_timeout,
             )
-            .await
-        {
+            .await;
+        let upstream_took = sent_at.elapsed();
+        route.stats.upstream(upstream_took);
+        if let Some(r) = record.as_mut() {
+            r.upstream_duration = Some(upstream_took);
+        }
+        if let Err(UpstreamError::Connect { .. }) = &result {
+            route.stats.connect_error();
+        }
+        match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
@@ -308,7 +376,7 @@ impl Proxy {
         endpoint: &crate::route::Endpoint,
         host: &str,
         conn: Conn,
-    ) -> Response<ProxyBody> {
+    ) -> Response<InnerBody> {
         let policy = &route.policy;
         let mut headers = req.headers().clone();
         forward::strip_hop_by_hop(&mut headers);
@@ -346,7 +414,7 @@ impl Proxy {
     }
 }
 
-fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<ProxyBody> {
+fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<InnerBody> {
     match answer {
         StaticResponse::Redirect { status, location } => {
             respond::redirect(*status, &policy::render(location, vars))
@@ -364,8 +432,61 @@ fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<
     }
 }
 
+/// Index of "grpc" in [`crate::metrics::PROTOCOLS`].
+const GRPC: usize = 2;
+
+/// The request's protocol, as an index into [`crate::metrics::PROTOCOLS`].
+fn protocol_of(req: &Request<Incoming>) -> usize {
+    let grpc = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if websocket::kind(req).is_some() {
+        3
+    } else if grpc {
+        GRPC
+    } else if req.version() == Version::HTTP_2 {
+        1
+    } else {
+        0
+    }
+}
+
+/// The access-log record of a request, before routing fills in the rest.
+fn start_record(req: &Request<Incoming>, conn: Conn, protocol: usize) -> access::Record {
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    };
+    access::Record {
+        start: tokio::time::Instant::now(),
+        time: std::time::SystemTime::now(),
+        client: conn.remote.ip(),
+        host: host.to_owned(),
+        method: req.method().as_str().to_owned(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str)
+            .to_owned(),
+        protocol: crate::metrics::PROTOCOLS[protocol],
+        ingress: None,
+        request_id: req.headers().get("x-request-id").cloned(),
+        upstream: None,
+        upstream_duration: None,
+        status: 0,
+        grpc_status: None,
+        bytes_in: Arc::default(),
+        bytes_out: 0,
+    }
+}
+
 /// A plugin's answer as a response.
-fn fixed(answer: plugin::FixedResponse) -> Response<ProxyBody> {
+fn fixed(answer: plugin::FixedResponse) -> Response<InnerBody> {
     let mut resp = Response::new(Either::Right(Full::new(answer.body)));
     *resp.status_mut() = answer.status;
     *resp.headers_mut() = answer.headers;

@@ -5,7 +5,7 @@ use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use super::ProxyBody;
+use super::InnerBody as ProxyBody;
 
 pub fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut body = message;

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::ProxyBody;
+use super::InnerBody as ProxyBody;
 use super::body::{Idle, OnIdle};
 use crate::route::Endpoint;
 

@@ -31,6 +31,7 @@ pub struct Wasmgress {
     pub https: SocketAddr,
     pub admin: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Drop for Wasmgress {
@@ -72,7 +73,7 @@ impl Wasmgress {
             .args(&args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -94,8 +95,21 @@ impl Wasmgress {
             }
         });
 
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let out_pipe = child.stdout.take().expect("piped stdout");
+        let out_sink = stdout.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out_pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = out_sink.lock().expect("stdout buffer lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
         let mut gw = Self {
             child,
+            stdout,
             http: unspecified(),
             https: unspecified(),
             admin: unspecified(),
@@ -151,6 +165,11 @@ impl Wasmgress {
     }
 
     /// Everything the binary wrote on stderr so far.
+    /// Everything the binary printed on stdout so far (the access log).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout buffer lock").clone()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr buffer lock").clone()
     }
