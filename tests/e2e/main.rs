@@ -5,6 +5,7 @@
 mod harness;
 
 mod classes;
+mod deploy;
 mod errors;
 mod forwarding;
 mod grpc;
