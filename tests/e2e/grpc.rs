@@ -415,6 +415,78 @@ async fn two_hundred_concurrent_calls_on_one_connection() {
     );
 }
 
+/// Many concurrent calls share few upstream connections: more than one connection carries
+/// 250 calls in flight at once (a connection takes at most 100), and no more than the cap of 8
+/// are opened. The Greeter here counts the connections it accepts.
+#[tokio::test]
+async fn concurrent_calls_spread_over_a_few_upstream_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a Greeter");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel::<Result<tokio::net::TcpStream, std::io::Error>>(16);
+    let counter = accepted.clone();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if tx.send(Ok(stream)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                wasmgress_examples::greeter::proto::greeter_server::GreeterServer::new(
+                    wasmgress_examples::greeter::Greeter::default(),
+                ),
+            )
+            .serve_with_incoming(ReceiverStream::new(rx)),
+    );
+    let mut objects = crate::harness::grpc::greeter_objects(
+        "grpc-service",
+        addr.port(),
+        &[ready("127.0.0.1")],
+        None,
+    );
+    objects.push(grpc_ingress(
+        "grpc-ingress",
+        Wiring::Annotation,
+        &[to_greeter("/", "grpc-service")],
+    ));
+    let f = Fixture::start(TestCa::new(), objects).await;
+    let client = f.greeter().await;
+    let calls: Vec<_> = (0..250)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let request = HelloRequest {
+                    delay_ms: 500,
+                    ..hello(&format!("caller-{i}"))
+                };
+                client.say_hello(request).await
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = bounded(&format!("call {i}"), call)
+            .await
+            .expect("call task");
+        assert!(reply.is_ok(), "call {i}: {reply:?}");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (2..=8).contains(&opened),
+        "250 concurrent calls should spread over 2 to 8 upstream connections, used {opened}"
+    );
+    acceptor.abort();
+    server.abort();
+}
+
 /// Custom request metadata (ASCII and `-bin`) reaches the backend, which echoes it as response
 /// metadata; on the `fail` call it comes back with the status as trailing metadata.
 #[tokio::test]

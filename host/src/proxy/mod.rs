@@ -8,6 +8,7 @@
 pub mod access;
 pub mod body;
 pub mod forward;
+pub mod h2pool;
 pub mod listener;
 pub mod respond;
 pub mod upstream;
@@ -35,9 +36,9 @@ use respond::GrpcCode;
 use upstream::UpstreamError;
 
 /// Response bodies: streamed from an upstream (logged when they end), or made here.
-pub type ProxyBody = Either<access::Logged<Idle<Incoming>>, Full<Bytes>>;
+pub type ProxyBody = Either<access::Logged<Idle<h2pool::ResponseBody>>, Full<Bytes>>;
 /// Response bodies before the access log wraps them.
-pub(crate) type InnerBody = Either<Idle<Incoming>, Full<Bytes>>;
+pub(crate) type InnerBody = Either<Idle<h2pool::ResponseBody>, Full<Bytes>>;
 
 /// One compiled configuration, swapped in whole.
 #[derive(Debug)]

@@ -2,8 +2,9 @@
 //!
 //! One pooled client per transport (HTTP/1.1, h2c, TLS + HTTP/1.1, TLS + h2) and connect
 //! timeout, shared by every route and every configuration generation that uses it, so
-//! keep-alive and multiplexed HTTP/2 connections survive config swaps. HTTP/2 clients multiplex
-//! many calls over one connection per endpoint. Compile picks the client for each route once;
+//! keep-alive and multiplexed HTTP/2 connections survive config swaps. HTTP/1 pools are
+//! hyper-util's; HTTP/2 ones are [`H2Pool`]s (few multiplexed connections per endpoint, with a
+//! cap). Compile picks the client for each route once;
 //! requests never look one up. Upstream TLS does not verify certificates, as ingress-nginx
 //! (`proxy-ssl-verify: off`) does by default: the upstream is addressed by pod IP.
 
@@ -22,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::body::Idle;
+use super::h2pool::{self, H2Pool, ResponseBody};
 use crate::route::Endpoint;
 
 /// HTTP/2 flow-control windows, upstream and downstream: what one connection, and one stream,
@@ -58,6 +60,7 @@ impl Transport {
 enum Inner {
     Plain(Pool<HttpConnector, UpstreamBody>),
     Tls(Pool<HttpsConnector<HttpConnector>, UpstreamBody>),
+    H2(Arc<H2Pool>),
 }
 
 /// A pooled client for one transport.
@@ -109,11 +112,25 @@ impl Client {
         endpoint: &Endpoint,
         backend: &str,
         head_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let sent = async {
+            let legacy = |r: Result<Response<Incoming>, hyper_util::client::legacy::Error>| {
+                r.map(|resp| resp.map(ResponseBody::plain)).map_err(|e| {
+                    let cause = root_cause(&e);
+                    if e.is_connect() {
+                        SendError::Connect(cause)
+                    } else {
+                        SendError::Other(cause)
+                    }
+                })
+            };
             match &self.inner {
-                Inner::Plain(pool) => pool.request(req).await,
-                Inner::Tls(pool) => pool.request(req).await,
+                Inner::Plain(pool) => legacy(pool.request(req).await),
+                Inner::Tls(pool) => legacy(pool.request(req).await),
+                Inner::H2(pool) => pool.send(req, endpoint.addr).await.map_err(|e| match e {
+                    h2pool::SendError::Connect(cause) => SendError::Connect(cause),
+                    h2pool::SendError::Protocol(e) => SendError::Other(root_cause(&e)),
+                }),
             }
         };
         // Formatted only on failure: the success path allocates nothing here.
@@ -130,20 +147,18 @@ impl Client {
             }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
-                let cause = root_cause(&e);
                 let (endpoint, backend) = (endpoint(), backend.to_owned());
-                Err(if e.is_connect() {
-                    UpstreamError::Connect {
+                Err(match e {
+                    SendError::Connect(cause) => UpstreamError::Connect {
                         endpoint,
                         backend,
                         cause,
-                    }
-                } else {
-                    UpstreamError::Protocol {
+                    },
+                    SendError::Other(cause) => UpstreamError::Protocol {
                         endpoint,
                         backend,
                         cause,
-                    }
+                    },
                 })
             }
             Err(_) => Err(UpstreamError::Timeout {
@@ -153,6 +168,12 @@ impl Client {
             }),
         }
     }
+}
+
+/// A failed send, before it is named for the client.
+enum SendError {
+    Connect(String),
+    Other(String),
 }
 
 /// Hands out shared clients; used at compile time only.
@@ -176,51 +197,50 @@ impl Upstreams {
 }
 
 fn build(transport: Transport, connect_timeout: Duration) -> Client {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let mut builder = Pool::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60));
-    if transport.is_h2() {
-        // Many calls share one connection, so its windows must be wide: h2 also sizes its
-        // defence against floods of small DATA frames from the connection window, and a burst
-        // of small gRPC replies on a 64 KiB window trips it (GOAWAY ENHANCE_YOUR_CALM).
-        builder
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .http2_initial_stream_window_size(H2_STREAM_WINDOW);
-    }
     let inner = match transport {
-        Transport::Http1 | Transport::H2c => Inner::Plain(builder.build(http)),
-        Transport::TlsHttp1 | Transport::TlsH2 => {
-            http.enforce_http(false);
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify))
-            .with_no_client_auth();
-            config.alpn_protocols = if transport.is_h2() {
-                vec![b"h2".to_vec()]
+        Transport::H2c => Inner::H2(Arc::new(H2Pool::new(None, connect_timeout))),
+        Transport::TlsH2 => Inner::H2(Arc::new(H2Pool::new(
+            Some(Arc::new(tls_config(b"h2"))),
+            connect_timeout,
+        ))),
+        Transport::Http1 | Transport::TlsHttp1 => {
+            let mut http = HttpConnector::new();
+            http.set_connect_timeout(Some(connect_timeout));
+            http.set_nodelay(true);
+            let mut builder = Pool::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60));
+            if transport == Transport::Http1 {
+                Inner::Plain(builder.build(http))
             } else {
-                vec![b"http/1.1".to_vec()]
-            };
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config)
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http);
-            Inner::Tls(builder.build(connector))
+                http.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config(b"http/1.1"))
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Inner::Tls(builder.build(connector))
+            }
         }
     };
     Client { inner, transport }
+}
+
+/// Upstream TLS offering one ALPN protocol, without certificate verification (see the module
+/// doc).
+fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(NoVerify))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
 }
 
 /// Accepts any upstream certificate but still checks handshake signatures, so the connection is

@@ -168,7 +168,11 @@ pub async fn open(
         let (parts, body) = resp.into_parts();
         return Ok(Response::from_parts(
             parts,
-            Either::Left(Idle::new(body, timeouts.read, OnIdle::Fail)),
+            Either::Left(Idle::new(
+                super::h2pool::ResponseBody::plain(body),
+                timeouts.read,
+                OnIdle::Fail,
+            )),
         ));
     }
 

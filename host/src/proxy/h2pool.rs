@@ -1,0 +1,246 @@
+//! HTTP/2 upstream connections: many calls share few connections, with a cap.
+//!
+//! Each endpoint gets connections on demand: a call goes to the least busy open connection
+//! that carries fewer than [`STREAMS_PER_CONNECTION`] calls; when every connection is that busy,
+//! a new one is opened, up to [`MAX_CONNECTIONS`] per endpoint, beyond which calls share the
+//! least busy connection (HTTP/2 then queues them until streams free up). A call counts as
+//! carried until its response body ends or is dropped. Connections that close are forgotten.
+//! This module owns connection reuse only; errors become `UpstreamError`s in `upstream`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, UpstreamBody};
+
+/// Calls one connection carries before another is opened. Below the usual servers' limit on
+/// concurrent streams (100 to 128), so calls rarely queue behind a full connection.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+/// Connections per endpoint at most.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// Why a call could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(String),
+    Protocol(hyper::Error),
+}
+
+struct Connection {
+    sender: http2::SendRequest<UpstreamBody>,
+    in_flight: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    connections: Mutex<Vec<Arc<Connection>>>,
+    /// One caller opens a connection at a time; the others wait and then use it, so a burst of
+    /// calls opens the connections it needs, not one each.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// The HTTP/2 connections of one transport (h2c, or TLS with ALPN h2) to every endpoint.
+pub struct H2Pool {
+    tls: Option<tokio_rustls::TlsConnector>,
+    connect_timeout: Duration,
+    endpoints: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("tls", &self.tls.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Marks a call as carried by its connection until dropped.
+struct InFlight(Arc<Connection>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream response body, keeping its call counted against its connection while it lasts.
+pub struct ResponseBody {
+    inner: Incoming,
+    _in_flight: Option<InFlight>,
+}
+
+impl ResponseBody {
+    pub fn plain(inner: Incoming) -> Self {
+        Self {
+            inner,
+            _in_flight: None,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl H2Pool {
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>, connect_timeout: Duration) -> Self {
+        Self {
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+            connect_timeout,
+            endpoints: RwLock::default(),
+        }
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        if let Some(e) = self
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+        {
+            return e.clone();
+        }
+        self.endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        addr: SocketAddr,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let endpoint = self.endpoint(addr);
+        let in_flight = match pick(&endpoint) {
+            Some(taken) => taken,
+            None => {
+                let _opener = endpoint.opening.lock().await;
+                // Whoever opened before us may have made room.
+                match pick(&endpoint) {
+                    Some(taken) => taken,
+                    None => {
+                        let c = Arc::new(self.connect(addr).await?);
+                        c.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let mut list = endpoint
+                            .connections
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        list.push(c.clone());
+                        InFlight(c)
+                    }
+                }
+            }
+        };
+        let mut sender = in_flight.0.sender.clone();
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(SendError::Protocol)?;
+        Ok(resp.map(|inner| ResponseBody {
+            inner,
+            _in_flight: Some(in_flight),
+        }))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, SendError> {
+        let connected = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| SendError::Connect(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .initial_stream_window_size(H2_STREAM_WINDOW);
+            let handshake = |e: hyper::Error| SendError::Connect(format!("HTTP/2 handshake: {e}"));
+            match &self.tls {
+                None => {
+                    let (sender, conn) = builder
+                        .handshake(TokioIo::new(tcp))
+                        .await
+                        .map_err(handshake)?;
+                    tokio::spawn(conn);
+                    Ok(sender)
+                }
+                Some(tls) => {
+                    // Pods are addressed by IP, as ingress-nginx does (no SNI name).
+                    let name = ServerName::IpAddress(addr.ip().into());
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| SendError::Connect(format!("TLS: {e}")))?;
+                    let (sender, conn) = builder
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(handshake)?;
+                    tokio::spawn(conn);
+                    Ok(sender)
+                }
+            }
+        };
+        let sender = tokio::time::timeout(self.connect_timeout, connected)
+            .await
+            .map_err(|_| {
+                SendError::Connect(format!("timed out after {:?}", self.connect_timeout))
+            })??;
+        Ok(Connection {
+            sender,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Takes a place on the connection for the next call, or `None` when a new one should be
+/// opened. Counting happens under the lock, so concurrent callers see each other's calls.
+fn pick(endpoint: &Endpoint) -> Option<InFlight> {
+    let mut list = endpoint
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    list.retain(|c| !c.sender.is_closed());
+    let least = list
+        .iter()
+        .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))?
+        .clone();
+    let busy = least.in_flight.load(Ordering::Relaxed);
+    if busy >= STREAMS_PER_CONNECTION && list.len() < MAX_CONNECTIONS {
+        return None;
+    }
+    least.in_flight.fetch_add(1, Ordering::Relaxed);
+    Some(InFlight(least))
+}
