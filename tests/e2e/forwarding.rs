@@ -261,3 +261,93 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
         assert_eq!(r.seen("x-forwarded-proto"), ["http"]);
     }
 }
+
+/// `backend-protocol: HTTPS` makes the proxy speak TLS to the backend (HTTP/1.1, certificate
+/// not verified, as ingress-nginx by default); the same backend behind a plain route refuses the
+/// proxy's cleartext request, so the 200 proves TLS was used.
+#[tokio::test]
+async fn https_backend_protocol_speaks_tls_to_the_backend() {
+    use std::sync::Arc;
+
+    let leaf = TestCa::new().leaf(&["backend.internal"]);
+    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("leaf certificate");
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .expect("leaf key PEM")
+        .expect("a key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello over tls")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let m = Manifests::new();
+    let mut docs = vec![
+        crate::harness::manifests::service(
+            "default",
+            "secure",
+            &[crate::harness::manifests::ServicePort {
+                name: Some("https"),
+                port: 443,
+                target: crate::harness::Port::Number(port),
+            }],
+        ),
+        crate::harness::manifests::endpoint_slice(
+            "default",
+            "secure",
+            "secure-slice",
+            &[(Some("https"), port)],
+            &[crate::harness::manifests::ready("127.0.0.1")],
+        ),
+    ];
+    docs.push(
+        Ingress::new("tls-backend")
+            .annotation("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")
+            .rule(Some("tls.test"), &[prefix("/", "secure").port(443)])
+            .build(),
+    );
+    docs.push(
+        Ingress::new("plain-backend")
+            .rule(Some("plain.test"), &[prefix("/", "secure").port(443)])
+            .build(),
+    );
+    m.write("all.yaml", &docs);
+    let gw = Wasmgress::start(&m, &[]).await;
+    let r = gw.get("tls.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.text(), "hello over tls");
+    let r = gw.get("plain.test", "/").await;
+    assert_eq!(
+        r.status,
+        502,
+        "cleartext to a TLS backend fails: {}",
+        r.summary()
+    );
+    server.abort();
+}

@@ -1350,3 +1350,61 @@ async fn proxy_http_version_1_0_gets_a_diagnostic() {
     )
     .await;
 }
+
+/// A backend that speaks WebSocket over TLS (`backend-protocol: HTTPS`) gets a TLS connection
+/// from the proxy (without certificate verification, as ingress-nginx by default), and the
+/// tunnel echoes through it.
+#[tokio::test]
+async fn websocket_to_an_https_backend() {
+    let leaf = TestCa::new().leaf(&["backend.internal"]);
+    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("leaf certificate");
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .expect("leaf key PEM")
+        .expect("a key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let backend = WsBackend::custom(move |listener: TcpListener| async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+    .await;
+    let mut docs = backend.objects("secure-svc", 443);
+    docs.push(
+        Ingress::new("secure-ws")
+            .annotation("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")
+            .rule(Some(PLAIN), &[prefix("/secure", "secure-svc").port(443)])
+            .build(),
+    );
+    let s = Setup::start(&[], Ingresses::Docs(docs)).await;
+    let mut sock = s.open(Via::Ws, "/secure").await;
+    echo(
+        &mut sock,
+        Message::text("through TLS to the backend"),
+        "echo via an HTTPS backend",
+    )
+    .await;
+    sock.close(None).await.expect("close");
+}

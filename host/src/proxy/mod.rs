@@ -402,6 +402,7 @@ impl Proxy {
             headers,
             host,
             timeouts,
+            (route.client.transport == upstream::Transport::TlsHttp1).then(upstream::tunnel_tls),
             self.tunnels.clone(),
         )
         .await

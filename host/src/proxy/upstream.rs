@@ -200,7 +200,7 @@ fn build(transport: Transport, connect_timeout: Duration) -> Client {
     let inner = match transport {
         Transport::H2c => Inner::H2(Arc::new(H2Pool::new(None, connect_timeout))),
         Transport::TlsH2 => Inner::H2(Arc::new(H2Pool::new(
-            Some(Arc::new(tls_config(b"h2"))),
+            Some(Arc::new(tls_config(Some(b"h2")))),
             connect_timeout,
         ))),
         Transport::Http1 | Transport::TlsHttp1 => {
@@ -216,8 +216,9 @@ fn build(transport: Transport, connect_timeout: Duration) -> Client {
                 Inner::Plain(builder.build(http))
             } else {
                 http.enforce_http(false);
+                // hyper-rustls sets ALPN itself (and refuses a config that already has it).
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config(b"http/1.1"))
+                    .with_tls_config(tls_config(None))
                     .https_only()
                     .enable_http1()
                     .wrap_connector(http);
@@ -228,9 +229,15 @@ fn build(transport: Transport, connect_timeout: Duration) -> Client {
     Client { inner, transport }
 }
 
-/// Upstream TLS offering one ALPN protocol, without certificate verification (see the module
+/// TLS to HTTPS backends for WebSocket tunnels, which hold their own connection.
+pub fn tunnel_tls() -> &'static tokio_rustls::TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR.get_or_init(|| Arc::new(tls_config(Some(b"http/1.1"))).into())
+}
+
+/// Upstream TLS offering at most one ALPN protocol, without certificate verification (see the module
 /// doc).
-fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
+fn tls_config(alpn: Option<&[u8]>) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -239,7 +246,7 @@ fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(NoVerify))
     .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
     config
 }
 

@@ -1,6 +1,6 @@
 //! WebSocket tunnels: an HTTP/1.1 Upgrade or an RFC 8441 extended CONNECT (WebSocket over
 //! HTTP/2) from the client, bridged to an HTTP/1.1 Upgrade to the backend, then bytes copied
-//! both ways.
+//! both ways. The backend connection is TLS when the route's backend protocol is HTTPS.
 //!
 //! The handshake is forwarded (Sec-WebSocket-* headers, subprotocols, extensions) and the
 //! backend's answer decides: a 101 opens the tunnel, anything else is returned as is. Frames
@@ -105,6 +105,7 @@ pub async fn open(
     mut headers: HeaderMap,
     host: &str,
     timeouts: Timeouts,
+    tls: Option<&tokio_rustls::TlsConnector>,
     stats: Arc<Stats>,
 ) -> Result<Response<ProxyBody>, TunnelError> {
     let endpoint_name = || endpoint.addr.to_string();
@@ -119,16 +120,23 @@ pub async fn open(
             cause: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| TunnelError::Handshake {
-                endpoint: endpoint_name(),
-                cause: e.to_string(),
-            })?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let handshake_failed = |e: String| TunnelError::Handshake {
+        endpoint: endpoint_name(),
+        cause: e,
+    };
+    let mut sender = match tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            // Pods are addressed by IP, as ingress-nginx does (no SNI name).
+            let name = rustls::pki_types::ServerName::IpAddress(endpoint.addr.ip().into());
+            let stream = tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| handshake_failed(format!("TLS: {e}")))?;
+            handshake(stream).await
+        }
+    }
+    .map_err(|e| handshake_failed(e.to_string()))?;
 
     // The backend always gets an HTTP/1.1 Upgrade; HTTP/2 clients send no key (RFC 8441), so
     // make one.
@@ -225,6 +233,20 @@ pub async fn open(
         tracing::debug!(?ended, "WebSocket tunnel ended");
     });
     Ok(answer)
+}
+
+/// An HTTP/1.1 client connection that allows upgrades, driven by its own task.
+async fn handshake<IO>(
+    io: IO,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
 }
 
 fn new_key() -> HeaderValue {
