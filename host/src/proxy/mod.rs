@@ -395,18 +395,13 @@ impl Proxy {
             read: policy.read_timeout,
             send: policy.send_timeout,
         };
-        match websocket::open(
-            req,
-            kind,
+        let backend = websocket::Backend {
             endpoint,
-            headers,
-            host,
+            tls: (route.client.transport == upstream::Transport::TlsHttp1)
+                .then(upstream::tunnel_tls),
             timeouts,
-            (route.client.transport == upstream::Transport::TlsHttp1).then(upstream::tunnel_tls),
-            self.tunnels.clone(),
-        )
-        .await
-        {
+        };
+        match websocket::open(req, kind, backend, headers, host, self.tunnels.clone()).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(ingress = %route.ingress, error = %e, "WebSocket tunnel failed");

@@ -86,6 +86,15 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
+/// Where a tunnel goes and how.
+#[derive(Clone, Copy)]
+pub struct Backend<'a> {
+    pub endpoint: &'a Endpoint,
+    /// Set for HTTPS backends.
+    pub tls: Option<&'a tokio_rustls::TlsConnector>,
+    pub timeouts: Timeouts,
+}
+
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -101,13 +110,16 @@ pub enum TunnelError {
 pub async fn open(
     mut req: Request<Incoming>,
     kind: Kind,
-    endpoint: &Endpoint,
+    backend: Backend<'_>,
     mut headers: HeaderMap,
     host: &str,
-    timeouts: Timeouts,
-    tls: Option<&tokio_rustls::TlsConnector>,
     stats: Arc<Stats>,
 ) -> Result<Response<ProxyBody>, TunnelError> {
+    let Backend {
+        endpoint,
+        tls,
+        timeouts,
+    } = backend;
     let endpoint_name = || endpoint.addr.to_string();
     let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(endpoint.addr))
         .await
