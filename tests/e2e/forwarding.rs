@@ -267,24 +267,8 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
 /// proxy's cleartext request, so the 200 proves TLS was used.
 #[tokio::test]
 async fn https_backend_protocol_speaks_tls_to_the_backend() {
-    use std::sync::Arc;
-
     let leaf = TestCa::new().leaf(&["backend.internal"]);
-    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("leaf certificate");
-    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
-        .expect("leaf key PEM")
-        .expect("a key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server certificate");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

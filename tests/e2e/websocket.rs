@@ -1357,21 +1357,7 @@ async fn proxy_http_version_1_0_gets_a_diagnostic() {
 #[tokio::test]
 async fn websocket_to_an_https_backend() {
     let leaf = TestCa::new().leaf(&["backend.internal"]);
-    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("leaf certificate");
-    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
-        .expect("leaf key PEM")
-        .expect("a key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server certificate");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config());
     let backend = WsBackend::custom(move |listener: TcpListener| async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();

@@ -31,6 +31,27 @@ pub struct Leaf {
     pub der: CertificateDer<'static>,
 }
 
+impl Leaf {
+    /// A rustls server configuration presenting this certificate (for TLS test backends).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let chain = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("leaf certificate");
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .expect("leaf key PEM")
+            .expect("a key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+        Arc::new(config)
+    }
+}
+
 impl TestCa {
     pub fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
