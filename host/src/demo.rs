@@ -143,8 +143,8 @@ pub fn instructions(generated: &Generated, http: SocketAddr, https: SocketAddr) 
          \x20 curl --cacert {ca} --resolve {DEMO_HOST}:{sp}:127.0.0.1 https://{DEMO_HOST}:{sp}/hello\n\n\
          \x20 # plain HTTP to a host with TLS is redirected (308):\n\
          \x20 curl -i -H 'Host: {DEMO_HOST}' http://127.0.0.1:{hp}/hello\n\n\
-         \x20 # WebSocket echo on /ws (any WebSocket client; websocat shown):\n\
-         \x20 SSL_CERT_FILE={ca} websocat wss://{DEMO_HOST}:{sp}/ws  # with {DEMO_HOST} resolving to 127.0.0.1\n\n\
+         \x20 # WebSocket echo on /ws (Python: pip install websockets; demo.kubesre.com -> 127.0.0.1 in /etc/hosts):\n\
+         \x20 SSL_CERT_FILE={ca} python3 -m websockets wss://{DEMO_HOST}:{sp}/ws\n\n\
          \x20 # any other host falls through to the default backend:\n\
          \x20 curl http://127.0.0.1:{hp}/\n\n\
          Edit the manifests in the folder and the change applies without a restart. Ctrl-C stops.\n"
