@@ -56,17 +56,18 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, secure: bool, 
             headers.insert(HOST, v);
         }
     }
-    let ip = client.ip().to_string();
+    let ip = HeaderValue::try_from(client.ip().to_string())
+        .expect("a formatted IP address is a valid header value");
+    // The usual case (no earlier proxy) shares one buffer between both headers.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.is_empty() => format!("{previous}, {ip}"),
+        Some(previous) if !previous.is_empty() => {
+            HeaderValue::try_from(format!("{previous}, {}", client.ip()))
+                .unwrap_or_else(|_| ip.clone())
+        }
         _ => ip.clone(),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::try_from(ip) {
-        headers.insert(X_REAL_IP.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_REAL_IP.clone(), ip);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if secure { "https" } else { "http" }),
