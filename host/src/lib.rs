@@ -6,6 +6,7 @@
 //! answers probes; [`demo`] is the quickstart.
 
 pub mod admin;
+pub mod cluster;
 pub mod compile;
 pub mod demo;
 pub mod diagnostic;
@@ -17,3 +18,4 @@ pub mod route;
 pub mod run;
 pub mod source;
 pub mod tls;
+pub mod webhook;

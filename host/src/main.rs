@@ -1,4 +1,4 @@
-//! The `wasmgress` command line: `run`, `validate`, `demo`.
+//! The `wasmgress` command line: `run`, `validate`, `webhook`, `demo`.
 //!
 //! Only argument parsing, logging setup and exit codes live here; everything else is in the
 //! library so tests and future front-ends share it.
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use wasmgress::cluster::ClusterOptions;
 use wasmgress::compile::{Identity, LastGood, Options};
 use wasmgress::diagnostic::Severity;
 use wasmgress::plugin::{Registry, RuntimeConfig};
@@ -20,6 +21,7 @@ use wasmgress::proxy::upstream::Upstreams;
 use wasmgress::route::Policy;
 use wasmgress::run::{self, RunOptions};
 use wasmgress::source::files::FileSource;
+use wasmgress::source::kube::KubeOptions;
 use wasmgress::{demo, tls};
 
 #[derive(Parser, Debug)]
@@ -35,13 +37,37 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the Ingresses found in a folder of Kubernetes YAML, reloading on change.
+    /// Serve the Ingresses found in a folder of Kubernetes YAML (`--manifests`) or in a cluster
+    /// (`--kube`), following every change.
     Run {
-        /// Folder of Kubernetes manifests (*.yaml, *.yml; read recursively).
-        #[arg(long)]
-        manifests: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[command(flatten)]
         proxy: ProxyArgs,
+    },
+    /// Validating admission webhook for Ingresses: AdmissionReview v1 on POST /validate over
+    /// TLS, judged by the same compile as `run` against the cluster (or a folder) as it is.
+    Webhook {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8444")]
+        addr: SocketAddr,
+        /// PEM certificate chain the API server trusts (re-read when the file changes).
+        #[arg(long, value_name = "FILE")]
+        tls_cert: PathBuf,
+        /// PEM private key of that certificate.
+        #[arg(long, value_name = "FILE")]
+        tls_key: PathBuf,
+        /// Judge against this folder instead of the cluster.
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+        #[command(flatten)]
+        kube: KubeArgs,
+        #[command(flatten)]
+        class: ClassArgs,
     },
     /// Compile a folder and print every diagnostic; exit 1 if any Ingress is rejected.
     Validate {
@@ -59,6 +85,70 @@ enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+}
+
+/// Exactly one source.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct SourceArgs {
+    /// Folder of Kubernetes manifests (*.yaml, *.yml; read recursively).
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster config, `--kubeconfig` or KUBECONFIG).
+    #[arg(long)]
+    kube: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct KubeArgs {
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Only this namespace's Ingresses, Services, EndpointSlices and Secrets (default: all).
+    #[arg(long, value_name = "NS")]
+    watch_namespace: Option<String>,
+    /// Namespace whose ConfigMaps labelled wasmgress.io/plugin carry plugins.
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "wasmgress"
+    )]
+    plugin_namespace: String,
+    /// Milliseconds from the first change of a batch to the compile that includes it.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    debounce_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Service whose load-balancer addresses go into Ingress status (NS/NAME).
+    #[arg(
+        long,
+        value_name = "NS/NAME",
+        conflicts_with = "publish_status_address"
+    )]
+    publish_service: Option<String>,
+    /// Addresses to put into Ingress status instead (IP or hostname, comma-separated).
+    #[arg(long, value_name = "ADDR[,ADDR]", value_delimiter = ',')]
+    publish_status_address: Vec<String>,
+    /// Name of the Lease the replicas elect a status writer with.
+    #[arg(long, value_name = "NAME", default_value = "wasmgress-leader")]
+    election_id: String,
+    /// Namespace of that Lease (default: this pod's namespace).
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    election_namespace: String,
+    /// Seconds a leader's Lease lasts without renewal before another replica may take it.
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    election_lease_seconds: u64,
+    /// This replica's name in the Lease and in Events (default: the pod's name).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -152,14 +242,65 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Run { manifests, proxy } => {
-            let options = run_options(manifests, &proxy)?;
-            runtime(proxy.workers)?.block_on(run::run(options, shutdown_signal()))?;
+        Command::Run {
+            source,
+            kube,
+            cluster,
+            proxy,
+        } => {
+            let rt = runtime(proxy.workers)?;
+            let (source, cluster) = match source.manifests {
+                Some(manifests) => (run::Source::Files { manifests }, None),
+                None => {
+                    let client = rt.block_on(kube_client(&kube))?;
+                    (
+                        run::Source::Kube {
+                            client,
+                            options: kube_options(&kube),
+                        },
+                        Some(cluster_options(&cluster, &proxy.class)?),
+                    )
+                }
+            };
+            let mut options = run_options(source, &proxy)?;
+            options.cluster = cluster;
+            rt.block_on(run::run(options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhook {
+            addr,
+            tls_cert,
+            tls_key,
+            manifests,
+            kube,
+            class,
+        } => {
+            let rt = runtime(None)?;
+            let source = match manifests {
+                Some(manifests) => run::Source::Files { manifests },
+                None => run::Source::Kube {
+                    client: rt.block_on(kube_client(&kube))?,
+                    options: kube_options(&kube),
+                },
+            };
+            let builtins = builtin_plugins()?;
+            let options = run::WebhookRunOptions {
+                source,
+                plugin_dir: class.plugin_dir.clone(),
+                compile: compile_options(&class, Policy::default(), builtins.clone())?,
+                builtins,
+                webhook: wasmgress::webhook::WebhookOptions {
+                    addr,
+                    tls_cert,
+                    tls_key,
+                },
+            };
+            rt.block_on(run::webhook(options, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir, proxy } => {
             let generated = demo::generate(&dir)?;
-            let options = run_options(dir, &proxy)?;
+            let options = run_options(run::Source::Files { manifests: dir }, &proxy)?;
             runtime(proxy.workers)?.block_on(async {
                 demo::start_backends().await?;
                 eprintln!(
@@ -211,7 +352,57 @@ fn compile_options(
     })
 }
 
-fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOptions> {
+async fn kube_client(args: &KubeArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "cannot find a Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config); pass --kubeconfig",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot create the Kubernetes client")
+}
+
+fn kube_options(args: &KubeArgs) -> KubeOptions {
+    KubeOptions {
+        namespace: args.watch_namespace.clone(),
+        plugin_namespace: args.plugin_namespace.clone(),
+        debounce: Duration::from_millis(args.debounce_ms),
+    }
+}
+
+fn cluster_options(args: &ClusterArgs, class: &ClassArgs) -> anyhow::Result<ClusterOptions> {
+    let publish_service = match &args.publish_service {
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Some((ns.to_string(), name.to_string()))
+            }
+            _ => anyhow::bail!("--publish-service must be NAMESPACE/NAME, not `{s}`"),
+        },
+        None => None,
+    };
+    let identity = match &args.pod_name {
+        Some(name) => name.clone(),
+        None => std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("wasmgress-{}", std::process::id())),
+    };
+    Ok(ClusterOptions {
+        controller_name: class.controller_name.clone(),
+        identity,
+        election_id: args.election_id.clone(),
+        election_namespace: args.election_namespace.clone(),
+        lease_duration: Duration::from_secs(args.election_lease_seconds),
+        publish_service,
+        publish_addresses: args.publish_status_address.clone(),
+    })
+}
+
+fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptions> {
     wasmgress::proxy::access::init(args.access_log);
     let defaults = Policy {
         connect_timeout: Duration::from_secs(args.proxy_connect_timeout),
@@ -225,7 +416,8 @@ fn run_options(manifests: PathBuf, args: &ProxyArgs) -> anyhow::Result<RunOption
         tracing::error!("{p}");
     }
     Ok(RunOptions {
-        manifests,
+        source,
+        cluster: None,
         plugin_dir: args.class.plugin_dir.clone(),
         builtins,
         http_addr: args.http_addr,

@@ -1,37 +1,67 @@
-//! The `run` command: wires source -> compile -> publish -> proxy, and keeps it going.
+//! The `run` and `webhook` commands: wire source -> compile -> publish -> proxy (or ->
+//! admission webhook), and keep it going.
 //!
-//! Data flows one way: the file source produces snapshots, compile turns each into a
-//! generation, the proxy serves whichever generation is current. This module owns that loop,
-//! the listeners' lifetimes and shutdown; it makes no routing decisions itself.
+//! Data flows one way: a source (a folder, or the Kubernetes API) produces snapshots, compile
+//! turns each into a generation, the proxy serves whichever generation is current. This module
+//! owns that loop, the plugin registry's rebuilds, the listeners' lifetimes and shutdown; it
+//! makes no routing decisions itself. In Kubernetes mode it also hands every compile's outcome
+//! to [`cluster`](crate::cluster), which writes status and Events back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
+use crate::cluster::{Cluster, ClusterOptions, Outcome};
 use crate::compile::{self, Compiled, LastGood, Options};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::metrics::{self, ConfigStats};
 use crate::plugin::Registry;
 use crate::proxy::{Generation, Proxy, Settings, listener};
+use crate::source::Snapshot;
 use crate::source::files::{self, FileSource};
+use crate::source::kube::{self as kube_source, KubeOptions};
 use crate::tls::{self, SniResolver};
+use crate::webhook::{self, View, WebhookOptions};
 
 /// How long a folder must be quiet after a change before it is re-read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long open connections get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// Where the objects come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A folder of Kubernetes YAML, watched.
+    Files { manifests: PathBuf },
+    /// The Kubernetes API through reflectors.
+    Kube {
+        client: ::kube::Client,
+        options: KubeOptions,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Files { manifests } => write!(f, "Files({})", manifests.display()),
+            Source::Kube { options, .. } => write!(f, "Kube({options:?})"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub manifests: PathBuf,
+    pub source: Source,
+    /// Leader election, status and Events; Kubernetes mode only.
+    pub cluster: Option<ClusterOptions>,
     /// Extra plugins (`*.wasm`), watched and reloaded like manifests.
     pub plugin_dir: Option<PathBuf>,
     /// The built-in plugins, loaded once; reloads start from them.
@@ -54,18 +84,61 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    #[error("the Kubernetes watches stopped before listing everything once")]
+    SourceEnded,
 }
 
 /// The built-ins plus every `*.wasm` of `dir`. Plugins that fail to load are left out and
 /// described in the returned messages; Ingresses that attach them are then rejected by name.
 pub fn load_plugins(builtins: &Registry, dir: Option<&Path>) -> (Registry, Vec<String>) {
+    load_all(builtins, dir, &[])
+}
+
+/// The built-ins, the plugin folder's and the plugin ConfigMaps' components.
+fn load_all(
+    builtins: &Registry,
+    dir: Option<&Path>,
+    blobs: &[(String, Vec<u8>)],
+) -> (Registry, Vec<String>) {
     let mut registry = builtins.clone();
-    let Some(dir) = dir else {
-        return (registry, Vec::new());
-    };
-    match registry.load_dir(dir) {
-        Ok(errors) => (registry, errors.iter().map(ToString::to_string).collect()),
-        Err(e) => (registry, vec![e.to_string()]),
+    let mut problems = Vec::new();
+    if let Some(dir) = dir {
+        match registry.load_dir(dir) {
+            Ok(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    for (origin, bytes) in blobs {
+        if let Err(e) = registry.add(origin, bytes) {
+            problems.push(e.to_string());
+        }
+    }
+    (registry, problems)
+}
+
+/// Rebuilds the plugin registry when the plugin folder or the plugin ConfigMaps change, and
+/// only then: loading instantiates every plugin to ask it to describe itself.
+struct Plugins {
+    builtins: Arc<Registry>,
+    dir: Option<PathBuf>,
+    blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl Plugins {
+    /// A new registry if `blobs` differ from the last ones or `dir_changed`.
+    fn refresh(&mut self, blobs: Vec<(String, Vec<u8>)>, dir_changed: bool) -> Option<Registry> {
+        if !dir_changed && blobs == self.blobs {
+            return None;
+        }
+        self.blobs = blobs;
+        let (registry, problems) = load_all(&self.builtins, self.dir.as_deref(), &self.blobs);
+        for p in &problems {
+            tracing::error!("{p}");
+        }
+        tracing::info!(plugins = registry.plugins().len(), "plugins loaded");
+        Some(registry)
     }
 }
 
@@ -79,40 +152,92 @@ pub fn compile_folder(
     Ok(compile::compile(&snapshot, options, previous))
 }
 
+/// Publishes compiled generations to the proxy, keeping what the next compile needs.
+struct Publisher {
+    proxy: Arc<Proxy>,
+    stats: Arc<ConfigStats>,
+    last_good: LastGood,
+    reported: HashSet<Diagnostic>,
+    number: u64,
+}
+
+impl Publisher {
+    /// Swaps the proxy to `compiled`; returns the Ingresses now served and the diagnostics.
+    fn publish(&mut self, compiled: Compiled) -> (BTreeSet<String>, Arc<Vec<Diagnostic>>) {
+        self.number += 1;
+        self.reported = report(&compiled.diagnostics, &self.reported);
+        let (accepted, rejected) = (compiled.accepted, compiled.rejected);
+        let served = compiled.last_good.served().map(str::to_string).collect();
+        let diagnostics = Arc::new(compiled.diagnostics);
+        self.last_good = compiled.last_good;
+        self.proxy.publish(Generation {
+            number: self.number,
+            routes: compiled.routes,
+            certs: compiled.certs,
+        });
+        self.stats.applied(self.number, accepted, rejected);
+        tracing::info!(
+            generation = self.number,
+            accepted,
+            rejected,
+            "configuration applied"
+        );
+        (served, diagnostics)
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    let failed = |source| RunError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let bound = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = bound.local_addr().map_err(failed)?;
+    tracing::info!(listener, addr = %local, "listening");
+    Ok(bound)
+}
+
 /// Runs the proxy until `stop` resolves, then drains open connections.
 pub async fn run(
     mut options: RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let mut source = FileSource::new(&options.manifests);
-    let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
-    let mut reported = report(&compiled.diagnostics, &HashSet::new());
-    let first_counts = (compiled.accepted, compiled.rejected);
-    let (generation, mut last_good) = split(compiled, 1);
-    let proxy = Arc::new(Proxy::new(generation, options.settings.clone()));
-
-    let bind = |listener: &'static str, addr: SocketAddr| async move {
-        let bound = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                listener,
-                addr,
-                source,
-            })?;
-        let local = bound.local_addr().map_err(|source| RunError::Bind {
-            listener,
-            addr,
-            source,
-        })?;
-        tracing::info!(listener, addr = %local, "listening");
-        Ok::<_, RunError>(bound)
+    // A folder is read before anything listens, so a broken path fails the start; the API
+    // source starts empty and becomes ready after its initial lists.
+    let (files, first) = match &options.source {
+        Source::Files { manifests } => {
+            let mut source = FileSource::new(manifests);
+            let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
+            (Some(source), Some(compiled))
+        }
+        Source::Kube { .. } => (None, None),
     };
+    let empty = compile::compile(&Snapshot::default(), &options.compile, &LastGood::default());
+    let config_stats = Arc::new(ConfigStats::default());
+    let proxy = Arc::new(Proxy::new(
+        Generation {
+            number: 0,
+            routes: empty.routes,
+            certs: empty.certs,
+        },
+        options.settings.clone(),
+    ));
+    let mut publisher = Publisher {
+        proxy: proxy.clone(),
+        stats: config_stats.clone(),
+        last_good: LastGood::default(),
+        reported: HashSet::new(),
+        number: 0,
+    };
+    if let Some(first) = first {
+        publisher.publish(first);
+    }
+
     let http = bind("http", options.http_addr).await?;
     let https = bind("https", options.https_addr).await?;
     let admin_listener = bind("admin", options.admin_addr).await?;
 
-    let config_stats = Arc::new(ConfigStats::default());
-    config_stats.applied(1, first_counts.0, first_counts.1);
     let admin = Arc::new(Admin::new(
         metrics::registry(
             config_stats.clone(),
@@ -146,62 +271,96 @@ pub async fn run(
             tracker.clone(),
         )),
     ];
-    admin.set_ready();
 
-    let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
     let mut plugin_changes = match &options.plugin_dir {
         Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
         None => None,
     };
+    let mut plugins = Plugins {
+        builtins: options.builtins.clone(),
+        dir: options.plugin_dir.clone(),
+        blobs: Vec::new(),
+    };
+    let mut cluster = None;
     let reload = async {
-        let mut number = 1;
-        loop {
-            let plugins_changed = tokio::select! {
-                change = changes.recv() => match change {
-                    Some(()) => false,
-                    None => return,
-                },
-                Some(()) = async {
-                    match &mut plugin_changes {
-                        Some((_, rx)) => rx.recv().await,
-                        None => std::future::pending().await,
+        match (&options.source, files) {
+            (_, Some(mut source)) => {
+                admin.set_ready();
+                let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
+                loop {
+                    let dir_changed = tokio::select! {
+                        change = changes.recv() => match change {
+                            Some(()) => false,
+                            None => return Ok(()),
+                        },
+                        Some(()) = next_change(&mut plugin_changes) => true,
+                    };
+                    if let Some(registry) = plugins.refresh(Vec::new(), dir_changed) {
+                        options.compile.plugins = Arc::new(registry);
                     }
-                } => true,
-            };
-            if plugins_changed {
-                let (registry, problems) =
-                    load_plugins(&options.builtins, options.plugin_dir.as_deref());
-                for p in &problems {
-                    tracing::error!("{p}");
+                    match compile_folder(&mut source, &options.compile, &publisher.last_good) {
+                        Ok(compiled) => {
+                            publisher.publish(compiled);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot re-read manifests; keeping the current configuration");
+                        }
+                    }
                 }
-                options.compile.plugins = Arc::new(registry);
-                tracing::info!("plugins reloaded");
             }
-            let compiled = match compile_folder(&mut source, &options.compile, &last_good) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot re-read manifests; keeping the current configuration");
-                    continue;
+            (
+                Source::Kube {
+                    client,
+                    options: kube,
+                },
+                None,
+            ) => {
+                let (mut snapshots, _watches) = kube_source::start(client.clone(), kube.clone());
+                cluster = options
+                    .cluster
+                    .clone()
+                    .map(|o| Cluster::start(client.clone(), o));
+                let mut dir_changed = false;
+                loop {
+                    tokio::select! {
+                        changed = snapshots.changed() => if changed.is_err() {
+                            return Err(RunError::SourceEnded);
+                        },
+                        Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
+                    }
+                    let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let blobs = kube_source::plugin_blobs(&snapshot);
+                    if let Some(registry) = plugins.refresh(blobs, dir_changed) {
+                        options.compile.plugins = Arc::new(registry);
+                    }
+                    dir_changed = false;
+                    let compiled =
+                        compile::compile(&snapshot, &options.compile, &publisher.last_good);
+                    let (served, diagnostics) = publisher.publish(compiled);
+                    admin.set_ready();
+                    if let Some(cluster) = &cluster {
+                        cluster.publish(Outcome {
+                            snapshot,
+                            served,
+                            diagnostics,
+                        });
+                    }
                 }
-            };
-            number += 1;
-            reported = report(&compiled.diagnostics, &reported);
-            let (accepted, rejected) = (compiled.accepted, compiled.rejected);
-            let (generation, kept) = split(compiled, number);
-            last_good = kept;
-            proxy.publish(generation);
-            config_stats.applied(number, accepted, rejected);
-            tracing::info!(
-                generation = number,
-                accepted,
-                rejected,
-                "configuration applied"
-            );
+            }
+            (Source::Files { .. }, None) => Ok(()),
         }
     };
-    tokio::select! {
-        _ = reload => {}
-        _ = stop => tracing::info!("shutting down: no new connections, draining open ones"),
+    let ended = tokio::select! {
+        r = reload => r,
+        _ = stop => {
+            tracing::info!("shutting down: no new connections, draining open ones");
+            Ok(())
+        }
+    };
+    if let Some(cluster) = cluster.take() {
+        cluster.shutdown().await;
     }
     let _ = shutdown_tx.send(true);
     for server in servers {
@@ -214,18 +373,122 @@ pub async fn run(
             "connections still open after the drain period; closing"
         );
     }
-    Ok(())
+    ended
 }
 
-fn split(compiled: Compiled, number: u64) -> (Generation, LastGood) {
-    (
-        Generation {
-            number,
-            routes: compiled.routes,
-            certs: compiled.certs,
-        },
-        compiled.last_good,
-    )
+/// The next change of an optional watched folder; pending forever without one.
+async fn next_change(
+    changes: &mut Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
+) -> Option<()> {
+    match changes {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the `webhook` command needs.
+#[derive(Clone, Debug)]
+pub struct WebhookRunOptions {
+    pub source: Source,
+    pub plugin_dir: Option<PathBuf>,
+    pub builtins: Arc<Registry>,
+    pub compile: Options,
+    pub webhook: WebhookOptions,
+}
+
+/// Runs the admission webhook until `stop` resolves. It listens only once the source has
+/// produced its first snapshot (for the API: after every initial list), so a TCP readiness
+/// probe means "can judge against the cluster as it is".
+pub async fn webhook(
+    options: WebhookRunOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut plugins = Plugins {
+        builtins: options.builtins.clone(),
+        dir: options.plugin_dir.clone(),
+        blobs: Vec::new(),
+    };
+    let mut compile_options = options.compile.clone();
+    let mut plugin_changes = match &options.plugin_dir {
+        Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
+        None => None,
+    };
+    let mut view_of = move |snapshot: Arc<Snapshot>, dir_changed: bool| {
+        let blobs = kube_source::plugin_blobs(&snapshot);
+        if let Some(registry) = plugins.refresh(blobs, dir_changed) {
+            compile_options.plugins = Arc::new(registry);
+        }
+        Arc::new(View {
+            snapshot,
+            options: Arc::new(compile_options.clone()),
+        })
+    };
+    match options.source {
+        Source::Files { manifests } => {
+            let mut source = FileSource::new(&manifests);
+            let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
+            let (tx, rx) = watch::channel(view_of(Arc::new(source.load()?), false));
+            let follow = async {
+                loop {
+                    let dir_changed = tokio::select! {
+                        change = changes.recv() => match change {
+                            Some(()) => false,
+                            None => return,
+                        },
+                        Some(()) = next_change(&mut plugin_changes) => true,
+                    };
+                    match source.load() {
+                        Ok(snapshot) => {
+                            let _ = tx.send(view_of(Arc::new(snapshot), dir_changed));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot re-read manifests; judging against the last good ones")
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                r = webhook::serve(options.webhook, rx, stop) => r?,
+                _ = follow => {}
+            }
+        }
+        Source::Kube {
+            client,
+            options: kube,
+        } => {
+            let (mut snapshots, _watches) = kube_source::start(client, kube);
+            let first = loop {
+                if snapshots.changed().await.is_err() {
+                    return Err(RunError::SourceEnded);
+                }
+                if let Some(s) = snapshots.borrow_and_update().clone() {
+                    break s;
+                }
+            };
+            let (tx, rx) = watch::channel(view_of(first, false));
+            let follow = async {
+                let mut dir_changed = false;
+                loop {
+                    tokio::select! {
+                        changed = snapshots.changed() => if changed.is_err() {
+                            return;
+                        },
+                        Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
+                    }
+                    let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let _ = tx.send(view_of(snapshot, dir_changed));
+                    dir_changed = false;
+                }
+            };
+            tokio::select! {
+                r = webhook::serve(options.webhook, rx, stop) => r?,
+                _ = follow => return Err(RunError::SourceEnded),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Logs the diagnostics that were not logged last time, so an unchanged problem is said once.

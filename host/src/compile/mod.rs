@@ -61,6 +61,14 @@ pub struct Compiled {
 #[derive(Debug, Default)]
 pub struct LastGood(HashMap<Arc<str>, Arc<Unit>>);
 
+impl LastGood {
+    /// The `namespace/name` of every Ingress this generation serves: the accepted ones and the
+    /// rejected ones still serving their last good version.
+    pub fn served(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(|k| &**k)
+    }
+}
+
 impl Compiled {
     pub fn has_errors(&self) -> bool {
         self.rejected > 0

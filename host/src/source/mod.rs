@@ -3,14 +3,14 @@
 //!
 //! A source never interprets objects (which Ingress is ours, what a path means): that is
 //! `compile`'s job. Downstream code must not know which source produced a snapshot. Today there
-//! is one source, [`files`]: a folder of Kubernetes YAML. The Kubernetes API source plugs in here
-//! later with the same output type.
+//! are two: [`files`], a folder of Kubernetes YAML, and [`kube`], reflectors on the Kubernetes API.
 
 pub mod files;
+pub mod kube;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
     pub endpoints: Vec<Sourced<Endpoints>>,
     pub secrets: Vec<Sourced<Secret>>,
+    /// ConfigMaps carrying plugins (labelled `wasmgress.io/plugin`); compile ignores them, the
+    /// run loop turns them into the plugin registry compile uses.
+    pub plugin_config_maps: Vec<Sourced<ConfigMap>>,
     /// Problems reading the source itself (an unparsable file, an object of the wrong shape).
     pub problems: Vec<Diagnostic>,
 }
