@@ -2,6 +2,7 @@
 //! real echo backends and the real `wasmgress` binary on ephemeral ports, and talks to it with
 //! real HTTP/1.1, HTTP/2 and TLS clients. Which backend answered proves where a request went.
 
+mod apiserver;
 mod harness;
 
 mod classes;
@@ -9,6 +10,7 @@ mod deploy;
 mod errors;
 mod forwarding;
 mod grpc;
+mod kubernetes;
 mod loading;
 mod observability;
 mod plugins;
