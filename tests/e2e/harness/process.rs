@@ -30,6 +30,8 @@ pub struct Wasmgress {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// Every listener the process announced, by name.
+    pub listeners: HashMap<String, SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -57,20 +59,37 @@ impl Wasmgress {
             .to_str()
             .expect("utf-8 temp path")
             .to_owned();
-        let mut args = vec![
-            "run",
-            "--manifests",
-            &dir,
+        let mut args = vec!["run", "--manifests", &dir];
+        args.extend_from_slice(extra);
+        Self::run(&args).await
+    }
+
+    /// Starts `wasmgress ARGS` (a `run` command line without listener addresses) on
+    /// 127.0.0.1:0 for all three listeners and waits until `/readyz` answers 200.
+    pub async fn run(args: &[&str]) -> Self {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&[
             "--http-addr",
             "127.0.0.1:0",
             "--https-addr",
             "127.0.0.1:0",
             "--admin-addr",
             "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
+        ]);
+        let mut gw = Self::spawn(&args, &["http", "https", "admin"]).await;
+        gw.http = gw.listeners["http"];
+        gw.https = gw.listeners["https"];
+        gw.admin = gw.listeners["admin"];
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        gw.wait_ready(deadline).await;
+        gw
+    }
+
+    /// Starts `wasmgress ARGS` and waits until it has logged a `listening` line for each of
+    /// `listeners`; their addresses are in [`Wasmgress::listeners`].
+    pub async fn spawn(args: &[&str], listeners: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(&args)
+            .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,14 +132,12 @@ impl Wasmgress {
             http: unspecified(),
             https: unspecified(),
             admin: unspecified(),
+            listeners: HashMap::new(),
             stderr,
         };
         let mut found: HashMap<String, SocketAddr> = HashMap::new();
         let deadline = tokio::time::Instant::now() + START_LIMIT;
-        while !["http", "https", "admin"]
-            .iter()
-            .all(|k| found.contains_key(*k))
-        {
+        while !listeners.iter().all(|k| found.contains_key(*k)) {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some((name, addr))) => {
                     found.insert(name, addr);
@@ -128,20 +145,19 @@ impl Wasmgress {
                 Ok(None) => {
                     let status = gw.child.wait().await;
                     panic!(
-                        "wasmgress exited ({status:?}) before logging its three `listening` lines; \
-                         found {found:?}"
+                        "wasmgress exited ({status:?}) before logging its `listening` lines for \
+                         {listeners:?}; found {found:?}\n{}",
+                        gw.stderr()
                     );
                 }
                 Err(_) => panic!(
-                    "wasmgress did not log `listening listener=\"...\" addr=...` for http, https \
-                     and admin within {START_LIMIT:?}; found {found:?}"
+                    "wasmgress did not log `listening listener=\"...\" addr=...` for \
+                     {listeners:?} within {START_LIMIT:?}; found {found:?}\n{}",
+                    gw.stderr()
                 ),
             }
         }
-        gw.http = found["http"];
-        gw.https = found["https"];
-        gw.admin = found["admin"];
-        gw.wait_ready(deadline).await;
+        gw.listeners = found;
         gw
     }
 
@@ -226,7 +242,7 @@ impl Wasmgress {
             .unwrap_or_else(|e| panic!("h2c handshake with {}: {e}", self.http))
     }
 
-    async fn get_on(&self, addr: SocketAddr, host: &str, path: &str) -> Result<Resp, String> {
+    pub async fn get_on(&self, addr: SocketAddr, host: &str, path: &str) -> Result<Resp, String> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
