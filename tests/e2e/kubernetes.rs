@@ -8,8 +8,9 @@
 //! changes backends; a Secret rotation changes the served certificate without dropping an open
 //! connection; a watch dropped mid-stream and a 410 Gone both recover; two replicas elect one
 //! status writer through the Lease and the other takes over when it expires; Events carry an
-//! Ingress's diagnostics; a plugin shipped in a ConfigMap serves; the webhook denies an
-//! Ingress with a refused snippet and allows a good one.
+//! Ingress's diagnostics; status follows the publish Service; `--watch-namespace` limits what
+//! is served; `/readyz` waits for every initial list; a plugin shipped in a ConfigMap serves;
+//! the webhook denies an Ingress with a refused snippet and allows a good one.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -459,6 +460,89 @@ async fn one_leader_writes_status_and_another_takes_over_when_the_lease_expires(
     )
     .await;
     assert!(routes_to(&survivor, "later.example.com", Some("one")).await);
+}
+
+/// With `--publish-service`, status carries the load-balancer addresses of that Service, and
+/// follows them when they change. `--watch-namespace` leaves other namespaces' Ingresses alone.
+#[tokio::test]
+async fn status_follows_the_publish_service_and_watch_namespace_limits_what_is_served() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let cluster = Cluster::new().await;
+    let (_backends, objects) = several(&["one"]).await;
+    cluster.apply_all(&objects);
+    cluster.api.apply(app("one"));
+    cluster.api.apply(
+        Ingress::new("elsewhere")
+            .namespace("other")
+            .rule(Some("elsewhere.example.com"), &[prefix("/", "one")])
+            .build(),
+    );
+    cluster.api.apply(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "edge", "namespace": NS},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "https", "port": 443}]},
+    }));
+    let client = {
+        let file = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("kube config");
+        kube::Client::try_from(config).expect("kube client")
+    };
+    let services: Api<Service> = Api::namespaced(client, NS);
+    let set_lb = async |ip: &str| {
+        let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        services
+            .patch_status("edge", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch the Service's status as a cloud controller would");
+    };
+    set_lb("198.51.100.7").await;
+
+    let publish = ["--publish-service", "default/edge", "--watch-namespace", NS];
+    let gw = cluster.controller("solo", &publish).await;
+    eventually("status carries the Service's address", async || {
+        cluster.ingress_status("app") == ["198.51.100.7"]
+    })
+    .await;
+    set_lb("198.51.100.8").await;
+    eventually("status follows the Service's new address", async || {
+        cluster.ingress_status("app") == ["198.51.100.8"]
+    })
+    .await;
+
+    assert!(routes_to(&gw, "app.example.com", Some("one")).await);
+    assert!(
+        routes_to(&gw, "elsewhere.example.com", None).await,
+        "an Ingress outside --watch-namespace is not served"
+    );
+    let other = cluster
+        .api
+        .get(
+            "networking.k8s.io/v1",
+            "Ingress",
+            Some("other"),
+            "elsewhere",
+        )
+        .expect("still stored");
+    assert!(
+        other
+            .pointer("/status/loadBalancer/ingress")
+            .is_none_or(Value::is_null),
+        "an Ingress outside --watch-namespace gets no status: {other}"
+    );
+    assert!(
+        cluster
+            .api
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/ingresses"))
+            .all(|r| r.contains("/namespaces/default/")),
+        "Ingresses are only read in the watched namespace"
+    );
 }
 
 #[tokio::test]
