@@ -595,6 +595,8 @@ async fn diagnostics_become_events_on_the_ingress() {
     assert!(broken_events >= 1);
 }
 
+/// A plugin in a labelled ConfigMap of the controller's namespace serves, pinned by digest like
+/// a file plugin.
 #[tokio::test]
 async fn a_plugin_shipped_in_a_configmap_serves() {
     use base64::Engine as _;
@@ -628,6 +630,37 @@ async fn a_plugin_shipped_in_a_configmap_serves() {
         .send(&Req::get("guarded.example.com", "/").header("x-api-key", "s3cret"))
         .await;
     assert_eq!(r.backend().as_deref(), Some("guarded"), "{}", r.summary());
+
+    // Pinned like a file plugin: the right digest serves, a wrong one rejects the Ingress.
+    let digest = crate::harness::plugins::sha256_hex(&wasm);
+    for (name, pin) in [("pinned", digest.as_str()), ("mispinned", "00ff")] {
+        cluster.api.apply(
+            Ingress::new(name)
+                .annotation("wasmgress.io/plugins", "api-key")
+                .annotation("wasmgress.io/plugin.api-key.keys", "s3cret")
+                .annotation("wasmgress.io/plugin.api-key.sha256", pin)
+                .rule(
+                    Some(&format!("{name}.example.com")),
+                    &[prefix("/", "guarded")],
+                )
+                .build(),
+        );
+    }
+    eventually("the correctly pinned Ingress serves", async || {
+        gw.get("pinned.example.com", "/").await.status == 401
+    })
+    .await;
+    eventually(
+        "the wrongly pinned Ingress is rejected with an Event",
+        async || {
+            cluster
+                .events_for("mispinned")
+                .iter()
+                .any(|(t, _, note)| t == "Warning" && note.contains("sha256"))
+        },
+    )
+    .await;
+    assert!(routes_to(&gw, "mispinned.example.com", None).await);
 }
 
 #[tokio::test]
