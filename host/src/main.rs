@@ -22,12 +22,6 @@ use wasmgress::run::{self, RunOptions};
 use wasmgress::source::files::FileSource;
 use wasmgress::{demo, tls};
 
-/// glibc malloc/free (with its consolidation and chunk unlinking) was 3-5% of the proxy's CPU
-/// per request; a request allocates and frees many small, short-lived objects, which
-/// mimalloc's per-thread free lists serve for less.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "wasmgress",
