@@ -2,11 +2,13 @@
 //!
 //! Owns the engine configuration (pooling allocator, epoch interruption, no WASI) and the one
 //! ticker thread that advances the epoch for every store in the process: a timer per call
-//! would cost orders of magnitude more than the calls. Deadlines are expressed in ticks of
+//! would cost orders of magnitude more than the calls. The ticker parks when no guest call has
+//! run for a while; calls hold a [`Running`] guard, which wakes it. Deadlines are expressed in ticks of
 //! [`EPOCH_TICK`]. This module must not know about plugins, policies or registries.
 
 use super::error::LoadError;
 use http::HeaderMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
@@ -68,17 +70,80 @@ pub fn engine() -> Result<&'static Engine, LoadError> {
             let ticker = engine.clone();
             std::thread::Builder::new()
                 .name("wasmgress-epoch".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(EPOCH_TICK);
-                        ticker.increment_epoch();
-                    }
-                })
+                .spawn(move || tick(&ticker))
                 .map_err(|e| format!("cannot start the epoch ticker thread: {e}"))?;
             Ok(engine)
         })
         .as_ref()
         .map_err(|e| LoadError::new("the plugin engine", e.clone()))
+}
+
+/// Guest calls (instantiations included) in progress, process-wide.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Set by every call, cleared by the ticker at each tick: calls happened since the last one.
+static RECENT: AtomicBool = AtomicBool::new(false);
+/// The ticker is parked (or about to park) and must be woken by the next call.
+static PARKED: AtomicBool = AtomicBool::new(false);
+/// The ticker thread, for waking it.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+/// Ticks in a row without any call before the ticker parks. Under steady hook traffic it never
+/// does, so calls do not pay for waking it; after a quiet spell the first call does, once.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
+
+/// Marks a guest call in progress while alive: the epoch keeps advancing (deadlines keep
+/// working) as long as one exists. Every call into a guest must hold one.
+pub(crate) struct Running(());
+
+/// Starts a [`Running`] guard, waking the ticker if it is parked.
+pub(crate) fn running() -> Running {
+    // SeqCst pairs with the ticker's store of PARKED and load of ACTIVE: either the ticker
+    // sees this call and stays awake, or this call sees PARKED and wakes it.
+    ACTIVE.fetch_add(1, Ordering::SeqCst);
+    // Load first: a store on every call would bounce the cache line between cores.
+    if !RECENT.load(Ordering::Relaxed) {
+        RECENT.store(true, Ordering::Relaxed);
+    }
+    if PARKED.load(Ordering::SeqCst)
+        && PARKED.swap(false, Ordering::SeqCst)
+        && let Some(t) = TICKER.get()
+    {
+        t.unpark();
+    }
+    Running(())
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The ticker thread: advances the epoch every [`EPOCH_TICK`] while guest calls run or ran
+/// recently, and parks when there were none for a while, so a proxy whose routes call no
+/// plugin has no thread waking up a thousand times a second.
+fn tick(engine: &Engine) {
+    TICKER.get_or_init(std::thread::current);
+    let mut idle = 0;
+    loop {
+        std::thread::sleep(EPOCH_TICK);
+        engine.increment_epoch();
+        if ACTIVE.load(Ordering::SeqCst) > 0 || RECENT.swap(false, Ordering::Relaxed) {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < IDLE_TICKS_BEFORE_PARKING {
+            continue;
+        }
+        PARKED.store(true, Ordering::SeqCst);
+        // A call that started before PARKED was visible did not wake us, but is counted in
+        // ACTIVE; `park` may also return spuriously, hence the loop.
+        while PARKED.load(Ordering::SeqCst) && ACTIVE.load(Ordering::SeqCst) == 0 {
+            std::thread::park();
+        }
+        PARKED.store(false, Ordering::SeqCst);
+        idle = 0;
+    }
 }
 
 fn create() -> wasmtime::Result<Engine> {

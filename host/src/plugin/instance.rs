@@ -8,7 +8,7 @@
 //! which instance serves which Ingress; `hooks` and `configure` do.
 
 use super::bindings::{FIELDS_REP, FieldsHandle, Filter, FilterPre, wit};
-use super::engine::{RuntimeConfig, StoreState, ticks};
+use super::engine::{Running, RuntimeConfig, StoreState, running, ticks};
 use super::error::{CallError, CallErrorKind};
 use http::HeaderMap;
 use std::sync::Arc;
@@ -172,7 +172,10 @@ impl LoadedPlugin {
         store.limiter(|s| &mut s.limiter);
         // Instantiation runs the component's start-up code: bound it like a compile-time call.
         store.set_epoch_deadline(ticks(config.compile_deadline));
-        match self.pre.instantiate(&mut store) {
+        let running = running();
+        let instantiated = self.pre.instantiate(&mut store);
+        drop(running);
+        match instantiated {
             Ok(filter) => Ok(PluginInstance {
                 store,
                 filter,
@@ -237,14 +240,18 @@ impl PluginInstance {
         }
     }
 
-    fn begin(&mut self, deadline: Duration) {
+    /// Starts a call; the guard keeps the epoch ticker running until the call returns.
+    #[must_use]
+    fn begin(&mut self, deadline: Duration) -> Running {
+        let running = running();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.store.set_epoch_deadline(ticks(deadline));
         self.store.data_mut().log_lines = 0;
+        running
     }
 
     pub(crate) fn describe(&mut self, deadline: Duration) -> Result<wit::Info, CallError> {
-        self.begin(deadline);
+        let _running = self.begin(deadline);
         match self.filter.call_describe(&mut self.store) {
             Ok(info) => Ok(info),
             Err(e) => Err(self.fail(e, "describe", deadline)),
@@ -256,7 +263,7 @@ impl PluginInstance {
         annotations: &[(String, String)],
         deadline: Duration,
     ) -> Result<Result<wit::Policy, Vec<wit::Diagnostic>>, CallError> {
-        self.begin(deadline);
+        let _running = self.begin(deadline);
         match self.filter.call_configure(&mut self.store, annotations) {
             Ok(r) => Ok(r),
             Err(e) => Err(self.fail(e, "configure", deadline)),
@@ -271,7 +278,7 @@ impl PluginInstance {
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        self.begin(deadline);
+        let running = self.begin(deadline);
         let head = wit::RequestHead {
             method: head.method.to_owned(),
             scheme: head.scheme.to_owned(),
@@ -285,6 +292,7 @@ impl PluginInstance {
             &head,
             Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
         );
+        drop(running);
         *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-request-headers", deadline))
     }
@@ -297,13 +305,14 @@ impl PluginInstance {
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        self.begin(deadline);
+        let running = self.begin(deadline);
         self.store.data_mut().headers = std::mem::take(headers);
         let r = self.filter.call_on_response_headers(
             &mut self.store,
             status,
             Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
         );
+        drop(running);
         *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-response-headers", deadline))
     }

@@ -1,7 +1,7 @@
 //! Rewriting a request for its upstream and a response for its client: hop-by-hop headers,
 //! `Host`, the `X-Forwarded-*` family ingress-nginx users rely on, and `X-Request-Id`.
 
-use std::net::SocketAddr;
+use bytes::Bytes;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +28,11 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass comparing names (no hashing) is cheaper than
+    // the nine hashed removals below, which run only when there is something to remove.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -48,32 +53,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     debug_assert!(!headers.contains_key(TE) && !headers.contains_key(TRANSFER_ENCODING));
 }
 
-/// Sets what the upstream needs to know about the original request.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, secure: bool, host: &str) {
-    if !headers.contains_key(HOST) {
+/// Whether `name` is one of [`HOP_BY_HOP`], `Connection` or `Upgrade`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION || name == UPGRADE || HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Sets what the upstream needs to know about the original request. `client_ip` is the
+/// connection's formatted once; `host` (the request's host as sent, when it is a valid header
+/// value) fills `Host` when missing and `X-Forwarded-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    secure: bool,
+    host: Option<&HeaderValue>,
+) {
+    if let Some(host) = host
+        && !headers.contains_key(HOST)
+    {
         // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream needs the header.
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(HOST, v);
-        }
+        headers.insert(HOST, host.clone());
     }
-    let ip = HeaderValue::try_from(client.ip().to_string())
-        .expect("a formatted IP address is a valid header value");
     // The usual case (no earlier proxy) shares one buffer between both headers.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) if !previous.is_empty() => {
-            HeaderValue::try_from(format!("{previous}, {}", client.ip()))
-                .unwrap_or_else(|_| ip.clone())
+            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(joined))
+                .unwrap_or_else(|_| client_ip.clone())
         }
-        _ => ip.clone(),
+        _ => client_ip.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_REAL_IP.clone(), ip);
+    headers.insert(X_REAL_IP.clone(), client_ip.clone());
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     ensure_request_id(headers);
 }
@@ -133,9 +152,9 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         add_forwarded(
             &mut h,
-            "192.0.2.7:5555".parse().expect("addr"),
+            &HeaderValue::from_static("192.0.2.7"),
             true,
-            "a.test",
+            Some(&HeaderValue::from_static("a.test")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
@@ -147,18 +166,18 @@ mod tests {
         let mut again = HeaderMap::new();
         add_forwarded(
             &mut again,
-            "192.0.2.7:5555".parse().expect("addr"),
+            &HeaderValue::from_static("192.0.2.7"),
             true,
-            "a.test",
+            Some(&HeaderValue::from_static("a.test")),
         );
         assert_ne!(again["x-request-id"], id, "ids are unique");
         let mut kept = HeaderMap::new();
         kept.insert("x-request-id", HeaderValue::from_static("mine"));
         add_forwarded(
             &mut kept,
-            "192.0.2.7:5555".parse().expect("addr"),
+            &HeaderValue::from_static("192.0.2.7"),
             true,
-            "a.test",
+            Some(&HeaderValue::from_static("a.test")),
         );
         assert_eq!(kept["x-request-id"], "mine", "a client's id is passed on");
     }

@@ -152,7 +152,9 @@ impl H2Pool {
                 match pick(&endpoint) {
                     Some(taken) => taken,
                     None => {
-                        let c = Arc::new(self.connect(addr).await?);
+                        // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is rare and its state
+                        // large; inline, it would grow every call's future.
+                        let c = Arc::new(Box::pin(self.connect(addr)).await?);
                         c.in_flight.fetch_add(1, Ordering::Relaxed);
                         let mut list = endpoint
                             .connections

@@ -65,10 +65,25 @@ pub struct Proxy {
 }
 
 /// Facts about the downstream connection a request came in on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Conn {
     pub remote: SocketAddr,
     pub secure: bool,
+    /// The client's IP as a header value (`X-Forwarded-For`, `X-Real-IP`), formatted once per
+    /// connection instead of once per request.
+    pub client_ip: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(remote: SocketAddr, secure: bool) -> Self {
+        let client_ip = HeaderValue::try_from(remote.ip().to_string())
+            .expect("a formatted IP address is a valid header value");
+        Conn {
+            remote,
+            secure,
+            client_ip,
+        }
+    }
 }
 
 impl Proxy {
@@ -93,7 +108,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        conn: Conn,
+        conn: &Conn,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = tokio::time::Instant::now();
         let method = req.method().clone();
@@ -133,7 +148,7 @@ impl Proxy {
     async fn serve(
         &self,
         req: Request<Incoming>,
-        conn: Conn,
+        conn: &Conn,
         record: &mut Option<Box<access::Record>>,
         stats: &mut Option<Arc<crate::metrics::RouteStats>>,
     ) -> Result<Response<InnerBody>, Infallible> {
@@ -149,6 +164,7 @@ impl Proxy {
                 None => HostSource::None,
             },
         };
+        let host_value = authority.header_value();
         let authority = authority.as_str();
         let host = normalize_host(authority);
         let path = req.uri().path();
@@ -228,7 +244,10 @@ impl Proxy {
             r.upstream = Some(endpoint.addr);
         }
         if let Some(kind) = websocket::kind(&req) {
-            return Ok(self.tunnel(req, kind, route, endpoint, &host, conn).await);
+            // Boxed: the tunnel's handshake state is large and rare; inline, it would make every
+            // request's future (moved and copied on each request) that much bigger.
+            let tunnel = Box::pin(self.tunnel(req, kind, route, endpoint, &host, conn));
+            return Ok(tunnel.await);
         }
 
         let mut head_timeout = policy.read_timeout;
@@ -275,7 +294,12 @@ impl Proxy {
                 .headers
                 .insert(TE, HeaderValue::from_static("trailers"));
         }
-        forward::add_forwarded(&mut parts.headers, conn.remote, conn.secure, authority);
+        forward::add_forwarded(
+            &mut parts.headers,
+            &conn.client_ip,
+            conn.secure,
+            host_value.as_ref(),
+        );
         policy::apply_edits(
             &policy.request_headers,
             &mut parts.headers,
@@ -364,6 +388,15 @@ impl HostSource {
             HostSource::None => "",
         }
     }
+
+    /// [`HostSource::as_str`] as a header value (`Host`, `X-Forwarded-Host`); a header is
+    /// reused as is (a reference count, no copy).
+    fn header_value(&self) -> Option<HeaderValue> {
+        match self {
+            HostSource::Header(v) if v.to_str().is_ok() => Some(v.clone()),
+            other => HeaderValue::from_str(other.as_str()).ok(),
+        }
+    }
 }
 
 impl Proxy {
@@ -376,12 +409,18 @@ impl Proxy {
         route: &crate::route::Route,
         endpoint: &crate::route::Endpoint,
         host: &str,
-        conn: Conn,
+        conn: &Conn,
     ) -> Response<InnerBody> {
         let policy = &route.policy;
         let mut headers = req.headers().clone();
         forward::strip_hop_by_hop(&mut headers);
-        forward::add_forwarded(&mut headers, conn.remote, conn.secure, host);
+        let host_value = HeaderValue::from_str(host).ok();
+        forward::add_forwarded(
+            &mut headers,
+            &conn.client_ip,
+            conn.secure,
+            host_value.as_ref(),
+        );
         let request_uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
         let vars = RequestVars {
             host,
@@ -450,7 +489,7 @@ fn protocol_of(req: &Request<Incoming>) -> usize {
 }
 
 /// The access-log record of a request, before routing fills in the rest.
-fn start_record(req: &Request<Incoming>, conn: Conn, protocol: usize) -> access::Record {
+fn start_record(req: &Request<Incoming>, conn: &Conn, protocol: usize) -> access::Record {
     let host = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req
