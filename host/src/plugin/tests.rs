@@ -320,6 +320,7 @@ fn unknown_plugin_and_plugin_errors_reject() {
 
 #[test]
 fn sha256_pin() {
+    let _serial = api_key_hooks();
     let api = registry().get("api-key").expect("loaded");
     let good = api.sha256_hex().to_uppercase();
     let base = [
@@ -335,6 +336,15 @@ fn sha256_pin() {
     assert_eq!(d[0].key, "wasmgress.io/plugin.api-key.sha256");
 }
 
+/// Tests that run api-key hooks hold this, so one test's count of the plugin's hook calls (kept
+/// per plugin name for the process) is not moved by another running in parallel.
+fn api_key_hooks() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn api_key_chain(extra: &[(&str, &str)]) -> HookChain {
     let mut pairs = vec![
         ("wasmgress.io/plugins", "api-key"),
@@ -348,6 +358,7 @@ fn api_key_chain(extra: &[(&str, &str)]) -> HookChain {
 
 #[test]
 fn api_key_hook_on_a_real_header_map() {
+    let _serial = api_key_hooks();
     let chain = api_key_chain(&[]);
     let bound = &chain.plugins()[0];
     let stats = registry().get("api-key").expect("loaded").stats().clone();
@@ -385,6 +396,7 @@ fn api_key_hook_on_a_real_header_map() {
 
 #[test]
 fn api_key_custom_header_without_strip() {
+    let _serial = api_key_hooks();
     let chain = api_key_chain(&[
         ("wasmgress.io/plugin.api-key.header", "Authorization-Key"),
         ("wasmgress.io/plugin.api-key.strip", "false"),
@@ -400,6 +412,7 @@ fn api_key_custom_header_without_strip() {
 
 #[test]
 fn instances_are_per_ingress_and_created_under_load() {
+    let _serial = api_key_hooks();
     let a = api_key_chain(&[]);
     let b = ok(&[
         ("wasmgress.io/plugins", "api-key"),
@@ -439,6 +452,7 @@ fn instances_are_per_ingress_and_created_under_load() {
 
 #[test]
 fn response_hooks_edit_or_replace_the_response() {
+    let _serial = api_key_hooks();
     let c = ok(&[
         ("wasmgress.io/plugins", "set-header"),
         ("wasmgress.io/plugin.set-header.value", "edge"),
@@ -529,6 +543,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
 
 #[test]
 fn spin_hits_the_deadline_and_only_fails_its_call() {
+    let _serial = api_key_hooks();
     let stats = registry().get("spin").expect("loaded").stats().clone();
     let before = stats.snapshot();
     let (err, took) = misbehave(registry(), "spin", false);
@@ -548,6 +563,7 @@ fn spin_hits_the_deadline_and_only_fails_its_call() {
 
 #[test]
 fn default_request_deadline_is_five_milliseconds() {
+    let _serial = api_key_hooks();
     static R: OnceLock<Registry> = OnceLock::new();
     let r = R.get_or_init(|| with_test_plugins(RuntimeConfig::default()));
     let (err, took) = misbehave(r, "spin", true);
@@ -561,6 +577,7 @@ fn default_request_deadline_is_five_milliseconds() {
 
 #[test]
 fn trap_only_fails_its_call() {
+    let _serial = api_key_hooks();
     let stats = registry().get("trap").expect("loaded").stats().clone();
     let before = stats.snapshot().traps;
     let (err, _) = misbehave(registry(), "trap", false);
@@ -571,6 +588,7 @@ fn trap_only_fails_its_call() {
 
 #[test]
 fn grow_hits_the_memory_cap_and_only_fails_its_call() {
+    let _serial = api_key_hooks();
     let stats = registry().get("grow").expect("loaded").stats().clone();
     let before = stats.snapshot().memory_failures;
     let (err, took) = misbehave(registry(), "grow", true);
