@@ -7,7 +7,7 @@
 //! makes no routing decisions itself. In Kubernetes mode it also hands every compile's outcome
 //! to [`cluster`](crate::cluster), which writes status and Events back.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -25,9 +26,10 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::metrics::{self, ConfigStats};
 use crate::plugin::Registry;
 use crate::proxy::{Generation, Proxy, Settings, listener};
-use crate::source::Snapshot;
+use crate::route::RouteTable;
 use crate::source::files::{self, FileSource};
 use crate::source::kube::{self as kube_source, KubeOptions};
+use crate::source::{Snapshot, Snapshots};
 use crate::tls::{self, SniResolver};
 use crate::webhook::{self, View, WebhookOptions};
 
@@ -86,7 +88,7 @@ pub enum RunError {
     },
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
-    #[error("the Kubernetes watches stopped before listing everything once")]
+    #[error("the source of objects stopped (its folder watch or Kubernetes watches ended)")]
     SourceEnded,
 }
 
@@ -152,18 +154,28 @@ pub fn compile_folder(
     Ok(compile::compile(&snapshot, options, previous))
 }
 
-/// Publishes compiled generations to the proxy, keeping what the next compile needs.
+/// Turns snapshots into published generations: rebuilds the plugin registry when plugins
+/// changed, compiles against the last good versions and swaps the proxy to the result.
 struct Publisher {
     proxy: Arc<Proxy>,
     stats: Arc<ConfigStats>,
+    plugins: Plugins,
+    compile: Options,
     last_good: LastGood,
     reported: HashSet<Diagnostic>,
     number: u64,
 }
 
 impl Publisher {
-    /// Swaps the proxy to `compiled`; returns the Ingresses now served and the diagnostics.
-    fn publish(&mut self, compiled: Compiled) -> (BTreeSet<String>, Arc<Vec<Diagnostic>>) {
+    /// Compiles `snapshot` and serves it; returns what the cluster is told about it.
+    fn publish(&mut self, snapshot: Arc<Snapshot>, dir_changed: bool) -> Outcome {
+        if let Some(registry) = self
+            .plugins
+            .refresh(kube_source::plugin_blobs(&snapshot), dir_changed)
+        {
+            self.compile.plugins = Arc::new(registry);
+        }
+        let compiled = compile::compile(&snapshot, &self.compile, &self.last_good);
         self.number += 1;
         self.reported = report(&compiled.diagnostics, &self.reported);
         let (accepted, rejected) = (compiled.accepted, compiled.rejected);
@@ -182,7 +194,44 @@ impl Publisher {
             rejected,
             "configuration applied"
         );
-        (served, diagnostics)
+        Outcome {
+            snapshot,
+            served,
+            diagnostics,
+        }
+    }
+}
+
+/// A source's snapshots: `None` until it has a complete first one, then the newest. The tasks
+/// feeding it stop when the returned set is dropped. A folder is read once before this returns,
+/// so a broken path fails the start; a folder that later fails to read keeps its last snapshot.
+fn snapshots_of(source: &Source) -> Result<(Snapshots, JoinSet<()>), RunError> {
+    match source {
+        Source::Kube { client, options } => Ok(kube_source::start(client.clone(), options.clone())),
+        Source::Files { manifests } => {
+            let mut source = FileSource::new(manifests);
+            let first = source.load()?;
+            let (watcher, mut changes) = source.watch(DEBOUNCE)?;
+            let (tx, rx) = watch::channel(Some(Arc::new(first)));
+            let mut tasks = JoinSet::new();
+            tasks.spawn(async move {
+                let _watcher = watcher;
+                while changes.recv().await.is_some() {
+                    match source.load() {
+                        Ok(snapshot) => {
+                            if tx.send(Some(Arc::new(snapshot))).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "cannot re-read manifests; keeping the current configuration"
+                        ),
+                    }
+                }
+            });
+            Ok((rx, tasks))
+        }
     }
 }
 
@@ -200,39 +249,38 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, R
 
 /// Runs the proxy until `stop` resolves, then drains open connections.
 pub async fn run(
-    mut options: RunOptions,
+    options: RunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    // A folder is read before anything listens, so a broken path fails the start; the API
-    // source starts empty and becomes ready after its initial lists.
-    let (files, first) = match &options.source {
-        Source::Files { manifests } => {
-            let mut source = FileSource::new(manifests);
-            let compiled = compile_folder(&mut source, &options.compile, &LastGood::default())?;
-            (Some(source), Some(compiled))
-        }
-        Source::Kube { .. } => (None, None),
-    };
-    let empty = compile::compile(&Snapshot::default(), &options.compile, &LastGood::default());
+    let (mut snapshots, _feeding) = snapshots_of(&options.source)?;
     let config_stats = Arc::new(ConfigStats::default());
     let proxy = Arc::new(Proxy::new(
         Generation {
             number: 0,
-            routes: empty.routes,
-            certs: empty.certs,
+            routes: RouteTable::default(),
+            certs: tls::CertStore::new(options.compile.default_certificate.clone()),
         },
         options.settings.clone(),
     ));
     let mut publisher = Publisher {
         proxy: proxy.clone(),
         stats: config_stats.clone(),
+        plugins: Plugins {
+            builtins: options.builtins.clone(),
+            dir: options.plugin_dir.clone(),
+            blobs: Vec::new(),
+        },
+        compile: options.compile.clone(),
         last_good: LastGood::default(),
         reported: HashSet::new(),
         number: 0,
     };
-    if let Some(first) = first {
-        publisher.publish(first);
-    }
+    // A folder's first snapshot is served from the moment the listeners open; the API's comes
+    // after every initial list.
+    let mut outcome = snapshots
+        .borrow_and_update()
+        .clone()
+        .map(|s| publisher.publish(s, false));
 
     let http = bind("http", options.http_addr).await?;
     let https = bind("https", options.https_addr).await?;
@@ -276,80 +324,28 @@ pub async fn run(
         Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
         None => None,
     };
-    let mut plugins = Plugins {
-        builtins: options.builtins.clone(),
-        dir: options.plugin_dir.clone(),
-        blobs: Vec::new(),
+    let mut cluster = match (&options.source, options.cluster) {
+        (Source::Kube { client, .. }, Some(o)) => Some(Cluster::start(client.clone(), o)),
+        _ => None,
     };
-    let mut cluster = None;
     let reload = async {
-        match (&options.source, files) {
-            (_, Some(mut source)) => {
+        let mut dir_changed = false;
+        loop {
+            if let Some(outcome) = outcome.take() {
                 admin.set_ready();
-                let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
-                loop {
-                    let dir_changed = tokio::select! {
-                        change = changes.recv() => match change {
-                            Some(()) => false,
-                            None => return Ok(()),
-                        },
-                        Some(()) = next_change(&mut plugin_changes) => true,
-                    };
-                    if let Some(registry) = plugins.refresh(Vec::new(), dir_changed) {
-                        options.compile.plugins = Arc::new(registry);
-                    }
-                    match compile_folder(&mut source, &options.compile, &publisher.last_good) {
-                        Ok(compiled) => {
-                            publisher.publish(compiled);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot re-read manifests; keeping the current configuration");
-                        }
-                    }
+                if let Some(cluster) = &cluster {
+                    cluster.publish(outcome);
                 }
             }
-            (
-                Source::Kube {
-                    client,
-                    options: kube,
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() {
+                    return Err(RunError::SourceEnded);
                 },
-                None,
-            ) => {
-                let (mut snapshots, _watches) = kube_source::start(client.clone(), kube.clone());
-                cluster = options
-                    .cluster
-                    .clone()
-                    .map(|o| Cluster::start(client.clone(), o));
-                let mut dir_changed = false;
-                loop {
-                    tokio::select! {
-                        changed = snapshots.changed() => if changed.is_err() {
-                            return Err(RunError::SourceEnded);
-                        },
-                        Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
-                    }
-                    let Some(snapshot) = snapshots.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    let blobs = kube_source::plugin_blobs(&snapshot);
-                    if let Some(registry) = plugins.refresh(blobs, dir_changed) {
-                        options.compile.plugins = Arc::new(registry);
-                    }
-                    dir_changed = false;
-                    let compiled =
-                        compile::compile(&snapshot, &options.compile, &publisher.last_good);
-                    let (served, diagnostics) = publisher.publish(compiled);
-                    admin.set_ready();
-                    if let Some(cluster) = &cluster {
-                        cluster.publish(Outcome {
-                            snapshot,
-                            served,
-                            diagnostics,
-                        });
-                    }
-                }
+                Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
             }
-            (Source::Files { .. }, None) => Ok(()),
+            if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+                outcome = Some(publisher.publish(snapshot, std::mem::take(&mut dir_changed)));
+            }
         }
     };
     let ended = tokio::select! {
@@ -403,6 +399,7 @@ pub async fn webhook(
     options: WebhookRunOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let (mut snapshots, _feeding) = snapshots_of(&options.source)?;
     let mut plugins = Plugins {
         builtins: options.builtins.clone(),
         dir: options.plugin_dir.clone(),
@@ -423,70 +420,32 @@ pub async fn webhook(
             options: Arc::new(compile_options.clone()),
         })
     };
-    match options.source {
-        Source::Files { manifests } => {
-            let mut source = FileSource::new(&manifests);
-            let (_watcher, mut changes) = source.watch(DEBOUNCE)?;
-            let (tx, rx) = watch::channel(view_of(Arc::new(source.load()?), false));
-            let follow = async {
-                loop {
-                    let dir_changed = tokio::select! {
-                        change = changes.recv() => match change {
-                            Some(()) => false,
-                            None => return,
-                        },
-                        Some(()) = next_change(&mut plugin_changes) => true,
-                    };
-                    match source.load() {
-                        Ok(snapshot) => {
-                            let _ = tx.send(view_of(Arc::new(snapshot), dir_changed));
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot re-read manifests; judging against the last good ones")
-                        }
-                    }
-                }
-            };
+    let first = loop {
+        if let Some(s) = snapshots.borrow_and_update().clone() {
+            break s;
+        }
+        if snapshots.changed().await.is_err() {
+            return Err(RunError::SourceEnded);
+        }
+    };
+    let (tx, rx) = watch::channel(view_of(first, false));
+    let follow = async {
+        let mut dir_changed = false;
+        loop {
             tokio::select! {
-                r = webhook::serve(options.webhook, rx, stop) => r?,
-                _ = follow => {}
+                changed = snapshots.changed() => if changed.is_err() {
+                    return;
+                },
+                Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
+            }
+            if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+                let _ = tx.send(view_of(snapshot, std::mem::take(&mut dir_changed)));
             }
         }
-        Source::Kube {
-            client,
-            options: kube,
-        } => {
-            let (mut snapshots, _watches) = kube_source::start(client, kube);
-            let first = loop {
-                if snapshots.changed().await.is_err() {
-                    return Err(RunError::SourceEnded);
-                }
-                if let Some(s) = snapshots.borrow_and_update().clone() {
-                    break s;
-                }
-            };
-            let (tx, rx) = watch::channel(view_of(first, false));
-            let follow = async {
-                let mut dir_changed = false;
-                loop {
-                    tokio::select! {
-                        changed = snapshots.changed() => if changed.is_err() {
-                            return;
-                        },
-                        Some(()) = next_change(&mut plugin_changes) => dir_changed = true,
-                    }
-                    let Some(snapshot) = snapshots.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    let _ = tx.send(view_of(snapshot, dir_changed));
-                    dir_changed = false;
-                }
-            };
-            tokio::select! {
-                r = webhook::serve(options.webhook, rx, stop) => r?,
-                _ = follow => return Err(RunError::SourceEnded),
-            }
-        }
+    };
+    tokio::select! {
+        r = webhook::serve(options.webhook, rx, stop) => r?,
+        _ = follow => return Err(RunError::SourceEnded),
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::{Snapshot, Sourced};
+use super::{Snapshot, Snapshots, Sourced};
 
 /// Label that marks a ConfigMap as carrying plugins (`*.wasm` keys of `binaryData`).
 pub const PLUGIN_LABEL: &str = "wasmgress.io/plugin";
@@ -99,10 +99,7 @@ enum Signal {
 /// Starts every reflector and returns the snapshots: `None` until every kind has been listed
 /// once, then the newest snapshot after each batch of changes. The tasks stop when the
 /// returned set is dropped.
-pub fn start(
-    client: Client,
-    options: KubeOptions,
-) -> (watch::Receiver<Option<Arc<Snapshot>>>, JoinSet<()>) {
+pub fn start(client: Client, options: KubeOptions) -> (Snapshots, JoinSet<()>) {
     let (signal_tx, signal_rx) = mpsc::channel(1024);
     let mut tasks = JoinSet::new();
     let ns = options.namespace.as_deref();

@@ -16,6 +16,10 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
 use crate::diagnostic::Diagnostic;
 
+/// A source's snapshots as they come: `None` until it has a complete first one, then the
+/// newest.
+pub type Snapshots = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
+
 /// An object plus where it came from, so diagnostics can point at a file.
 #[derive(Clone, Debug)]
 pub struct Sourced<T> {
