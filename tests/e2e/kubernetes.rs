@@ -202,17 +202,8 @@ async fn ready_only_after_every_watch_has_listed() {
     cluster.apply_all(&objects);
     cluster.api.apply(app("one"));
     cluster.api.fail_requests(Some("/endpointslices"));
-    let mut args = cluster.controller_args("solo", &[]);
-    args.extend_from_slice(&[
-        "--http-addr",
-        "127.0.0.1:0",
-        "--https-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-    ]);
-    let gw = Wasmgress::spawn(&args, &["http", "https", "admin"]).await;
-    let admin = gw.listeners["admin"];
+    let gw = Wasmgress::launch(&cluster.controller_args("solo", &[])).await;
+    let admin = gw.admin;
     let readyz = async || {
         gw.get_on(admin, "localhost", "/readyz")
             .await
@@ -240,11 +231,7 @@ async fn ready_only_after_every_watch_has_listed() {
         readyz().await == 200
     })
     .await;
-    let on_http = gw.listeners["http"];
-    let r = gw
-        .get_on(on_http, "app.example.com", "/")
-        .await
-        .expect("a request once ready");
+    let r = gw.get("app.example.com", "/").await;
     assert_eq!(r.backend().as_deref(), Some("one"), "{}", r.summary());
 }
 

@@ -67,6 +67,15 @@ impl Wasmgress {
     /// Starts `wasmgress ARGS` (a `run` command line without listener addresses) on
     /// 127.0.0.1:0 for all three listeners and waits until `/readyz` answers 200.
     pub async fn run(args: &[&str]) -> Self {
+        let mut gw = Self::launch(args).await;
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        gw.wait_ready(deadline).await;
+        gw
+    }
+
+    /// Like [`Wasmgress::run`], without waiting for readiness: returns once the three
+    /// listeners are announced.
+    pub async fn launch(args: &[&str]) -> Self {
         let mut args = args.to_vec();
         args.extend_from_slice(&[
             "--http-addr",
@@ -80,8 +89,6 @@ impl Wasmgress {
         gw.http = gw.listeners["http"];
         gw.https = gw.listeners["https"];
         gw.admin = gw.listeners["admin"];
-        let deadline = tokio::time::Instant::now() + START_LIMIT;
-        gw.wait_ready(deadline).await;
         gw
     }
 
