@@ -410,20 +410,17 @@ fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptio
         send_timeout: Duration::from_secs(args.proxy_send_timeout),
         ..Policy::default()
     };
+    // The plugin folder is loaded with the first snapshot (`run` owns the registry's rebuilds).
     let builtins = builtin_plugins()?;
-    let (plugins, problems) = run::load_plugins(&builtins, args.class.plugin_dir.as_deref());
-    for p in &problems {
-        tracing::error!("{p}");
-    }
     Ok(RunOptions {
         source,
         cluster: None,
         plugin_dir: args.class.plugin_dir.clone(),
-        builtins,
+        builtins: builtins.clone(),
         http_addr: args.http_addr,
         https_addr: args.https_addr,
         admin_addr: args.admin_addr,
-        compile: compile_options(&args.class, defaults, Arc::new(plugins))?,
+        compile: compile_options(&args.class, defaults, builtins.clone())?,
         settings: Settings {
             redirect_https_port: args.redirect_https_port,
         },

@@ -120,22 +120,33 @@ fn load_all(
     (registry, problems)
 }
 
-/// Rebuilds the plugin registry when the plugin folder or the plugin ConfigMaps change, and
-/// only then: loading instantiates every plugin to ask it to describe itself.
+/// Builds the plugin registry on the first snapshot, then again when the plugin folder or the
+/// plugin ConfigMaps change, and only then: loading instantiates every plugin to ask it to
+/// describe itself.
 struct Plugins {
     builtins: Arc<Registry>,
     dir: Option<PathBuf>,
-    blobs: Vec<(String, Vec<u8>)>,
+    /// The ConfigMap plugins the current registry was built with; `None` before the first.
+    blobs: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl Plugins {
-    /// A new registry if `blobs` differ from the last ones or `dir_changed`.
+    fn new(builtins: Arc<Registry>, dir: Option<PathBuf>) -> Self {
+        Self {
+            builtins,
+            dir,
+            blobs: None,
+        }
+    }
+
+    /// A new registry the first time, and then if `blobs` differ from the last ones or
+    /// `dir_changed`.
     fn refresh(&mut self, blobs: Vec<(String, Vec<u8>)>, dir_changed: bool) -> Option<Registry> {
-        if !dir_changed && blobs == self.blobs {
+        if !dir_changed && self.blobs.as_ref() == Some(&blobs) {
             return None;
         }
-        self.blobs = blobs;
-        let (registry, problems) = load_all(&self.builtins, self.dir.as_deref(), &self.blobs);
+        let blobs = self.blobs.insert(blobs);
+        let (registry, problems) = load_all(&self.builtins, self.dir.as_deref(), blobs);
         for p in &problems {
             tracing::error!("{p}");
         }
@@ -265,11 +276,7 @@ pub async fn run(
     let mut publisher = Publisher {
         proxy: proxy.clone(),
         stats: config_stats.clone(),
-        plugins: Plugins {
-            builtins: options.builtins.clone(),
-            dir: options.plugin_dir.clone(),
-            blobs: Vec::new(),
-        },
+        plugins: Plugins::new(options.builtins.clone(), options.plugin_dir.clone()),
         compile: options.compile.clone(),
         last_good: LastGood::default(),
         reported: HashSet::new(),
@@ -400,11 +407,7 @@ pub async fn webhook(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let (mut snapshots, _feeding) = snapshots_of(&options.source)?;
-    let mut plugins = Plugins {
-        builtins: options.builtins.clone(),
-        dir: options.plugin_dir.clone(),
-        blobs: Vec::new(),
-    };
+    let mut plugins = Plugins::new(options.builtins.clone(), options.plugin_dir.clone());
     let mut compile_options = options.compile.clone();
     let mut plugin_changes = match &options.plugin_dir {
         Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
