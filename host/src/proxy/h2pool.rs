@@ -4,20 +4,17 @@
 //! that carries fewer than [`STREAMS_PER_CONNECTION`] calls; when every connection is that busy,
 //! a new one is opened, up to [`MAX_CONNECTIONS`] per endpoint, beyond which calls share the
 //! least busy connection (HTTP/2 then queues them until streams free up). A call counts as
-//! carried until its response body ends or is dropped. Connections that close are forgotten.
+//! carried until its response body ends or is dropped (the body holds its [`InFlight`]).
+//! Connections that close are forgotten.
 //! This module owns connection reuse only; errors become `UpstreamError`s in `upstream`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -69,46 +66,11 @@ impl std::fmt::Debug for H2Pool {
 }
 
 /// Marks a call as carried by its connection until dropped.
-struct InFlight(Arc<Connection>);
+pub struct InFlight(Arc<Connection>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An upstream response body, keeping its call counted against its connection while it lasts.
-pub struct ResponseBody {
-    inner: Incoming,
-    _in_flight: Option<InFlight>,
-}
-
-impl ResponseBody {
-    pub fn plain(inner: Incoming) -> Self {
-        Self {
-            inner,
-            _in_flight: None,
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -142,7 +104,7 @@ impl H2Pool {
         &self,
         req: Request<UpstreamBody>,
         addr: SocketAddr,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    ) -> Result<(Response<Incoming>, InFlight), SendError> {
         let endpoint = self.endpoint(addr);
         let in_flight = match pick(&endpoint) {
             Some(taken) => taken,
@@ -171,10 +133,7 @@ impl H2Pool {
             .send_request(req)
             .await
             .map_err(SendError::Protocol)?;
-        Ok(resp.map(|inner| ResponseBody {
-            inner,
-            _in_flight: Some(in_flight),
-        }))
+        Ok((resp, in_flight))
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Connection, SendError> {

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod body;
 pub mod forward;
+pub mod h1pool;
 pub mod h2pool;
 pub mod listener;
 pub mod respond;
@@ -36,9 +37,9 @@ use respond::GrpcCode;
 use upstream::UpstreamError;
 
 /// Response bodies: streamed from an upstream (logged when they end), or made here.
-pub type ProxyBody = Either<access::Logged<Idle<h2pool::ResponseBody>>, Full<Bytes>>;
+pub type ProxyBody = Either<access::Logged<Idle<upstream::ResponseBody>>, Full<Bytes>>;
 /// Response bodies before the access log wraps them.
-pub(crate) type InnerBody = Either<Idle<h2pool::ResponseBody>, Full<Bytes>>;
+pub(crate) type InnerBody = Either<Idle<upstream::ResponseBody>, Full<Bytes>>;
 
 /// One compiled configuration, swapped in whole.
 #[derive(Debug)]
@@ -260,8 +261,16 @@ impl Proxy {
             .get(TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(client.transport.scheme());
-        uri.authority = Some(endpoint.authority.clone());
+        // HTTP/2 upstreams take `:scheme` and `:authority` from an absolute URI; HTTP/1.1 ones
+        // are sent origin-form (`Host` is already set).
+        (uri.scheme, uri.authority) = if h2 {
+            (
+                Some(client.transport.scheme()),
+                Some(endpoint.authority.clone()),
+            )
+        } else {
+            (None, None)
+        };
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(PathAndQuery::from_static("/"));
         }
@@ -437,7 +446,7 @@ impl Proxy {
         let backend = websocket::Backend {
             endpoint,
             tls: (route.client.transport == upstream::Transport::TlsHttp1)
-                .then(upstream::tunnel_tls),
+                .then(upstream::http1_tls),
             timeouts,
         };
         match websocket::open(req, kind, backend, headers, host, self.tunnels.clone()).await {

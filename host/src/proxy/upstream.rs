@@ -2,28 +2,30 @@
 //!
 //! One pooled client per transport (HTTP/1.1, h2c, TLS + HTTP/1.1, TLS + h2) and connect
 //! timeout, shared by every route and every configuration generation that uses it, so
-//! keep-alive and multiplexed HTTP/2 connections survive config swaps. HTTP/1 pools are
-//! hyper-util's; HTTP/2 ones are [`H2Pool`]s (few multiplexed connections per endpoint, with a
-//! cap). Compile picks the client for each route once;
+//! keep-alive and multiplexed HTTP/2 connections survive config swaps. HTTP/1.1 pools are
+//! [`H1Pool`]s (idle keep-alive connections per endpoint, returned when a response body ends);
+//! HTTP/2 ones are [`H2Pool`]s (few multiplexed connections per endpoint, with a cap). Compile
+//! picks the client for each route once;
 //! requests never look one up. Upstream TLS does not verify certificates, as ingress-nginx
 //! (`proxy-ssl-verify: off`) does by default: the upstream is addressed by pod IP.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as Pool;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::body::Idle;
-use super::h2pool::{self, H2Pool, ResponseBody};
+use super::h1pool::{self, H1Pool};
+use super::h2pool::{self, H2Pool};
 use crate::route::Endpoint;
 
 /// HTTP/2 flow-control windows, upstream and downstream: what one connection, and one stream,
@@ -58,9 +60,82 @@ impl Transport {
 
 #[derive(Clone, Debug)]
 enum Inner {
-    Plain(Pool<HttpConnector, UpstreamBody>),
-    Tls(Pool<HttpsConnector<HttpConnector>, UpstreamBody>),
+    H1(Arc<H1Pool>),
     H2(Arc<H2Pool>),
+}
+
+/// An upstream response body. It keeps its connection's place while it lasts: an HTTP/2 call
+/// counted against its connection, an HTTP/1.1 connection lent until the body's end, when it
+/// goes back to its pool.
+pub struct ResponseBody {
+    inner: Incoming,
+    hold: Hold,
+}
+
+enum Hold {
+    Nothing,
+    H2(#[allow(dead_code, reason = "held for its Drop")] h2pool::InFlight),
+    H1(h1pool::Lent),
+}
+
+impl ResponseBody {
+    /// A body that holds no pooled connection (a WebSocket handshake's answer).
+    pub fn plain(inner: Incoming) -> Self {
+        Self {
+            inner,
+            hold: Hold::Nothing,
+        }
+    }
+
+    fn h1(inner: Incoming, lent: h1pool::Lent) -> Self {
+        let mut body = Self {
+            inner,
+            hold: Hold::H1(lent),
+        };
+        // Empty bodies (HEAD, 204, 304, `Content-Length: 0`) are never polled.
+        body.give_back_at_end();
+        body
+    }
+
+    fn give_back_at_end(&mut self) {
+        if let Hold::H1(lent) = &mut self.hold
+            && self.inner.is_end_stream()
+        {
+            lent.give_back();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            // The last frame of a body with a length: its reader may never poll again.
+            Poll::Ready(Some(Ok(_))) => this.give_back_at_end(),
+            Poll::Ready(None) => {
+                if let Hold::H1(lent) = &mut this.hold {
+                    lent.give_back();
+                }
+            }
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A pooled client for one transport.
@@ -105,7 +180,8 @@ impl UpstreamError {
 }
 
 impl Client {
-    /// Sends `req` and waits at most `head_timeout` for the response head.
+    /// Sends `req` and waits at most `head_timeout` for the response head. HTTP/1.1 requests
+    /// carry an origin-form URI (`/path?query`), HTTP/2 ones an absolute one.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
@@ -114,23 +190,20 @@ impl Client {
         head_timeout: Duration,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let sent = async {
-            let legacy = |r: Result<Response<Incoming>, hyper_util::client::legacy::Error>| {
-                r.map(|resp| resp.map(ResponseBody::plain)).map_err(|e| {
-                    let cause = root_cause(&e);
-                    if e.is_connect() {
-                        SendError::Connect(cause)
-                    } else {
-                        SendError::Other(cause)
-                    }
-                })
-            };
             match &self.inner {
-                Inner::Plain(pool) => legacy(pool.request(req).await),
-                Inner::Tls(pool) => legacy(pool.request(req).await),
-                Inner::H2(pool) => pool.send(req, endpoint.addr).await.map_err(|e| match e {
-                    h2pool::SendError::Connect(cause) => SendError::Connect(cause),
-                    h2pool::SendError::Protocol(e) => SendError::Other(root_cause(&e)),
-                }),
+                Inner::H1(pool) => match pool.send(req, endpoint.addr, &endpoint.authority).await {
+                    Ok((resp, lent)) => Ok(resp.map(|body| ResponseBody::h1(body, lent))),
+                    Err(h1pool::SendError::Connect(cause)) => Err(SendError::Connect(cause)),
+                    Err(h1pool::SendError::Protocol(e)) => Err(SendError::Other(root_cause(&e))),
+                },
+                Inner::H2(pool) => match pool.send(req, endpoint.addr).await {
+                    Ok((resp, in_flight)) => Ok(resp.map(|inner| ResponseBody {
+                        inner,
+                        hold: Hold::H2(in_flight),
+                    })),
+                    Err(h2pool::SendError::Connect(cause)) => Err(SendError::Connect(cause)),
+                    Err(h2pool::SendError::Protocol(e)) => Err(SendError::Other(root_cause(&e))),
+                },
             }
         };
         // Formatted only on failure: the success path allocates nothing here.
@@ -200,44 +273,27 @@ fn build(transport: Transport, connect_timeout: Duration) -> Client {
     let inner = match transport {
         Transport::H2c => Inner::H2(Arc::new(H2Pool::new(None, connect_timeout))),
         Transport::TlsH2 => Inner::H2(Arc::new(H2Pool::new(
-            Some(Arc::new(tls_config(Some(b"h2")))),
+            Some(Arc::new(tls_config(b"h2"))),
             connect_timeout,
         ))),
-        Transport::Http1 | Transport::TlsHttp1 => {
-            let mut http = HttpConnector::new();
-            http.set_connect_timeout(Some(connect_timeout));
-            http.set_nodelay(true);
-            let mut builder = Pool::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60));
-            if transport == Transport::Http1 {
-                Inner::Plain(builder.build(http))
-            } else {
-                http.enforce_http(false);
-                // hyper-rustls sets ALPN itself (and refuses a config that already has it).
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config(None))
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http);
-                Inner::Tls(builder.build(connector))
-            }
-        }
+        Transport::Http1 => Inner::H1(Arc::new(H1Pool::new(None, connect_timeout))),
+        Transport::TlsHttp1 => Inner::H1(Arc::new(H1Pool::new(
+            Some(http1_tls().clone()),
+            connect_timeout,
+        ))),
     };
     Client { inner, transport }
 }
 
-/// TLS to HTTPS backends for WebSocket tunnels, which hold their own connection.
-pub fn tunnel_tls() -> &'static tokio_rustls::TlsConnector {
+/// TLS to HTTPS backends speaking HTTP/1.1: pooled connections and WebSocket tunnels.
+pub fn http1_tls() -> &'static tokio_rustls::TlsConnector {
     static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
-    CONNECTOR.get_or_init(|| Arc::new(tls_config(Some(b"http/1.1"))).into())
+    CONNECTOR.get_or_init(|| Arc::new(tls_config(b"http/1.1")).into())
 }
 
-/// Upstream TLS offering at most one ALPN protocol, without certificate verification (see the module
+/// Upstream TLS offering one ALPN protocol, without certificate verification (see the module
 /// doc).
-fn tls_config(alpn: Option<&[u8]>) -> rustls::ClientConfig {
+fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -246,7 +302,7 @@ fn tls_config(alpn: Option<&[u8]>) -> rustls::ClientConfig {
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(NoVerify))
     .with_no_client_auth();
-    config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+    config.alpn_protocols = vec![alpn.to_vec()];
     config
 }
 

@@ -189,7 +189,7 @@ pub async fn open(
         return Ok(Response::from_parts(
             parts,
             Either::Left(Idle::new(
-                super::h2pool::ResponseBody::plain(body),
+                super::upstream::ResponseBody::plain(body),
                 timeouts.read,
                 OnIdle::Fail,
             )),
