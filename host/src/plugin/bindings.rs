@@ -12,6 +12,9 @@ use wasmtime::component::Resource;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "filter",
+    // Arguments to the guest's exports are borrowed: a hook call lends the request line
+    // instead of copying it into four new strings first.
+    ownership: Borrowing { duplicate_if_necessary: true },
     with: {
         // The `fields` handle carries no data of its own: the map lives in the store state.
         "wasmgress:plugin/types.fields": FieldsHandle,

@@ -264,7 +264,12 @@ impl PluginInstance {
         deadline: Duration,
     ) -> Result<Result<wit::Policy, Vec<wit::Diagnostic>>, CallError> {
         let _running = self.begin(deadline);
-        match self.filter.call_configure(&mut self.store, annotations) {
+        // Compile time only: borrowing the pairs costs one small vector.
+        let annotations: Vec<(&str, &str)> = annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match self.filter.call_configure(&mut self.store, &annotations) {
             Ok(r) => Ok(r),
             Err(e) => Err(self.fail(e, "configure", deadline)),
         }
@@ -280,16 +285,16 @@ impl PluginInstance {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
         let running = self.begin(deadline);
         let head = wit::RequestHead {
-            method: head.method.to_owned(),
-            scheme: head.scheme.to_owned(),
-            authority: head.authority.to_owned(),
-            path: head.path.to_owned(),
+            method: head.method,
+            scheme: head.scheme,
+            authority: head.authority,
+            path: head.path,
         };
         // Lend the map to the store for this call only; it comes back even if the call fails.
         self.store.data_mut().headers = std::mem::take(headers);
         let r = self.filter.call_on_request_headers(
             &mut self.store,
-            &head,
+            head,
             Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
         );
         drop(running);

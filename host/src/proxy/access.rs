@@ -232,7 +232,10 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(record), Some(data)) = (this.record.as_mut(), frame.data_ref()) {
                 record.bytes_out += data.len() as u64;
-            } else if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+            } else if let Some(status) = frame
+                .trailers_ref()
+                .and_then(|t| t.get(&super::respond::GRPC_STATUS))
+            {
                 if let Some(stats) = &this.grpc_stats {
                     stats.grpc_status(status);
                 }

@@ -12,7 +12,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers meaningful only on one connection (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -60,7 +60,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Sets what the upstream needs to know about the original request. `client_ip` is the
 /// connection's formatted once; `host` (the request's host as sent, when it is a valid header
-/// value) fills `Host` when missing and `X-Forwarded-Host`.
+/// value) fills `Host` when missing and `X-Forwarded-Host`. `X-Request-Id` is the caller's to
+/// ensure first ([`ensure_request_id`]), so hooks see it too.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
@@ -94,7 +95,6 @@ pub fn add_forwarded(
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    ensure_request_id(headers);
 }
 
 /// Gives the request an `X-Request-Id` unless the client sent one; returns it.
@@ -161,24 +161,25 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test");
         assert_eq!(h["host"], "a.test");
-        let id = h["x-request-id"].to_str().expect("ascii").to_owned();
+    }
+
+    #[test]
+    fn request_ids_are_made_unique_and_a_clients_is_kept() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h)
+            .to_str()
+            .expect("ascii")
+            .to_owned();
         assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id.as_str());
         let mut again = HeaderMap::new();
-        add_forwarded(
-            &mut again,
-            &HeaderValue::from_static("192.0.2.7"),
-            true,
-            Some(&HeaderValue::from_static("a.test")),
-        );
-        assert_ne!(again["x-request-id"], id, "ids are unique");
+        assert_ne!(ensure_request_id(&mut again), id.as_str(), "ids are unique");
         let mut kept = HeaderMap::new();
         kept.insert("x-request-id", HeaderValue::from_static("mine"));
-        add_forwarded(
-            &mut kept,
-            &HeaderValue::from_static("192.0.2.7"),
-            true,
-            Some(&HeaderValue::from_static("a.test")),
+        assert_eq!(
+            ensure_request_id(&mut kept),
+            "mine",
+            "a client's id is passed on"
         );
-        assert_eq!(kept["x-request-id"], "mine", "a client's id is passed on");
     }
 }

@@ -112,14 +112,22 @@ impl Proxy {
         conn: &Conn,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = tokio::time::Instant::now();
+        let mut req = req;
         let method = req.method().clone();
-        let protocol = protocol_of(&req);
+        let kind = Kind::of(&req);
+        let protocol = kind.protocol(req.version());
+        // Before anything else, so hooks, the upstream and the log all see the same id.
+        forward::ensure_request_id(req.headers_mut());
         let mut record = access::enabled().then(|| Box::new(start_record(&req, conn, protocol)));
         let mut stats = None;
-        let Ok(resp) = self.serve(req, conn, &mut record, &mut stats).await;
+        let Ok(resp) = self.serve(req, kind, conn, &mut record, &mut stats).await;
         let (parts, body) = resp.into_parts();
         // Trailers-only gRPC answers carry their status in the headers.
-        let grpc_status = parts.headers.get("grpc-status");
+        let grpc_status = if kind.grpc {
+            parts.headers.get(&respond::GRPC_STATUS)
+        } else {
+            None
+        };
         if let Some(s) = &stats {
             s.record(protocol, &method, parts.status, started.elapsed());
             if let Some(code) = grpc_status {
@@ -149,13 +157,11 @@ impl Proxy {
     async fn serve(
         &self,
         req: Request<Incoming>,
+        kind: Kind,
         conn: &Conn,
         record: &mut Option<Box<access::Record>>,
         stats: &mut Option<Arc<crate::metrics::RouteStats>>,
     ) -> Result<Response<InnerBody>, Infallible> {
-        let mut req = req;
-        // Before anything else, so hooks, the upstream and the log all see the same id.
-        forward::ensure_request_id(req.headers_mut());
         let generation = self.generation.load_full();
         // Cheap reference-counted clones, so the host can outlive taking the request apart.
         let authority = match req.uri().authority() {
@@ -170,10 +176,7 @@ impl Proxy {
         let host = normalize_host(authority);
         let path = req.uri().path();
         // gRPC clients only understand gRPC statuses, so errors for them are gRPC errors.
-        let grpc = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = kind.grpc;
         let Some(route) = generation.routes.find(&host, path) else {
             let why = format!("no route for host {host:?} and path {path:?}");
             return Ok(if grpc {
@@ -186,7 +189,6 @@ impl Proxy {
         *stats = Some(route.stats.clone());
         if let Some(r) = record.as_mut() {
             r.ingress = Some(route.ingress.clone());
-            r.request_id = req.headers().get("x-request-id").cloned();
         }
         let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
         if policy.ssl_redirect && !conn.secure {
@@ -244,7 +246,7 @@ impl Proxy {
         if let Some(r) = record.as_mut() {
             r.upstream = Some(endpoint.addr);
         }
-        if let Some(kind) = websocket::kind(&req) {
+        if let Some(kind) = kind.websocket {
             // Boxed: the tunnel's handshake state is large and rare; inline, it would make every
             // request's future (moved and copied on each request) that much bigger.
             let tunnel = Box::pin(self.tunnel(req, kind, route, endpoint, &host, conn));
@@ -252,7 +254,7 @@ impl Proxy {
         }
 
         let mut head_timeout = policy.read_timeout;
-        if grpc && let Some(deadline) = req.headers().get("grpc-timeout").and_then(grpc_timeout) {
+        if grpc && let Some(deadline) = req.headers().get(&GRPC_TIMEOUT).and_then(grpc_timeout) {
             head_timeout = head_timeout.min(deadline);
         }
         let (mut parts, body) = req.into_parts();
@@ -477,23 +479,41 @@ fn static_response(answer: &StaticResponse, vars: &RequestVars<'_>) -> Response<
     }
 }
 
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Index of "grpc" in [`crate::metrics::PROTOCOLS`].
 const GRPC: usize = 2;
 
-/// The request's protocol, as an index into [`crate::metrics::PROTOCOLS`].
-fn protocol_of(req: &Request<Incoming>) -> usize {
-    let grpc = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if websocket::kind(req).is_some() {
-        3
-    } else if grpc {
-        GRPC
-    } else if req.version() == Version::HTTP_2 {
-        1
-    } else {
-        0
+/// What kind of request this is, read from its head once.
+#[derive(Clone, Copy)]
+struct Kind {
+    grpc: bool,
+    websocket: Option<websocket::Kind>,
+}
+
+impl Kind {
+    fn of(req: &Request<Incoming>) -> Self {
+        let grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        Kind {
+            grpc,
+            websocket: websocket::kind(req),
+        }
+    }
+
+    /// The request's protocol, as an index into [`crate::metrics::PROTOCOLS`].
+    fn protocol(self, version: Version) -> usize {
+        if self.websocket.is_some() {
+            3
+        } else if self.grpc {
+            GRPC
+        } else if version == Version::HTTP_2 {
+            1
+        } else {
+            0
+        }
     }
 }
 
@@ -520,7 +540,7 @@ fn start_record(req: &Request<Incoming>, conn: &Conn, protocol: usize) -> access
             .to_owned(),
         protocol: crate::metrics::PROTOCOLS[protocol],
         ingress: None,
-        request_id: req.headers().get("x-request-id").cloned(),
+        request_id: req.headers().get(&forward::X_REQUEST_ID).cloned(),
         upstream: None,
         upstream_duration: None,
         status: 0,

@@ -2,10 +2,13 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::InnerBody as ProxyBody;
+
+/// Looked up on every gRPC response; a constant name skips parsing and validating a string.
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 pub fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut body = message;
