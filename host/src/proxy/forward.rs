@@ -68,6 +68,8 @@ pub fn add_forwarded(
     secure: bool,
     host: Option<&HeaderValue>,
 ) {
+    // Up to five new entries: grow the map at most once.
+    headers.reserve(5);
     if let Some(host) = host
         && !headers.contains_key(HOST)
     {

@@ -54,10 +54,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The warmest idle connection that is still usable, closing expired ones on the way.
+    /// The warmest idle connection that is still usable. Expiry is left to [`Endpoint::put`]
+    /// and the sweeper: the warmest connection is the one least likely to have expired, and
+    /// a request spared a clock read.
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        expire(&mut idle, Instant::now());
         while let Some(conn) = idle.pop_back() {
             if !conn.sender.is_closed() {
                 return Some(conn.sender);
