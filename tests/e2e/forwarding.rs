@@ -1,7 +1,8 @@
 //! What the backend receives and what comes back: the client's `Host`, `X-Forwarded-For`
 //! (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`; hop-by-hop headers
 //! removed; method, path, query and body forwarded; the backend's status and headers returned;
-//! HTTP/1.1 to the backend with keep-alive whatever the client spoke; h2c prior knowledge on the
+//! HTTP/1.1 to the backend with keep-alive whatever the client spoke, and whatever the backend
+//! spoke back (an HTTP/1.0 backend closing every connection); h2c prior knowledge on the
 //! plain listener.
 
 use std::collections::HashSet;
@@ -333,5 +334,78 @@ async fn https_backend_protocol_speaks_tls_to_the_backend() {
         "cleartext to a TLS backend fails: {}",
         r.summary()
     );
+    server.abort();
+}
+
+/// A backend that answers HTTP/1.0 and closes every connection (the body ends at EOF, no
+/// length): each request through the proxy gets its answer on a fresh upstream connection,
+/// and the client keeps one HTTP/1.1 keep-alive connection throughout.
+#[tokio::test]
+async fn an_http10_backend_that_closes_each_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let server = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            n += 1;
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            let answer =
+                format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold server {n}");
+            let _ = tcp.write_all(answer.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+        }
+    });
+    let m = Manifests::new();
+    let docs = vec![
+        crate::harness::manifests::service(
+            "default",
+            "old",
+            &[crate::harness::manifests::ServicePort {
+                name: Some("http"),
+                port: 80,
+                target: crate::harness::Port::Number(port),
+            }],
+        ),
+        crate::harness::manifests::endpoint_slice(
+            "default",
+            "old",
+            "old-slice",
+            &[(Some("http"), port)],
+            &[crate::harness::manifests::ready("127.0.0.1")],
+        ),
+        Ingress::new("old")
+            .rule(Some("old.test"), &[prefix("/", "old")])
+            .build(),
+    ];
+    m.write("all.yaml", &docs);
+    let gw = Wasmgress::start(&m, &[]).await;
+    let mut conn = gw.h1().await;
+    for n in 1..=3 {
+        let r = conn
+            .send(&Req::get("old.test", "/"))
+            .await
+            .unwrap_or_else(|e| panic!("request {n} on the same client connection: {e}"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(
+            r.text(),
+            format!("old server {n}"),
+            "a fresh upstream connection each"
+        );
+        assert_eq!(
+            r.version,
+            Version::HTTP_11,
+            "the client is answered in HTTP/1.1"
+        );
+    }
     server.abort();
 }

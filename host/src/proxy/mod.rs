@@ -258,6 +258,7 @@ impl Proxy {
             head_timeout = head_timeout.min(deadline);
         }
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
         let wants_trailers = parts
             .headers
             .get(TE)
@@ -344,6 +345,10 @@ impl Proxy {
         match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
+                // The upstream's version is its connection's business: an HTTP/1.0 backend
+                // must not turn the client's HTTP/1.1 answer into an HTTP/1.0 one (which
+                // ends the client's keep-alive).
+                parts.version = client_version;
                 forward::strip_hop_by_hop(&mut parts.headers);
                 if !policy.response_headers.is_empty() {
                     let vars = RequestVars {
