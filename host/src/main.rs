@@ -194,9 +194,10 @@ struct ProxyArgs {
     /// Proxy worker threads (like nginx's worker_processes); default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
-    /// Port that HTTP-to-HTTPS redirects point at (where clients reach the TLS listener).
-    #[arg(long, default_value_t = 443, value_name = "PORT")]
-    redirect_https_port: u16,
+    /// Port that HTTP-to-HTTPS redirects point at (where clients reach the TLS listener);
+    /// default 443, and for `demo` its own HTTPS listener's port.
+    #[arg(long, value_name = "PORT")]
+    redirect_https_port: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -298,7 +299,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(run::webhook(options, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir, proxy } => {
+        Command::Demo { dir, mut proxy } => {
+            // The demo is reached on this machine, where nothing listens on 443: its
+            // redirects must lead to the listener the instructions name.
+            proxy
+                .redirect_https_port
+                .get_or_insert(proxy.https_addr.port());
             let generated = demo::generate(&dir)?;
             let options = run_options(run::Source::Files { manifests: dir }, &proxy)?;
             runtime(proxy.workers)?.block_on(async {
@@ -422,7 +428,7 @@ fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptio
         admin_addr: args.admin_addr,
         compile: compile_options(&args.class, defaults, builtins.clone())?,
         settings: Settings {
-            redirect_https_port: args.redirect_https_port,
+            redirect_https_port: args.redirect_https_port.unwrap_or(443),
         },
     })
 }
