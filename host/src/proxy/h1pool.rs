@@ -13,21 +13,18 @@
 //!
 //! This module owns connection reuse only; errors become `UpstreamError`s in `upstream`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::upstream::UpstreamBody;
+use super::upstream::{PerEndpoint, UpstreamBody, dial};
 
 /// How long an unused connection is kept, as hyper-util's pool and nginx's
 /// `keepalive_timeout` (60 s) do.
@@ -117,7 +114,7 @@ impl Lent {
 pub struct H1Pool {
     tls: Option<tokio_rustls::TlsConnector>,
     connect_timeout: Duration,
-    endpoints: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+    endpoints: PerEndpoint<Endpoint>,
     sweeper: OnceLock<()>,
 }
 
@@ -135,26 +132,9 @@ impl H1Pool {
         Self {
             tls,
             connect_timeout,
-            endpoints: RwLock::default(),
+            endpoints: PerEndpoint::default(),
             sweeper: OnceLock::new(),
         }
-    }
-
-    fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
-        if let Some(e) = self
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
-        {
-            return e.clone();
-        }
-        self.endpoints
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(addr)
-            .or_default()
-            .clone()
     }
 
     /// Sends `req` (origin-form URI) to `addr`, on an idle connection when there is one.
@@ -170,7 +150,7 @@ impl H1Pool {
         {
             req.headers_mut().insert(HOST, host);
         }
-        let endpoint = self.endpoint(addr);
+        let endpoint = self.endpoints.get(addr);
         loop {
             let (mut sender, reused) = match endpoint.take() {
                 Some(sender) => (sender, true),
@@ -203,33 +183,14 @@ impl H1Pool {
             tokio::spawn(sweep(Arc::downgrade(self)));
         });
         let connected = async {
-            let tcp = TcpStream::connect(addr)
+            let io = dial(addr, self.tls.as_ref())
                 .await
-                .map_err(|e| SendError::Connect(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            let handshake = |e: hyper::Error| SendError::Connect(format!("HTTP/1.1: {e}"));
-            match &self.tls {
-                None => {
-                    let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-                        .await
-                        .map_err(handshake)?;
-                    tokio::spawn(conn);
-                    Ok(sender)
-                }
-                Some(tls) => {
-                    // Pods are addressed by IP, as ingress-nginx does (no SNI name).
-                    let name = ServerName::IpAddress(addr.ip().into());
-                    let stream = tls
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| SendError::Connect(format!("TLS: {e}")))?;
-                    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake)?;
-                    tokio::spawn(conn);
-                    Ok(sender)
-                }
-            }
+                .map_err(SendError::Connect)?;
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(format!("HTTP/1.1: {e}")))?;
+            tokio::spawn(conn);
+            Ok(sender)
         };
         tokio::time::timeout(self.connect_timeout, connected)
             .await
@@ -249,8 +210,7 @@ async fn sweep(pool: Weak<H1Pool>) {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        let mut endpoints = pool.endpoints.write().unwrap_or_else(|e| e.into_inner());
-        endpoints.retain(|_, endpoint| {
+        pool.endpoints.retain(|endpoint| {
             let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
             expire(&mut idle, now);
             // Still lent out somewhere (the Arc is shared) or still has idle connections.
@@ -267,7 +227,8 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::service::service_fn;
-    use tokio::net::TcpListener;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// An HTTP/1.1 server on loopback counting the connections it accepts; with `close_after`
     /// it answers that many requests per connection and then closes it, as an upstream with

@@ -8,20 +8,17 @@
 //! Connections that close are forgotten.
 //! This module owns connection reuse only; errors become `UpstreamError`s in `upstream`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, UpstreamBody};
+use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, PerEndpoint, UpstreamBody, dial};
 
 /// Calls one connection carries before another is opened. Below the usual servers' limit on
 /// concurrent streams (100 to 128), so calls rarely queue behind a full connection.
@@ -53,7 +50,7 @@ struct Endpoint {
 pub struct H2Pool {
     tls: Option<tokio_rustls::TlsConnector>,
     connect_timeout: Duration,
-    endpoints: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+    endpoints: PerEndpoint<Endpoint>,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -79,25 +76,8 @@ impl H2Pool {
         Self {
             tls: tls.map(tokio_rustls::TlsConnector::from),
             connect_timeout,
-            endpoints: RwLock::default(),
+            endpoints: PerEndpoint::default(),
         }
-    }
-
-    fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
-        if let Some(e) = self
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
-        {
-            return e.clone();
-        }
-        self.endpoints
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(addr)
-            .or_default()
-            .clone()
     }
 
     pub async fn send(
@@ -105,7 +85,7 @@ impl H2Pool {
         req: Request<UpstreamBody>,
         addr: SocketAddr,
     ) -> Result<(Response<Incoming>, InFlight), SendError> {
-        let endpoint = self.endpoint(addr);
+        let endpoint = self.endpoints.get(addr);
         let in_flight = match pick(&endpoint) {
             Some(taken) => taken,
             None => {
@@ -138,41 +118,21 @@ impl H2Pool {
 
     async fn connect(&self, addr: SocketAddr) -> Result<Connection, SendError> {
         let connected = async {
-            let tcp = TcpStream::connect(addr)
+            let io = dial(addr, self.tls.as_ref())
                 .await
-                .map_err(|e| SendError::Connect(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
+                .map_err(SendError::Connect)?;
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .initial_stream_window_size(H2_STREAM_WINDOW);
-            let handshake = |e: hyper::Error| SendError::Connect(format!("HTTP/2 handshake: {e}"));
-            match &self.tls {
-                None => {
-                    let (sender, conn) = builder
-                        .handshake(TokioIo::new(tcp))
-                        .await
-                        .map_err(handshake)?;
-                    tokio::spawn(conn);
-                    Ok(sender)
-                }
-                Some(tls) => {
-                    // Pods are addressed by IP, as ingress-nginx does (no SNI name).
-                    let name = ServerName::IpAddress(addr.ip().into());
-                    let stream = tls
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| SendError::Connect(format!("TLS: {e}")))?;
-                    let (sender, conn) = builder
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake)?;
-                    tokio::spawn(conn);
-                    Ok(sender)
-                }
-            }
+            let (sender, conn) = builder
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(conn);
+            Ok(sender)
         };
         let sender = tokio::time::timeout(self.connect_timeout, connected)
             .await

@@ -10,8 +10,9 @@
 //! (`proxy-ssl-verify: off`) does by default: the upstream is addressed by pod IP.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,9 +20,12 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::body::Idle;
 use super::h1pool::{self, H1Pool};
@@ -143,6 +147,60 @@ impl Body for ResponseBody {
 pub struct Client {
     inner: Inner,
     pub transport: Transport,
+}
+
+/// A connection to an upstream endpoint, TLS or not, ready for an HTTP handshake.
+pub(super) type Stream = TokioIo<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// Opens TCP to `addr`, and TLS over it when `tls` is set; the error is the cause, for a
+/// `Connect` failure. Both pools' connections start here.
+pub(super) async fn dial(
+    addr: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<Stream, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(TokioIo::new(Either::Left(tcp)));
+    };
+    // Pods are addressed by IP, as ingress-nginx does (no SNI name).
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(TokioIo::new(Either::Right(stream)))
+}
+
+/// A pool's state per endpoint, made on first use and shared by every request to it.
+pub(super) struct PerEndpoint<E>(RwLock<HashMap<SocketAddr, Arc<E>>>);
+
+impl<E> Default for PerEndpoint<E> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<E: Default> PerEndpoint<E> {
+    pub(super) fn get(&self, addr: SocketAddr) -> Arc<E> {
+        if let Some(e) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&addr) {
+            return e.clone();
+        }
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// Keeps the endpoints for which `keep` is true.
+    pub(super) fn retain(&self, mut keep: impl FnMut(&Arc<E>) -> bool) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, e| keep(e));
+    }
 }
 
 /// Why a request could not be forwarded.
