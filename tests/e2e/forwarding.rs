@@ -26,6 +26,35 @@ async fn start_app() -> (Wasmgress, Vec<Backend>, Manifests) {
     (gw, backends, m)
 }
 
+/// A Service `name` in `default` whose port `port_name`/`service_port` reaches a server this
+/// test runs on 127.0.0.1:`target`, and its EndpointSlice.
+fn service_at(
+    name: &str,
+    port_name: &str,
+    service_port: u16,
+    target: u16,
+) -> [serde_json::Value; 2] {
+    use crate::harness::manifests::{ServicePort, endpoint_slice, ready, service};
+    [
+        service(
+            "default",
+            name,
+            &[ServicePort {
+                name: Some(port_name),
+                port: service_port,
+                target: crate::harness::Port::Number(target),
+            }],
+        ),
+        endpoint_slice(
+            "default",
+            name,
+            &format!("{name}-slice"),
+            &[(Some(port_name), target)],
+            &[ready("127.0.0.1")],
+        ),
+    ]
+}
+
 fn joined(r: &Resp, header: &str) -> String {
     r.seen(header).join(", ")
 }
@@ -293,24 +322,7 @@ async fn https_backend_protocol_speaks_tls_to_the_backend() {
         }
     });
     let m = Manifests::new();
-    let mut docs = vec![
-        crate::harness::manifests::service(
-            "default",
-            "secure",
-            &[crate::harness::manifests::ServicePort {
-                name: Some("https"),
-                port: 443,
-                target: crate::harness::Port::Number(port),
-            }],
-        ),
-        crate::harness::manifests::endpoint_slice(
-            "default",
-            "secure",
-            "secure-slice",
-            &[(Some("https"), port)],
-            &[crate::harness::manifests::ready("127.0.0.1")],
-        ),
-    ];
+    let mut docs = service_at("secure", "https", 443, port).to_vec();
     docs.push(
         Ingress::new("tls-backend")
             .annotation("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")
@@ -366,27 +378,12 @@ async fn an_http10_backend_that_closes_each_connection() {
         }
     });
     let m = Manifests::new();
-    let docs = vec![
-        crate::harness::manifests::service(
-            "default",
-            "old",
-            &[crate::harness::manifests::ServicePort {
-                name: Some("http"),
-                port: 80,
-                target: crate::harness::Port::Number(port),
-            }],
-        ),
-        crate::harness::manifests::endpoint_slice(
-            "default",
-            "old",
-            "old-slice",
-            &[(Some("http"), port)],
-            &[crate::harness::manifests::ready("127.0.0.1")],
-        ),
+    let mut docs = service_at("old", "http", 80, port).to_vec();
+    docs.push(
         Ingress::new("old")
             .rule(Some("old.test"), &[prefix("/", "old")])
             .build(),
-    ];
+    );
     m.write("all.yaml", &docs);
     let gw = Wasmgress::start(&m, &[]).await;
     let mut conn = gw.h1().await;
