@@ -58,7 +58,9 @@ fn editable_name(name: &str) -> Result<HeaderName, wit::HeaderError> {
 }
 
 fn value(bytes: Vec<u8>) -> Result<HeaderValue, wit::HeaderError> {
-    HeaderValue::from_bytes(&bytes).map_err(|_| wit::HeaderError::InvalidValue)
+    // The lifted vector becomes the value's storage: no second allocation and copy per edit.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
+        .map_err(|_| wit::HeaderError::InvalidValue)
 }
 
 impl StoreState {
@@ -141,5 +143,69 @@ impl wasmgress::plugin::log::Host for StoreState {
             LogLevel::Warn => tracing::warn!(target: "wasmgress::plugin", plugin, "{msg}"),
             LogLevel::Error => tracing::error!(target: "wasmgress::plugin", plugin, "{msg}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wit::HostFields;
+
+    fn state() -> StoreState {
+        let mut s = StoreState::new("t".into(), 1 << 20);
+        s.headers
+            .insert("content-length", HeaderValue::from_static("5"));
+        s
+    }
+
+    fn handle() -> Resource<FieldsHandle> {
+        Resource::new_borrow(FIELDS_REP)
+    }
+
+    #[test]
+    fn edits_land_in_the_lent_map() {
+        let mut s = state();
+        assert_eq!(s.set(handle(), "X-A".into(), b"1".to_vec()), Ok(()));
+        assert_eq!(s.append(handle(), "x-a".into(), b"2".to_vec()), Ok(()));
+        assert_eq!(
+            s.get_all(handle(), "x-a".into()),
+            vec![b"1".to_vec(), b"2".to_vec()]
+        );
+        assert_eq!(s.remove(handle(), "x-a".into()), Ok(()));
+        assert_eq!(s.get(handle(), "x-a".into()), None);
+    }
+
+    /// A plugin can neither smuggle a second header or line into the request nor touch the
+    /// headers that frame the message.
+    #[test]
+    fn injection_and_framing_headers_are_refused() {
+        let mut s = state();
+        for bad in [&b"a\r\nSet-Cookie: x"[..], b"a\nb", b"a\0b"] {
+            assert_eq!(
+                s.set(handle(), "x-a".into(), bad.to_vec()),
+                Err(wit::HeaderError::InvalidValue),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            s.set(handle(), "x a:".into(), b"1".to_vec()),
+            Err(wit::HeaderError::InvalidName)
+        );
+        for reserved in ["Content-Length", "transfer-encoding", "connection"] {
+            assert_eq!(
+                s.set(handle(), reserved.into(), b"0".to_vec()),
+                Err(wit::HeaderError::Forbidden),
+                "{reserved}"
+            );
+            assert_eq!(
+                s.remove(handle(), reserved.into()),
+                Err(wit::HeaderError::Forbidden)
+            );
+        }
+        assert_eq!(
+            s.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert_eq!(s.headers.len(), 1);
     }
 }
