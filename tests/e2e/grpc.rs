@@ -24,17 +24,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
-use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 use wasmgress_examples::greeter::proto::greeter_client::GreeterClient;
 use wasmgress_examples::greeter::proto::{HelloReply, HelloRequest};
 
 use crate::harness::backend::closed_port;
 use crate::harness::certs::{self, BOTH_VERSIONS, TestCa};
 use crate::harness::grpc::{
-    BareH2, GreeterBackend, SEED_PORT, channel, greeter_client, greeter_objects, wait_cancelled,
+    BareH2, GreeterBackend, SEED_PORT, SEED_SERVICES, channel, greeter_client, greeter_objects,
+    list_services, wait_cancelled,
 };
 use crate::harness::manifests::{PathRule, not_ready, ready};
 use crate::harness::process::RELOAD_LIMIT;
@@ -44,11 +41,6 @@ use crate::harness::{Backend, Conn, Ingress, Manifests, Req, Wasmgress, prefix};
 const HOST: &str = "demo.kubesre.com";
 const SECRET: &str = "kubesre-tls";
 const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
-/// What `grpcurl -insecure -authority demo.kubesre.com 127.0.0.1:443 list` prints in the seed.
-const SEED_SERVICES: [&str; 2] = [
-    "grpc.reflection.v1alpha.ServerReflection",
-    "helloworld.Greeter",
-];
 /// Upper bound for any one call or step; nothing here should come close.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -200,31 +192,6 @@ fn proxy_error<T: std::fmt::Debug>(what: &str, result: Result<T, Status>, code: 
         "{what}: the grpc-message should say why: {status:?}"
     );
     status
-}
-
-/// Reflection `ListServices` (what `grpcurl list` asks), sorted.
-async fn list_services(channel: Channel) -> Result<Vec<String>, Status> {
-    let mut client = ServerReflectionClient::new(channel);
-    let ask = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = client
-        .server_reflection_info(tokio_stream::iter([ask]))
-        .await?
-        .into_inner();
-    let answer = answers
-        .message()
-        .await?
-        .expect("the reflection stream ended without an answer");
-    match answer.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            Ok(names)
-        }
-        other => panic!("reflection answered ListServices with {other:?}"),
-    }
 }
 
 /// Sends `ping-N` for each N in `range` on an open Chat call and awaits each reply before the

@@ -14,6 +14,7 @@ mod kubernetes;
 mod loading;
 mod observability;
 mod plugins;
+mod quickstart;
 mod redirect;
 mod rejection;
 mod reload;

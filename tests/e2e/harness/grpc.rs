@@ -18,13 +18,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 use wasmgress_examples::greeter::proto::greeter_client::GreeterClient;
 use wasmgress_examples::greeter::{self, Greeter, Observed};
 
 use super::Wasmgress;
 use super::certs::{self, BOTH_VERSIONS, TestCa};
 use super::manifests::{self, Endpoint as SliceEndpoint, NS, Port, ServicePort};
+
+/// What `grpcurl -insecure -authority demo.kubesre.com 127.0.0.1:443 list` prints in the seed.
+pub const SEED_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1alpha.ServerReflection",
+    "helloworld.Greeter",
+];
 
 /// The Service port of the seed's `grpc-service`.
 pub const SEED_PORT: u16 = 50051;
@@ -222,5 +233,30 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for BareH2 {
         parts.authority = Some(self.authority.clone());
         *req.uri_mut() = Uri::from_parts(parts).expect("request URI");
         Box::pin(self.send.send_request(req))
+    }
+}
+
+/// Reflection `ListServices` (what `grpcurl list` asks), sorted.
+pub async fn list_services(channel: Channel) -> Result<Vec<String>, Status> {
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([ask]))
+        .await?
+        .into_inner();
+    let answer = answers
+        .message()
+        .await?
+        .expect("the reflection stream ended without an answer");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => panic!("reflection answered ListServices with {other:?}"),
     }
 }

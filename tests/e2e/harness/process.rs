@@ -67,10 +67,14 @@ impl Wasmgress {
     /// Starts `wasmgress ARGS` (a `run` command line without listener addresses) on
     /// 127.0.0.1:0 for all three listeners and waits until `/readyz` answers 200.
     pub async fn run(args: &[&str]) -> Self {
-        let mut gw = Self::launch(args).await;
+        Self::launch(args).await.ready().await
+    }
+
+    /// Waits until `/readyz` on [`Wasmgress::admin`] answers 200.
+    pub async fn ready(mut self) -> Self {
         let deadline = tokio::time::Instant::now() + START_LIMIT;
-        gw.wait_ready(deadline).await;
-        gw
+        self.wait_ready(deadline).await;
+        self
     }
 
     /// Like [`Wasmgress::run`], without waiting for readiness: returns once the three
