@@ -30,22 +30,65 @@ const HOST: &str = "demo.kubesre.com";
 /// Upper bound for any one step; nothing here should come close.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
+/// Set in the copy of this test that [`rerun_in_user_namespace`] starts.
+const RERUN: &str = "WASMGRESS_QUICKSTART_IN_USER_NAMESPACE";
+
 #[test]
 fn demo_serves_the_seed_walkthrough() {
     let thread = std::thread::Builder::new()
         .name("quickstart".into())
-        .spawn(|| {
-            private_network();
+        .spawn(|| -> std::io::Result<()> {
+            private_network()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for the quickstart test");
             runtime.block_on(walkthrough());
+            Ok(())
         })
         .expect("spawn the quickstart test thread");
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e))
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                && std::env::var_os(RERUN).is_none() =>
+        {
+            rerun_in_user_namespace(&e)
+        }
+        Ok(Err(e)) => panic!(
+            "no network namespace of its own ({e}): the demo binds fixed ports, so this test \
+             needs root, CAP_SYS_ADMIN or unprivileged user namespaces"
+        ),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Without the privilege for a network namespace (a developer's `cargo test`), runs this one
+/// test again in a user namespace that has it, the way `unshare --user --map-root-user --net`
+/// does for any program, and fails if that copy fails.
+fn rerun_in_user_namespace(why: &std::io::Error) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--net", "--"])
+        .arg(&exe)
+        .args([
+            "quickstart::demo_serves_the_seed_walkthrough",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(RERUN, "1")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("no network namespace ({why}) and `unshare` from util-linux cannot run: {e}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the test rerun in a user namespace (no privilege for a network namespace here: {why}) \
+         failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
 }
 
 async fn walkthrough() {
@@ -209,14 +252,10 @@ async fn step<T>(what: &str, fut: impl Future<Output = T>) -> T {
 
 /// Moves the calling thread, and what it spawns from now on, into a new network namespace
 /// whose loopback is up.
-fn private_network() {
+fn private_network() -> std::io::Result<()> {
     // SAFETY: unshare takes no pointers; it only changes this thread's namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        panic!(
-            "unshare(CLONE_NEWNET): {}; this test needs a network namespace of its own (root or \
-             CAP_SYS_ADMIN on Linux) because the demo binds fixed ports",
-            std::io::Error::last_os_error()
-        );
+        return Err(std::io::Error::last_os_error());
     }
     // A new namespace's loopback starts down.
     // SAFETY: a datagram socket used only for the two ioctls, closed before returning; `ifreq`
@@ -236,4 +275,5 @@ fn private_network() {
         (get, set, error)
     };
     assert!(get == 0 && set == 0, "bring up the loopback: {error}");
+    Ok(())
 }
