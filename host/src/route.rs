@@ -131,18 +131,77 @@ pub fn path_regex(path: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
+/// Up to this many paths of one kind, a lookup compares them in turn (cheaper than hashing for
+/// the few paths most hosts have); beyond it, through an index, so a host with thousands of
+/// paths neither compiles in quadratic time nor scans them all on every request.
+const SCAN_UP_TO: usize = 8;
+
+/// Paths of one kind and their routes, in the order added; a key is added once.
+#[derive(Debug, Default)]
+struct Paths {
+    list: Vec<(Box<str>, Arc<Route>)>,
+    /// Positions in `list` by key, kept once `list` is longer than [`SCAN_UP_TO`].
+    index: HashMap<Box<str>, usize>,
+}
+
+impl Paths {
+    fn get(&self, key: &str) -> Option<&Arc<Route>> {
+        if self.list.len() <= SCAN_UP_TO {
+            self.list.iter().find(|(p, _)| **p == *key).map(|(_, r)| r)
+        } else {
+            self.index.get(key).map(|&i| &self.list[i].1)
+        }
+    }
+
+    /// Adds `route` under `key`; if the key is taken, the route holding it is returned.
+    fn insert(&mut self, key: &str, route: Arc<Route>) -> Result<(), Arc<Route>> {
+        if let Some(existing) = self.get(key) {
+            return Err(existing.clone());
+        }
+        self.list.push((key.into(), route));
+        if self.list.len() > SCAN_UP_TO {
+            if self.index.is_empty() {
+                let keys = self.list.iter().enumerate();
+                self.index = keys.map(|(i, (p, _))| (p.clone(), i)).collect();
+            } else {
+                self.index.insert(key.into(), self.list.len() - 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Orders the paths longest first; equal lengths keep the order they were added in.
+    fn sort_longest_first(&mut self) {
+        self.list.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (i, (p, _)) in self.list.iter().enumerate() {
+            if let Some(at) = self.index.get_mut(p) {
+                *at = i;
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Route>)> {
+        self.list.iter().map(|(p, r)| (&**p, r))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 struct HostRoutes {
-    exact: Vec<(Box<str>, Arc<Route>)>,
-    /// Regex routes (their `path_regex`), longest pattern first after `build`.
-    regex: Vec<(Box<str>, Arc<Route>)>,
-    /// Normalised prefixes (no trailing `/`, so `/` is empty), longest first after `build`.
-    prefix: Vec<(Box<str>, Arc<Route>)>,
+    exact: Paths,
+    /// Regex routes (their `path_regex`), tried longest pattern first after `build`, as
+    /// ingress-nginx orders its regex locations.
+    regex: Paths,
+    /// Normalised prefixes (no trailing `/`, so `/` is empty).
+    prefix: Paths,
 }
 
 impl HostRoutes {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        if let Some((_, route)) = self.exact.iter().find(|(p, _)| **p == *path) {
+        if let Some(route) = self.exact.get(path) {
             return Some(route);
         }
         if let Some((_, route)) = self
@@ -152,15 +211,18 @@ impl HostRoutes {
         {
             return Some(route);
         }
-        // A prefix matches whole elements: the request path equals it or continues with `/`.
-        // The empty prefix (`/`) matches every path, which always starts with `/`.
-        self.prefix
-            .iter()
-            .find(|(p, _)| {
-                path.starts_with(&**p)
-                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
-            })
-            .map(|(_, route)| route)
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // A prefix matches whole elements: it is the request path itself or the path cut
+        // before one of its `/`s (the empty prefix, `/`, last). The longest such one wins.
+        let mut candidate = path;
+        loop {
+            if let Some(route) = self.prefix.get(candidate) {
+                return Some(route);
+            }
+            candidate = &candidate[..candidate.rfind('/')?];
+        }
     }
 }
 
@@ -194,12 +256,15 @@ impl RouteTable {
     pub fn describe(&self) -> serde_json::Value {
         use serde_json::json;
         let group = |g: &HostRoutes| {
+            // Prefixes longest first: the order in which they are preferred.
+            let mut prefixes: Vec<_> = g.prefix.iter().collect();
+            prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
             let paths = g
                 .exact
                 .iter()
                 .map(|(p, r)| ("Exact", p.to_string(), r))
                 .chain(g.regex.iter().map(|(p, r)| ("Regex", p.to_string(), r)))
-                .chain(g.prefix.iter().map(|(p, r)| {
+                .chain(prefixes.into_iter().map(|(p, r)| {
                     let p = if p.is_empty() {
                         "/".to_owned()
                     } else {
@@ -283,16 +348,11 @@ impl RouteTableBuilder {
         route: Arc<Route>,
     ) -> Result<(), Arc<Route>> {
         let group = self.hosts.entry(host.clone()).or_default();
-        let (list, key) = match kind {
-            PathKind::Exact => (&mut group.exact, path),
-            PathKind::Prefix => (&mut group.prefix, path.trim_end_matches('/')),
-            PathKind::Regex => (&mut group.regex, path),
-        };
-        if let Some((_, existing)) = list.iter().find(|(p, _)| **p == *key) {
-            return Err(existing.clone());
+        match kind {
+            PathKind::Exact => group.exact.insert(path, route),
+            PathKind::Prefix => group.prefix.insert(path.trim_end_matches('/'), route),
+            PathKind::Regex => group.regex.insert(path, route),
         }
-        list.push((key.into(), route));
-        Ok(())
     }
 
     /// Sets the catch-all route; the first one set wins, like [`add`](Self::add).
@@ -312,10 +372,7 @@ impl RouteTableBuilder {
             ..RouteTable::default()
         };
         for (host, mut routes) in self.hosts {
-            // Stable sort: equal lengths keep insertion order, which is precedence order.
-            routes
-                .prefix
-                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            routes.regex.sort_longest_first();
             match host {
                 HostMatch::Exact(h) => {
                     table.exact.insert(h.into(), routes);
@@ -442,6 +499,9 @@ mod tests {
             ),
             (&[(Prefix, "/foo")], "/FOO", None),
         ];
+        // Each row alone (paths compared in turn), then among enough other paths that lookups
+        // go through the index; the answers must not differ.
+        let fillers: Vec<String> = (0..=SCAN_UP_TO).map(|i| format!("/zz-fill-{i}")).collect();
         for (paths, request, want) in rows {
             let spec: Vec<_> = paths.iter().map(|(k, p)| (h, *k, *p)).collect();
             let t = table(&spec);
@@ -450,6 +510,87 @@ mod tests {
                 *want,
                 "paths {paths:?}, request {request}"
             );
+            let mut crowded = spec.clone();
+            for f in &fillers {
+                crowded.extend([(h, Exact, f.as_str()), (h, Prefix, f.as_str())]);
+            }
+            let t = table(&crowded);
+            assert_eq!(
+                hit(&t, h, request).as_deref(),
+                *want,
+                "paths {paths:?} among {} others, request {request}",
+                fillers.len() * 2
+            );
+        }
+    }
+
+    /// A host with thousands of paths: the longest prefix still wins, whole elements only, and
+    /// a conflict found through the index names the first route.
+    #[test]
+    fn many_paths_on_one_host() {
+        let h = "big.example.com";
+        let paths: Vec<String> = (0..2000).map(|i| format!("/svc{i}")).collect();
+        let mut spec = vec![(h, Prefix, "/"), (h, Prefix, "/svc7/admin")];
+        spec.extend(paths.iter().map(|p| (h, Prefix, p.as_str())));
+        spec.extend(paths.iter().map(|p| (h, Exact, p.as_str())));
+        let mut b = RouteTableBuilder::default();
+        let host = HostMatch::parse(Some(h));
+        for (_, kind, path) in &spec {
+            b.add(&host, *kind, path, route(&format!("{kind:?} {path}")))
+                .expect("no conflict");
+        }
+        let winner = b
+            .add(&host, Prefix, "/svc1500/", route("late"))
+            .expect_err("conflict");
+        assert_eq!(&*winner.ingress, "Prefix /svc1500");
+        let t = b.build();
+        for (request, want) in [
+            ("/svc1999", "Exact /svc1999"),
+            ("/svc1999/", "Prefix /svc1999"),
+            ("/svc42/a/b", "Prefix /svc42"),
+            ("/svc7/admin/users", "Prefix /svc7/admin"),
+            ("/svc7/administrator", "Prefix /svc7"),
+            ("/svc20000", "Prefix /"),
+            ("/", "Prefix /"),
+        ] {
+            assert_eq!(hit(&t, h, request).as_deref(), Some(want), "{request}");
+        }
+    }
+
+    fn regex_route(path: &str) -> Arc<Route> {
+        let mut r = Arc::try_unwrap(route(&format!("Regex {path}"))).expect("a fresh route");
+        r.path_regex = Some(path_regex(path).expect("a valid test regex"));
+        Arc::new(r)
+    }
+
+    /// Regex paths are tried longest first, as ingress-nginx orders them, whatever order the
+    /// Ingress lists them in.
+    #[test]
+    fn regex_paths_longest_first() {
+        for extra in [0, SCAN_UP_TO + 1] {
+            let mut b = RouteTableBuilder::default();
+            let host = HostMatch::parse(Some("r.test"));
+            for path in ["/api", "/api/v2/.*"]
+                .into_iter()
+                .map(String::from)
+                .chain((0..extra).map(|i| format!("/zz{i}")))
+            {
+                b.add(&host, PathKind::Regex, &path, regex_route(&path))
+                    .expect("no conflict");
+            }
+            assert!(
+                b.add(&host, PathKind::Regex, "/api", regex_route("/api"))
+                    .is_err(),
+                "a regex path is added once"
+            );
+            let t = b.build();
+            assert_eq!(
+                hit(&t, "r.test", "/api/v2/users").as_deref(),
+                Some("Regex /api/v2/.*"),
+                "with {extra} other regex paths"
+            );
+            assert_eq!(hit(&t, "r.test", "/API/v1").as_deref(), Some("Regex /api"));
+            assert_eq!(hit(&t, "r.test", "/other"), None);
         }
     }
 

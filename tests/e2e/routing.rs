@@ -356,3 +356,43 @@ async fn host_with_port_matches_the_host() {
         r.summary()
     );
 }
+
+/// `use-regex` paths are tried longest pattern first, as ingress-nginx orders its regex
+/// locations, whatever order the Ingress lists them in; and a host with hundreds of paths still
+/// picks the longest matching prefix.
+#[tokio::test]
+async fn regex_paths_longest_first_and_hosts_with_many_paths() {
+    let (_backends, mut objects) = several(&["api", "v2", "many", "deep"]).await;
+    objects.push(
+        Ingress::new("regex")
+            .annotation("nginx.ingress.kubernetes.io/use-regex", "true")
+            .rule(
+                Some("regex.test"),
+                &[
+                    implementation_specific("/api", "api"),
+                    implementation_specific("/api/v2/.*", "v2"),
+                ],
+            )
+            .build(),
+    );
+    let mut paths: Vec<_> = (0..300)
+        .map(|i| prefix(&format!("/svc{i}"), "many"))
+        .collect();
+    paths.push(prefix("/svc150/deep", "deep"));
+    objects.push(Ingress::new("many").rule(Some("many.test"), &paths).build());
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    gw.assert_routes(&[
+        ("regex.test", "/api/v2/users", "v2"),
+        ("regex.test", "/API/V2/users", "v2"),
+        ("regex.test", "/api/v1/users", "api"),
+        ("many.test", "/svc299/x", "many"),
+        ("many.test", "/svc150/deep/x", "deep"),
+        ("many.test", "/svc150/deeper", "many"),
+    ])
+    .await;
+    let r = gw.get("many.test", "/svc300").await;
+    assert_eq!(r.status, 404, "no prefix matches /svc300: {}", r.summary());
+}
