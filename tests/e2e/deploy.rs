@@ -656,6 +656,8 @@ fn check_controller(r: &Rendered) {
         "{src}"
     );
     r.service(CONTROLLER);
+    // Requests show in `kubectl logs`, as with ingress-nginx.
+    assert_eq!(flag(args, "--access-log"), Some("json"), "{src}: {args:?}");
 
     // The kubelet probes the pod IP, so the admin listener cannot stay on 127.0.0.1.
     let admin: SocketAddr = flag(args, "--admin-addr")
