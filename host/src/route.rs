@@ -140,7 +140,7 @@ const SCAN_UP_TO: usize = 8;
 #[derive(Debug, Default)]
 struct Paths {
     list: Vec<(Box<str>, Arc<Route>)>,
-    /// Positions in `list` by key, kept once `list` is longer than [`SCAN_UP_TO`].
+    /// Positions in `list` by key, consulted once `list` is longer than [`SCAN_UP_TO`].
     index: HashMap<Box<str>, usize>,
 }
 
@@ -158,15 +158,8 @@ impl Paths {
         if let Some(existing) = self.get(key) {
             return Err(existing.clone());
         }
+        self.index.insert(key.into(), self.list.len());
         self.list.push((key.into(), route));
-        if self.list.len() > SCAN_UP_TO {
-            if self.index.is_empty() {
-                let keys = self.list.iter().enumerate();
-                self.index = keys.map(|(i, (p, _))| (p.clone(), i)).collect();
-            } else {
-                self.index.insert(key.into(), self.list.len() - 1);
-            }
-        }
         Ok(())
     }
 
@@ -174,9 +167,7 @@ impl Paths {
     fn sort_longest_first(&mut self) {
         self.list.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         for (i, (p, _)) in self.list.iter().enumerate() {
-            if let Some(at) = self.index.get_mut(p) {
-                *at = i;
-            }
+            self.index.insert(p.clone(), i);
         }
     }
 
