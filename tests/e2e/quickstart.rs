@@ -24,7 +24,7 @@ use wasmgress_examples::greeter::proto::HelloRequest;
 
 use crate::harness::certs::{self, BOTH_VERSIONS};
 use crate::harness::grpc::{SEED_SERVICES, greeter_client, list_services};
-use crate::harness::{Conn, Manifests, Req, Wasmgress, ws};
+use crate::harness::{Conn, Manifests, Req, Resp, Wasmgress, ws};
 
 const HOST: &str = "demo.kubesre.com";
 /// Upper bound for any one step; nothing here should come close.
@@ -150,13 +150,7 @@ async fn walkthrough() {
             .send(&Req::get(HOST, "/hello").scheme("https"))
             .await
             .unwrap_or_else(|e| panic!("GET https://{HOST}:8443/hello: {e}"));
-        assert_eq!(resp.status, 200, "{}", resp.summary());
-        assert_eq!(
-            resp.backend().as_deref(),
-            Some("echo"),
-            "{}",
-            resp.summary()
-        );
+        assert_echo(&resp);
     }
 
     // `curl -i -H 'Host: demo.kubesre.com' http://127.0.0.1:8080/hello`: to the demo's own
@@ -193,13 +187,17 @@ async fn walkthrough() {
     }
 
     // `curl http://127.0.0.1:8080/`: any other host falls through to the default backend.
-    let fallback = gw.get("127.0.0.1", "/").await;
-    assert_eq!(fallback.status, 200, "{}", fallback.summary());
+    assert_echo(&gw.get("127.0.0.1", "/").await);
+}
+
+/// The demo's echo backend answered: 200, and its JSON names it.
+fn assert_echo(resp: &Resp) {
+    assert_eq!(resp.status, 200, "{}", resp.summary());
     assert_eq!(
-        fallback.backend().as_deref(),
+        resp.backend().as_deref(),
         Some("echo"),
         "{}",
-        fallback.summary()
+        resp.summary()
     );
 }
 
