@@ -23,6 +23,7 @@ use crate::proxy::Proxy;
 #[derive(Debug)]
 pub struct Admin {
     ready: AtomicBool,
+    draining: AtomicBool,
     metrics: prometheus_client::registry::Registry,
     proxy: Arc<Proxy>,
 }
@@ -31,6 +32,7 @@ impl Admin {
     pub fn new(metrics: prometheus_client::registry::Registry, proxy: Arc<Proxy>) -> Self {
         Self {
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             metrics,
             proxy,
         }
@@ -41,9 +43,19 @@ impl Admin {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Shutting down: `/readyz` fails from now on, so load balancers stop sending traffic.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let (status, body, content_type) = match req.uri().path() {
             "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
+            "/readyz" if self.draining.load(Ordering::Acquire) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(b"not ready: shutting down\n"),
+                "text/plain",
+            ),
             "/readyz" if self.ready.load(Ordering::Acquire) => {
                 (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
             }

@@ -6,6 +6,7 @@
 //! answers probes; [`demo`] is the quickstart.
 
 pub mod admin;
+pub mod body;
 pub mod cluster;
 pub mod compile;
 pub mod demo;
@@ -18,4 +19,5 @@ pub mod route;
 pub mod run;
 pub mod source;
 pub mod tls;
+pub mod upstream;
 pub mod webhook;

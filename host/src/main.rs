@@ -17,11 +17,13 @@ use wasmgress::compile::{Identity, LastGood, Options};
 use wasmgress::diagnostic::Severity;
 use wasmgress::plugin::{Registry, RuntimeConfig};
 use wasmgress::proxy::Settings;
-use wasmgress::proxy::upstream::Upstreams;
+use wasmgress::proxy::listener::Limits;
+use wasmgress::proxy::view::Trust;
 use wasmgress::route::Policy;
 use wasmgress::run::{self, RunOptions};
 use wasmgress::source::files::FileSource;
 use wasmgress::source::kube::KubeOptions;
+use wasmgress::upstream::Upstreams;
 use wasmgress::{demo, tls};
 
 #[derive(Parser, Debug)]
@@ -190,7 +192,7 @@ struct ProxyArgs {
     proxy_send_timeout: u64,
     /// Access log on stdout: one line per request or tunnel.
     #[arg(long, value_enum, default_value = "off")]
-    access_log: wasmgress::proxy::access::Format,
+    access_log: wasmgress::proxy::log::Format,
     /// Proxy worker threads (like nginx's worker_processes); default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
@@ -198,6 +200,75 @@ struct ProxyArgs {
     /// default 443, and for `demo` its own HTTPS listener's port.
     #[arg(long, value_name = "PORT")]
     redirect_https_port: Option<u16>,
+    // Boxed: the edge flags make `Command::Run` several times larger than the other commands.
+    #[command(flatten)]
+    edge: Box<EdgeArgs>,
+}
+
+/// The request edge: connection limits, timeouts and whom to believe, with nginx's and
+/// ingress-nginx's names and defaults.
+#[derive(Args, Debug, Clone)]
+struct EdgeArgs {
+    /// Seconds from accept (or the end of the TLS handshake) to a complete request head.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    client_header_timeout: u64,
+    /// Seconds a kept-alive HTTP/1.1 or HTTP/2 connection may sit idle between requests.
+    #[arg(long, default_value_t = 75, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive_timeout: u64,
+    /// Seconds allowed between two reads of a request body from the client (then 408).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    client_body_timeout: u64,
+    /// Connections served at once over both listeners; more wait in the kernel's queue.
+    #[arg(long, default_value_t = 16384, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Largest request head (HTTP/1.1: 431 beyond it; HTTP/2: header list size), e.g. 32k.
+    #[arg(long, default_value = "32k", value_name = "SIZE", value_parser = parse_size)]
+    max_header_size: u64,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_concurrent_streams: u32,
+    /// Default largest request body (`k`, `m`, `g`; 0 = unlimited), as ingress-nginx's
+    /// proxy-body-size.
+    #[arg(long, default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
+    proxy_body_size: u64,
+    /// Believe X-Forwarded-For/-Proto/-Host/-Port from the peers in --proxy-real-ip-cidr.
+    #[arg(long, requires = "proxy_real_ip_cidr")]
+    use_forwarded_headers: bool,
+    /// Peers (load balancers) whose forwarding headers are believed, CIDR[,CIDR].
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR]",
+        value_delimiter = ',',
+        requires = "use_forwarded_headers"
+    )]
+    proxy_real_ip_cidr: Vec<ipnet::IpNet>,
+    /// Every connection on both listeners starts with a PROXY protocol (v1 or v2) header.
+    #[arg(long)]
+    use_proxy_protocol: bool,
+    /// Seconds to keep accepting after SIGTERM while /readyz already fails, so load balancers
+    /// notice before the listeners close.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    shutdown_grace_period: u64,
+}
+
+/// nginx sizes: bytes, or a number with `k`, `m` or `g` (either case).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, 'b'),
+    };
+    let shift = match unit {
+        'b' => 0,
+        'k' => 10,
+        'm' => 20,
+        'g' => 30,
+        _ => return Err(format!("`{s}`: the unit must be k, m or g")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 512k, 1m or 0"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn main() -> ExitCode {
@@ -409,13 +480,15 @@ fn cluster_options(args: &ClusterArgs, class: &ClassArgs) -> anyhow::Result<Clus
 }
 
 fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptions> {
-    wasmgress::proxy::access::init(args.access_log);
+    wasmgress::proxy::log::init(args.access_log);
     let defaults = Policy {
         connect_timeout: Duration::from_secs(args.proxy_connect_timeout),
         read_timeout: Duration::from_secs(args.proxy_read_timeout),
         send_timeout: Duration::from_secs(args.proxy_send_timeout),
+        body_size: args.edge.proxy_body_size,
         ..Policy::default()
     };
+    let edge = &args.edge;
     // The plugin folder is loaded with the first snapshot (`run` owns the registry's rebuilds).
     let builtins = builtin_plugins()?;
     Ok(RunOptions {
@@ -429,7 +502,20 @@ fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptio
         compile: compile_options(&args.class, defaults, builtins.clone())?,
         settings: Settings {
             redirect_https_port: args.redirect_https_port.unwrap_or(443),
+            trust: Trust {
+                forwarded_from: edge.proxy_real_ip_cidr.clone(),
+            },
+            client_body_timeout: Duration::from_secs(edge.client_body_timeout),
         },
+        limits: Limits {
+            client_header_timeout: Duration::from_secs(edge.client_header_timeout),
+            keepalive_timeout: Duration::from_secs(edge.keepalive_timeout),
+            max_header_size: usize::try_from(edge.max_header_size).unwrap_or(usize::MAX),
+            max_concurrent_streams: edge.http2_max_concurrent_streams,
+            max_connections: usize::try_from(edge.max_connections).unwrap_or(usize::MAX),
+            proxy_protocol: edge.use_proxy_protocol,
+        },
+        shutdown_grace: Duration::from_secs(edge.shutdown_grace_period),
     })
 }
 

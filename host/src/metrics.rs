@@ -1,7 +1,7 @@
 //! Prometheus metrics, read at scrape time from the counters the rest of the process keeps.
 //!
 //! Counters live where the work happens (plugin calls in `plugin`, tunnels in
-//! `proxy::websocket`, reloads here in [`ConfigStats`]) as plain atomics; this module only
+//! [`TunnelStats`] kept by `proxy::websocket`, reloads here in [`ConfigStats`]) as plain atomics; this module only
 //! reads and encodes them, so a scrape never takes a lock on the request path. Per-route
 //! request counters ([`RouteStats`]) are atomics the route holds, handed out at compile time by
 //! [`RouteStatsRegistry`] so they survive configuration swaps.
@@ -18,7 +18,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::plugin;
-use crate::proxy::websocket;
 
 /// Configuration reloads, kept by the run loop.
 #[derive(Debug, Default)]
@@ -203,6 +202,18 @@ impl RouteStatsRegistry {
     }
 }
 
+/// WebSocket tunnel counters, kept by `proxy::websocket`.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    pub open: AtomicU64,
+    pub opened: AtomicU64,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_from_backend: AtomicU64,
+    pub closed_normally: AtomicU64,
+    pub closed_idle: AtomicU64,
+    pub closed_error: AtomicU64,
+}
+
 /// TLS handshakes on the HTTPS listener.
 #[derive(Debug, Default)]
 pub struct TlsStats {
@@ -214,7 +225,7 @@ pub struct TlsStats {
 #[derive(Debug)]
 struct Process {
     config: Arc<ConfigStats>,
-    tunnels: Arc<websocket::Stats>,
+    tunnels: Arc<TunnelStats>,
     routes: Arc<RouteStatsRegistry>,
     tls: Arc<TlsStats>,
 }
@@ -477,7 +488,7 @@ impl Collector for Process {
 /// The registry the admin listener encodes on `/metrics`.
 pub fn registry(
     config: Arc<ConfigStats>,
-    tunnels: Arc<websocket::Stats>,
+    tunnels: Arc<TunnelStats>,
     routes: Arc<RouteStatsRegistry>,
     tls: Arc<TlsStats>,
 ) -> Registry {

@@ -148,8 +148,11 @@ pub struct Policy {
     pub connect_timeout: Duration,
     /// Longest wait for the upstream response head, and between two reads of the upstream.
     pub read_timeout: Duration,
-    /// Longest wait between two pieces of the request body from the client.
+    /// Longest the upstream may leave a piece of the request body untaken
+    /// (`proxy-send-timeout`); client silence is `client-body-timeout`, controller-wide.
     pub send_timeout: Duration,
+    /// Largest request body in bytes (`proxy-body-size`); 0 is no limit.
+    pub body_size: u64,
     /// Plain-HTTP requests get a 308 to HTTPS (compile sets it only on hosts with TLS, or
     /// everywhere with `force-ssl-redirect`).
     pub ssl_redirect: bool,
@@ -173,6 +176,7 @@ impl Default for Policy {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            body_size: 1 << 20,
             ssl_redirect: false,
             request_headers: Arc::new([]),
             response_headers: Arc::new([]),

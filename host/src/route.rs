@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::policy::Policy;
-use crate::proxy::upstream::Client;
+use crate::upstream::Client;
 
 /// One address serving a backend, with its URI authority prepared once at compile time.
 #[derive(Clone, Debug)]
@@ -404,10 +404,8 @@ mod tests {
             ingress: name.into(),
             backend: Arc::new(Backend::new(name, Vec::new())),
             policy: Policy::default(),
-            client: crate::proxy::upstream::Upstreams::default().client(
-                crate::proxy::upstream::Transport::Http1,
-                Duration::from_secs(1),
-            ),
+            client: crate::upstream::Upstreams::default()
+                .client(crate::upstream::Transport::Http1, Duration::from_secs(1)),
             grpc_client: None,
             path_regex: None,
             stats: crate::metrics::RouteStatsRegistry::default().get(crate::metrics::RouteLabels {

@@ -73,6 +73,9 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     pub compile: Options,
     pub settings: Settings,
+    pub limits: listener::Limits,
+    /// How long the listeners keep accepting after a shutdown signal, `/readyz` failing.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,21 +313,15 @@ pub async fn run(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
+    let shared = listener::Shared::new(
+        proxy.clone(),
+        options.limits.clone(),
+        shutdown_rx,
+        tracker.clone(),
+    );
     let servers = [
-        tokio::spawn(listener::serve(
-            http,
-            None,
-            proxy.clone(),
-            shutdown_rx.clone(),
-            tracker.clone(),
-        )),
-        tokio::spawn(listener::serve(
-            https,
-            Some(acceptor),
-            proxy.clone(),
-            shutdown_rx.clone(),
-            tracker.clone(),
-        )),
+        tokio::spawn(listener::serve(http, None, shared.clone())),
+        tokio::spawn(listener::serve(https, Some(acceptor), shared)),
     ];
 
     let mut plugin_changes = match &options.plugin_dir {
@@ -358,6 +355,12 @@ pub async fn run(
     let ended = tokio::select! {
         r = reload => r,
         _ = stop => {
+            admin.set_draining();
+            if !options.shutdown_grace.is_zero() {
+                tracing::info!(grace = ?options.shutdown_grace,
+                    "shutting down: not ready, still accepting for the grace period");
+                tokio::time::sleep(options.shutdown_grace).await;
+            }
             tracing::info!("shutting down: no new connections, draining open ones");
             Ok(())
         }

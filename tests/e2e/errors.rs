@@ -1,8 +1,8 @@
-//! The proxy's own error answers, each plain text naming its cause: 404 `no route` when nothing
-//! matches and there is no default backend, 502 when the backend refuses the connection, 503
-//! when a Service has no ready endpoint (none listed, or all not ready), 504 when the backend
-//! answers slower than `--proxy-read-timeout`, 502 again when connecting takes longer than
-//! `--proxy-connect-timeout`.
+//! The proxy's own error answers, each plain text naming its cause in general words and the
+//! request id: 404 `no route` when nothing matches and there is no default backend, 502 when the
+//! backend refuses the connection, 503 when a Service has no ready endpoint (none listed, or all
+//! not ready), 504 when the backend answers slower than `--proxy-read-timeout`, 502 again when
+//! connecting takes longer than `--proxy-connect-timeout`.
 
 use crate::harness::backend::{closed_port, several, unresponsive_port};
 use crate::harness::manifests::{NS, ServicePort, endpoint_slice, not_ready, service};
@@ -141,7 +141,7 @@ async fn service_without_ready_endpoints_is_503() {
         "sliceless.example.com",
     ] {
         let r = gw.get(host, "/").await;
-        assert_plain_error(&r, 503, "no ready endpoints", host);
+        assert_plain_error(&r, 503, "no healthy upstream", host);
     }
     assert_eq!(
         gw.backend_for("app.example.com", "/").await,

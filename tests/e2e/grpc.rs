@@ -99,10 +99,15 @@ struct Fixture {
 
 impl Fixture {
     async fn start(ca: TestCa, objects: Vec<Value>) -> Self {
+        Self::start_with(ca, objects, &[]).await
+    }
+
+    /// [`Fixture::start`] with extra `run` flags.
+    async fn start_with(ca: TestCa, objects: Vec<Value>, args: &[&str]) -> Self {
         let secret = ca.leaf(&[HOST]).secret(SECRET, false);
         let manifests = Manifests::new();
         manifests.write("seed.yaml", &[objects, vec![secret.clone()]].concat());
-        let gw = Wasmgress::start(&manifests, &[]).await;
+        let gw = Wasmgress::start(&manifests, args).await;
         Self {
             ca,
             secret,
@@ -323,7 +328,9 @@ async fn bidi_ping_pong_of_1000_round_trips() {
 #[tokio::test]
 async fn sixteen_mib_message_each_way() {
     let greeter = GreeterBackend::start().await;
-    let f = Fixture::seed(&greeter).await;
+    // A request stream counts against the body size limit as nginx counts it (1m by default).
+    let objects = seed_objects(&greeter, Wiring::Annotation);
+    let f = Fixture::start_with(TestCa::new(), objects, &["--proxy-body-size", "32m"]).await;
     let mut client = f.greeter().await;
     let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
     let request = HelloRequest {

@@ -22,10 +22,10 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::metrics::{RouteLabels, RouteStatsRegistry};
 use crate::plugin;
 use crate::policy::Protocol;
-use crate::proxy::upstream::{Transport, Upstreams};
 use crate::route::{Backend, HostMatch, Policy, Route, RouteTable, RouteTableBuilder};
 use crate::source::Snapshot;
 use crate::tls::CertStore;
+use crate::upstream::{Transport, Upstreams};
 use ingress::Unit;
 
 /// What compile needs besides the snapshot.

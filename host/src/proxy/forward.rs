@@ -1,102 +1,263 @@
-//! Rewriting a request for its upstream and a response for its client: hop-by-hop headers,
-//! `Host`, the `X-Forwarded-*` family ingress-nginx users rely on, and `X-Request-Id`.
+//! Phases 6 and 7, upstream pick and forward: the endpoint, the request as the upstream gets
+//! it (target, version, `Host`, the route's header edits, `rewrite-target`), the body's limits,
+//! and the wait for the answer with nginx's timeouts. Failures become general words for the
+//! client and details for the log.
+//!
+//! The request's headers were cleaned and the forwarding headers set by the view (phase 2);
+//! this module only adds what depends on the upstream.
 
-use bytes::Bytes;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use http::header::{CONNECTION, HOST, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderValue};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, TE};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+use super::{Exchange, InnerBody, local, websocket};
+use crate::body::{Idle, OnIdle, Progress, Stage, Upload};
+use crate::policy::{self, HttpVersion, RequestVars};
+use crate::route::{Endpoint, Route};
+use crate::upstream::{self, ResponseBody, UpstreamError, Wait};
+
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// Headers meaningful only on one connection (RFC 9110 section 7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass comparing names (no hashing) is cheaper than
-    // the nine hashed removals below, which run only when there is something to remove.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Upgrade is hop-by-hop too; WebSocket tunnelling re-adds it deliberately.
-    headers.remove(UPGRADE);
-    debug_assert!(!headers.contains_key(TE) && !headers.contains_key(TRANSFER_ENCODING));
+/// Phase 6: the endpoint this request goes to.
+pub fn pick(route: &Route) -> Option<&Endpoint> {
+    route.backend.pick()
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`], `Connection` or `Upgrade`.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION || name == UPGRADE || HOP_BY_HOP.contains(&name.as_str())
-}
-
-/// Sets what the upstream needs to know about the original request. `client_ip` is the
-/// connection's formatted once; `host` (the request's host as sent, when it is a valid header
-/// value) fills `Host` when missing and `X-Forwarded-Host`. `X-Request-Id` is the caller's to
-/// ensure first ([`ensure_request_id`]), so hooks see it too.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    secure: bool,
-    host: Option<&HeaderValue>,
-) {
-    // Up to five new entries: grow the map at most once.
-    headers.reserve(5);
-    if let Some(host) = host
-        && !headers.contains_key(HOST)
-    {
-        // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream needs the header.
-        headers.insert(HOST, host.clone());
+/// Phase 7: sends the request upstream and waits for the response head.
+pub async fn send(
+    ex: &mut Exchange<'_>,
+    mut parts: Parts,
+    body: Incoming,
+    endpoint: &Endpoint,
+) -> Result<Response<ResponseBody>, Response<InnerBody>> {
+    let (route, view) = (ex.route, ex.view);
+    let policy = &route.policy;
+    let grpc = view.kind.grpc;
+    if policy.body_size > 0 && declared_length(&parts.headers) > policy.body_size {
+        return Err(local::failure(
+            local::BODY_TOO_LARGE,
+            grpc,
+            &view.request_id,
+        ));
     }
-    // The usual case (no earlier proxy) shares one buffer between both headers.
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.is_empty() => {
-            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
-            joined.extend_from_slice(previous.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(Bytes::from(joined))
-                .unwrap_or_else(|_| client_ip.clone())
-        }
-        _ => client_ip.clone(),
+    let client = match &route.grpc_client {
+        Some(h2c) if grpc => h2c,
+        _ => &route.client,
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_REAL_IP.clone(), client_ip.clone());
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if secure { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if let Err(e) = prepare(ex, &mut parts, client, endpoint) {
+        tracing::debug!(id = ?view.request_id, error = %e, "request target cannot be forwarded");
+        return Err(local::bad_request(
+            &"request target",
+            grpc,
+            &view.request_id,
+        ));
     }
+    let counter = ex.record.as_ref().map(|r| r.bytes_in.clone());
+    let progress = (!hyper::body::Body::is_end_stream(&body)).then(Progress::new);
+    let body = Idle::new(body, ex.settings.client_body_timeout, OnIdle::Fail).counting(counter);
+    let body = Upload::new(body, policy.body_size, progress.clone());
+    let mut deadline = None;
+    if grpc && let Some(limit) = parts.headers.get(&GRPC_TIMEOUT).and_then(grpc_timeout) {
+        deadline = Some(tokio::time::Instant::now() + limit);
+    }
+    let wait = Wait {
+        connect: policy.connect_timeout,
+        send: policy.send_timeout,
+        read: policy.read_timeout,
+        progress,
+        deadline,
+    };
+    let sent_at = tokio::time::Instant::now();
+    let result = client
+        .send(
+            Request::from_parts(parts, body),
+            endpoint,
+            &route.backend.name,
+            &wait,
+        )
+        .await;
+    let upstream_took = sent_at.elapsed();
+    route.stats.upstream(upstream_took);
+    if let Some(r) = ex.record.as_mut() {
+        r.upstream_duration = Some(upstream_took);
+    }
+    result.map_err(|e| failed(ex, &e, wait.progress.as_deref()))
+}
+
+/// The request line and headers the upstream gets.
+fn prepare(
+    ex: &Exchange<'_>,
+    parts: &mut Parts,
+    client: &upstream::Client,
+    endpoint: &Endpoint,
+) -> Result<(), http::uri::InvalidUriParts> {
+    let (route, view) = (ex.route, ex.view);
+    let policy = &route.policy;
+    let h2 = client.transport.is_h2();
+    let mut uri = view.uri.clone().into_parts();
+    // HTTP/2 upstreams take `:scheme` and `:authority` from an absolute URI; HTTP/1.1 ones
+    // are sent origin-form (`Host` is set below).
+    (uri.scheme, uri.authority) = if h2 {
+        (
+            Some(client.transport.scheme()),
+            Some(endpoint.authority.clone()),
+        )
+    } else {
+        (None, None)
+    };
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
+        && let Some(rewritten) = rewrite(re, target, &view.target())
+    {
+        uri.path_and_query = Some(rewritten);
+    }
+    parts.uri = Uri::from_parts(uri)?;
+    parts.version = match (h2, policy.http_version) {
+        (true, _) => Version::HTTP_2,
+        (false, HttpVersion::Http11) => Version::HTTP_11,
+        (false, HttpVersion::Http10) => Version::HTTP_10,
+    };
+    if h2 && view.kind.te_trailers {
+        // The one TE value HTTP/2 allows; gRPC servers may require it.
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
+    // The one host the view settled on (an absolute-form target's authority replaces `Host`).
+    if let Some(host) = view.authority_value() {
+        parts.headers.insert(HOST, host);
+    }
+    let request_uri = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let vars = RequestVars {
+        request_uri,
+        ..super::routing::vars(view)
+    };
+    policy::apply_edits(&policy.request_headers, &mut parts.headers, &vars);
+    Ok(())
+}
+
+/// A failed send, for the log in detail and for the client in general words.
+fn failed(
+    ex: &Exchange<'_>,
+    e: &UpstreamError,
+    progress: Option<&Progress>,
+) -> Response<InnerBody> {
+    let (route, view) = (ex.route, ex.view);
+    let failure = match (progress.map(Progress::stage), e) {
+        (Some(Stage::TooLarge), _) => local::BODY_TOO_LARGE,
+        (Some(Stage::ClientIdle), _) => local::BODY_TIMEOUT,
+        (_, UpstreamError::Timeout { .. }) => local::TIMEOUT,
+        (_, UpstreamError::Connect { .. }) => {
+            route.stats.connect_error();
+            local::CONNECT
+        }
+        (_, UpstreamError::Protocol { .. }) => local::UPSTREAM,
+    };
+    tracing::warn!(ingress = %route.ingress, id = ?view.request_id, error = %e, "{}", failure.what);
+    local::failure(failure, view.kind.grpc, &view.request_id)
+}
+
+/// Phase 7 for WebSocket requests: the handshake with the backend, then the tunnel.
+pub async fn tunnel(
+    ex: &Exchange<'_>,
+    mut req: Request<Incoming>,
+    kind: websocket::Kind,
+    endpoint: &Endpoint,
+    stats: &Arc<crate::metrics::TunnelStats>,
+) -> Response<InnerBody> {
+    let (route, view) = (ex.route, ex.view);
+    let policy = &route.policy;
+    *req.uri_mut() = view.uri.clone();
+    let mut headers = req.headers().clone();
+    if let Some(host) = view.authority_value() {
+        headers.insert(HOST, host);
+    }
+    policy::apply_edits(
+        &policy.request_headers,
+        &mut headers,
+        &super::routing::vars(view),
+    );
+    let timeouts = websocket::Timeouts {
+        connect: policy.connect_timeout,
+        read: policy.read_timeout,
+        send: policy.send_timeout,
+    };
+    let backend = websocket::Backend {
+        endpoint,
+        tls: (route.client.transport == upstream::Transport::TlsHttp1).then(upstream::http1_tls),
+        timeouts,
+    };
+    match websocket::open(req, kind, backend, headers, stats.clone()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let failure = match e {
+                websocket::TunnelError::Timeout { .. } => local::TIMEOUT,
+                websocket::TunnelError::Connect { .. } => local::CONNECT,
+                websocket::TunnelError::Handshake { .. } => local::UPSTREAM,
+            };
+            tracing::warn!(ingress = %route.ingress, id = ?view.request_id, error = %e,
+                "WebSocket tunnel failed");
+            local::failure(failure, false, &view.request_id)
+        }
+    }
+}
+
+/// The body length a request declares, 0 if none (a streamed body is counted as it goes).
+fn declared_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// ingress-nginx `rewrite-target`: when the path regex matches the normalised path, the path
+/// becomes the target with `$1`.. expanded from its captures; the query is kept.
+fn rewrite(re: &regex::Regex, target: &str, normalised: &str) -> Option<PathAndQuery> {
+    let (path, query) = match normalised.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (normalised, None),
+    };
+    let caps = re.captures(path)?;
+    let mut out = String::with_capacity(target.len() + normalised.len());
+    caps.expand(target, &mut out);
+    if !out.starts_with('/') {
+        out.insert(0, '/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::try_from(out).ok()
+}
+
+/// Parses `grpc-timeout` (`1-8 digits` + unit H, M, S, m, u, n).
+fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Gives the request an `X-Request-Id` unless the client sent one; returns it.
@@ -136,33 +297,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_listed_and_standard_hop_by_hop_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-private"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
+    fn rewrite_target_expands_captures_and_keeps_the_query() {
+        let re = crate::route::path_regex("/something(/|$)(.*)").expect("regex");
+        let show = |p: Option<PathAndQuery>| p.map(|p| p.to_string());
+        assert_eq!(
+            show(rewrite(&re, "/$2", "/something/new/x?a=1")),
+            Some("/new/x?a=1".to_owned())
+        );
+        assert_eq!(
+            show(rewrite(&re, "/$2", "/something")),
+            Some("/".to_owned())
+        );
+        assert_eq!(rewrite(&re, "/$2", "/other"), None);
     }
 
     #[test]
-    fn appends_to_x_forwarded_for_and_fills_host() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut h,
-            &HeaderValue::from_static("192.0.2.7"),
-            true,
-            Some(&HeaderValue::from_static("a.test")),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h["x-real-ip"], "192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "a.test");
-        assert_eq!(h["host"], "a.test");
+    fn parses_grpc_timeouts() {
+        let t = |s: &'static str| grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5x"), None);
+        assert_eq!(t("123456789S"), None, "at most 8 digits");
     }
 
     #[test]

@@ -1,46 +1,117 @@
-//! Listeners: accepting connections, TLS handshakes, and HTTP/1.1 + HTTP/2 serving.
+//! Phase 1, accept and TLS: accepting connections within limits, PROXY protocol, TLS
+//! handshakes, and HTTP/1.1 + HTTP/2 serving with nginx's connection timeouts.
 //!
 //! Both listeners speak HTTP/1.1 and HTTP/2 (h2c with prior knowledge on the plain one, ALPN on
-//! the TLS one). On shutdown they stop accepting and let open connections finish gracefully.
+//! the TLS one). Every connection is bounded: at most `--max-connections` at once (beyond that
+//! new ones wait in the kernel's accept queue rather than being accepted and starved), a
+//! complete request head within `--client-header-timeout` of the connection's start, and no
+//! more than `--keepalive-timeout` idle between requests (HTTP/2 connections then end with
+//! GOAWAY). On shutdown the listeners stop accepting and open connections finish gracefully.
+//! This module decides nothing about requests: it hands each one to [`Proxy::handle`].
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
-use super::{Conn, Proxy};
+use super::{Conn, Proxy, ProxyBody, proxy_protocol};
 
 /// A slow or silent client must not hold a handshake slot forever.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until `shutdown` flips, then waits for open connections in `tracker`.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-    tracker: TaskTracker,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    // Extended CONNECT (RFC 8441) lets HTTP/2 clients open WebSockets on a shared connection.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .initial_stream_window_size(H2_STREAM_WINDOW);
-    let builder = Arc::new(builder);
+/// Connection limits and timeouts, with nginx's names and defaults.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// From accept (or the end of the TLS handshake) to a complete request head; also bounds
+    /// telling HTTP/1 from HTTP/2, the HTTP/2 preface and a PROXY protocol header.
+    pub client_header_timeout: Duration,
+    /// Longest idle time between requests on a kept-alive connection.
+    pub keepalive_timeout: Duration,
+    /// Largest request head in bytes (HTTP/1.1: 431 beyond it; HTTP/2: the header list size).
+    pub max_header_size: usize,
+    /// HTTP/2 streams a client may have open at once (nginx `http2_max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Connections served at once over both listeners.
+    pub max_connections: usize,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            client_header_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            max_header_size: 32 << 10,
+            max_concurrent_streams: 128,
+            max_connections: 16384,
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// HTTP/2 flow-control windows towards clients: what one connection, and one stream, may have
+/// in flight unread, so what the proxy buffers per client at most. A stream window of 1 MiB
+/// keeps a single download at full speed on a 100 ms, 80 Mbit/s path; a connection may have a
+/// few such streams going.
+pub const H2_CONNECTION_WINDOW: u32 = 4 << 20;
+pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// What both listeners share.
+#[derive(Clone)]
+pub struct Shared {
+    pub proxy: Arc<Proxy>,
+    pub limits: Arc<Limits>,
+    /// One permit per open connection, over both listeners.
+    pub slots: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            proxy,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            limits: Arc::new(limits),
+            shutdown,
+            tracker,
+        }
+    }
+}
+
+/// Serves `listener` until shutdown flips; open connections are left to the tracker.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) {
+    let builder = Arc::new(http_builder(&shared.limits));
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let mut shutdown = shared.shutdown.clone();
     loop {
+        // A slot first: at the limit, connections wait in the kernel's queue, unaccepted.
+        let permit = tokio::select! {
+            permit = shared.slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -54,70 +125,219 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn::new(remote, tls.is_some());
-        let (proxy, builder, tls, shutdown) = (
-            proxy.clone(),
-            builder.clone(),
-            tls.clone(),
-            shutdown.clone(),
-        );
-        tracker.spawn(async move {
-            match tls {
-                None => serve_connection(&builder, stream, conn, proxy, shutdown).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => {
-                            proxy.tls.handshakes.fetch_add(1, Ordering::Relaxed);
-                            serve_connection(&builder, stream, conn, proxy, shutdown).await
-                        }
-                        Ok(Err(e)) => {
-                            proxy.tls.failed_error.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            proxy.tls.failed_timeout.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                        }
-                    }
-                }
-            }
+        let (builder, tls, shared2) = (builder.clone(), tls.clone(), shared.clone());
+        shared.tracker.spawn(async move {
+            accept(stream, remote, port, tls, &builder, shared2, permit).await;
         });
     }
+}
+
+/// The HTTP server settings both listeners use.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.client_header_timeout)
+        .max_buf_size(limits.max_header_size.max(8192));
+    // Extended CONNECT (RFC 8441) lets HTTP/2 clients open WebSockets on a shared connection.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW);
+    builder
+}
+
+/// One accepted connection: its PROXY protocol header, its TLS handshake, then HTTP.
+async fn accept(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    port: u16,
+    tls: Option<TlsAcceptor>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Shared,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut remote = peer;
+    if shared.limits.proxy_protocol {
+        let within = shared.limits.client_header_timeout;
+        match tokio::time::timeout(within, proxy_protocol::read(&mut stream)).await {
+            Ok(Ok(Some(source))) => remote = source,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "bad PROXY protocol header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY protocol header in time");
+                return;
+            }
+        }
+    }
+    let conn = Conn::new(remote, tls.is_some(), port);
+    let Some(acceptor) = tls else {
+        return serve_connection(builder, stream, conn, shared, permit).await;
+    };
+    let stats = &shared.proxy.tls;
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            stats.handshakes.fetch_add(1, Ordering::Relaxed);
+            serve_connection(builder, stream, conn, shared, permit).await
+        }
+        Ok(Err(e)) => {
+            stats.failed_error.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            stats.failed_timeout.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, "TLS handshake timed out");
+        }
+    }
+}
+
+/// What a connection's requests share: the proxy, the connection's facts, its activity.
+struct ConnShared {
+    proxy: Arc<Proxy>,
+    conn: Conn,
+    activity: Activity,
+    /// Held while the connection or a tunnel it became is open.
+    _slot: OwnedSemaphorePermit,
 }
 
 async fn serve_connection<IO>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     conn: Conn,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
+    shared: Shared,
+    permit: OwnedSemaphorePermit,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote = conn.remote;
+    let limits = shared.limits.clone();
     // One reference count per request for everything the connection's requests share.
-    let shared = Arc::new((proxy, conn));
+    let this = Arc::new(ConnShared {
+        proxy: shared.proxy.clone(),
+        conn,
+        activity: Activity::new(),
+        _slot: permit,
+    });
+    let for_requests = this.clone();
     let service = service_fn(move |req| {
-        let shared = shared.clone();
+        let this = for_requests.clone();
         // Boxed once here: hyper moves the service future several times (into its dispatcher,
         // and on HTTP/2 into a spawned task per stream), and `handle`'s state machine is large
         // enough that those moves were the biggest memcpy in the profile.
         Box::pin(async move {
-            let (proxy, conn) = &*shared;
-            proxy.handle(req, conn).await
+            this.activity.begin();
+            let resp = this.proxy.handle(req, &this.conn).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked { inner, conn: this }))
         })
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let mut shutdown = shared.shutdown.clone();
+    let mut check = this.activity.start + limits.client_header_timeout;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = tokio::time::sleep_until(check) => match this.activity.idle_until(&limits) {
+                Some(until) if until > Instant::now() => check = until,
+                Some(_) => {
+                    // Idle too long: HTTP/2 says GOAWAY, HTTP/1.1 just closes.
+                    connection.as_mut().graceful_shutdown();
+                    let bound = limits.client_header_timeout;
+                    break tokio::time::timeout(bound, connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()));
+                }
+                None => check = Instant::now() + limits.keepalive_timeout,
+            },
+            _ = shutdown.changed() => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// When a connection was last busy, so it can be closed when idle too long.
+struct Activity {
+    start: Instant,
+    /// Requests whose response has not ended.
+    in_flight: AtomicU32,
+    /// Milliseconds from `start` to the end of the last response; `u64::MAX` before the first
+    /// request.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last.store(ms, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// When the connection's idle time runs out, or `None` while a request is under way.
+    fn idle_until(&self, limits: &Limits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(match self.last.load(Ordering::Relaxed) {
+            u64::MAX => self.start + limits.client_header_timeout,
+            ms => self.start + Duration::from_millis(ms) + limits.keepalive_timeout,
+        })
+    }
+}
+
+/// A response body that marks its request ended when it is done (or dropped), and keeps the
+/// connection's slot while it streams.
+pub struct Tracked {
+    inner: ProxyBody,
+    conn: Arc<ConnShared>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.conn.activity.end();
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
@@ -31,7 +31,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::InnerBody as ProxyBody;
-use super::body::{Idle, OnIdle};
+use crate::body::{Idle, OnIdle};
+use crate::metrics::TunnelStats;
 use crate::route::Endpoint;
 
 /// Which kind of WebSocket request this is, if any.
@@ -43,15 +44,15 @@ pub enum Kind {
     Http2,
 }
 
-pub fn kind<B>(req: &Request<B>) -> Option<Kind> {
-    if req.method() == Method::CONNECT {
-        let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+pub fn kind(req: &http::request::Parts) -> Option<Kind> {
+    if req.method == Method::CONNECT {
+        let protocol = req.extensions.get::<hyper::ext::Protocol>()?;
         return protocol
             .as_str()
             .eq_ignore_ascii_case("websocket")
             .then_some(Kind::Http2);
     }
-    let headers = req.headers();
+    let headers = &req.headers;
     let upgrade = headers
         .get(UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
@@ -61,19 +62,7 @@ pub fn kind<B>(req: &Request<B>) -> Option<Kind> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    (upgrade && connection && req.method() == Method::GET).then_some(Kind::Http1)
-}
-
-/// Tunnel counters, kept for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub open: AtomicU64,
-    pub opened: AtomicU64,
-    pub bytes_from_client: AtomicU64,
-    pub bytes_from_backend: AtomicU64,
-    pub closed_normally: AtomicU64,
-    pub closed_idle: AtomicU64,
-    pub closed_error: AtomicU64,
+    (upgrade && connection && req.method == Method::GET).then_some(Kind::Http1)
 }
 
 /// Per-tunnel settings from the route's policy.
@@ -102,6 +91,8 @@ pub enum TunnelError {
     Connect { endpoint: String, cause: String },
     #[error("upstream {endpoint} failed the WebSocket handshake: {cause}")]
     Handshake { endpoint: String, cause: String },
+    #[error("upstream {endpoint} did not answer the WebSocket handshake within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
 }
 
 /// Forwards the handshake and, on a 101 from the backend, answers the client and spawns the
@@ -112,8 +103,7 @@ pub async fn open(
     kind: Kind,
     backend: Backend<'_>,
     mut headers: HeaderMap,
-    host: &str,
-    stats: Arc<Stats>,
+    stats: Arc<TunnelStats>,
 ) -> Result<Response<ProxyBody>, TunnelError> {
     let Backend {
         endpoint,
@@ -141,9 +131,11 @@ pub async fn open(
         Some(tls) => {
             // Pods are addressed by IP, as ingress-nginx does (no SNI name).
             let name = rustls::pki_types::ServerName::IpAddress(endpoint.addr.ip().into());
-            let stream = tls
-                .connect(name, stream)
+            let stream = tokio::time::timeout(timeouts.connect, tls.connect(name, stream))
                 .await
+                .map_err(|_| {
+                    handshake_failed(format!("TLS timed out after {:?}", timeouts.connect))
+                })?
                 .map_err(|e| handshake_failed(format!("TLS: {e}")))?;
             handshake(stream).await
         }
@@ -160,11 +152,6 @@ pub async fn open(
         .or_insert(HeaderValue::from_static("13"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if !headers.contains_key(HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(HOST, v);
-    }
     let path = req
         .uri()
         .path_and_query()
@@ -176,9 +163,13 @@ pub async fn open(
     *upstream_req.version_mut() = Version::HTTP_11;
     *upstream_req.headers_mut() = headers;
 
-    let mut resp = sender
-        .send_request(upstream_req)
+    // The backend's answer is bounded like any upstream response head (proxy-read-timeout).
+    let mut resp = tokio::time::timeout(timeouts.read, sender.send_request(upstream_req))
         .await
+        .map_err(|_| TunnelError::Timeout {
+            endpoint: endpoint_name(),
+            after: timeouts.read,
+        })?
         .map_err(|e| TunnelError::Handshake {
             endpoint: endpoint_name(),
             cause: e.to_string(),
@@ -189,7 +180,7 @@ pub async fn open(
         return Ok(Response::from_parts(
             parts,
             Either::Left(Idle::new(
-                super::upstream::ResponseBody::plain(body),
+                crate::upstream::ResponseBody::plain(body),
                 timeouts.read,
                 OnIdle::Fail,
             )),
@@ -390,11 +381,11 @@ struct Tunnel<'a, C, B> {
     from_backend: Instant,
     timeouts: Timeouts,
     sleep: Pin<Box<Sleep>>,
-    stats: &'a Stats,
+    stats: &'a TunnelStats,
 }
 
 impl<'a, C, B> Tunnel<'a, C, B> {
-    fn new(client: C, backend: B, timeouts: Timeouts, stats: &'a Stats) -> Self {
+    fn new(client: C, backend: B, timeouts: Timeouts, stats: &'a TunnelStats) -> Self {
         let now = Instant::now();
         let first = now + timeouts.read.min(timeouts.send);
         Self {

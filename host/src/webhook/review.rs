@@ -19,8 +19,8 @@ use super::View;
 use crate::compile::{self, LastGood, Options};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::metrics::RouteStatsRegistry;
-use crate::proxy::upstream::Upstreams;
 use crate::source::{Snapshot, Sourced};
+use crate::upstream::Upstreams;
 
 /// The only AdmissionReview version the webhook is registered for (deploy/base/webhook.yaml).
 pub const API_VERSION: &str = "admission.k8s.io/v1";

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use tokio::time::Instant;
 
-use super::upstream::{PerEndpoint, UpstreamBody, dial};
+use super::{PerEndpoint, UpstreamBody, dial};
 
 /// How long an unused connection is kept, as hyper-util's pool and nginx's
 /// `keepalive_timeout` (60 s) do.
@@ -286,10 +286,14 @@ mod tests {
                     let (parts, body) = req.into_parts();
                     let mut up = Request::from_parts(
                         parts,
-                        super::super::body::Idle::new(
-                            body,
-                            Duration::from_secs(5),
-                            super::super::body::OnIdle::Fail,
+                        crate::body::Upload::new(
+                            crate::body::Idle::new(
+                                body,
+                                Duration::from_secs(5),
+                                crate::body::OnIdle::Fail,
+                            ),
+                            0,
+                            None,
                         ),
                     );
                     *up.uri_mut() = http::Uri::from_static("/");

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::upstream::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, PerEndpoint, UpstreamBody, dial};
+use super::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, PerEndpoint, UpstreamBody, dial};
 
 /// Calls one connection carries before another is opened. Below the usual servers' limit on
 /// concurrent streams (100 to 128), so calls rarely queue behind a full connection.

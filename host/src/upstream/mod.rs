@@ -9,6 +9,9 @@
 //! requests never look one up. Upstream TLS does not verify certificates, as ingress-nginx
 //! (`proxy-ssl-verify: off`) does by default: the upstream is addressed by pod IP.
 
+pub mod h1pool;
+pub mod h2pool;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,18 +30,18 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::body::Idle;
-use super::h1pool::{self, H1Pool};
-use super::h2pool::{self, H2Pool};
+use crate::body::{Progress, Upload};
 use crate::route::Endpoint;
+use h1pool::H1Pool;
+use h2pool::H2Pool;
 
 /// HTTP/2 flow-control windows, upstream and downstream: what one connection, and one stream,
 /// may have in flight unread. They bound the proxy's buffering per connection.
 pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 pub const H2_STREAM_WINDOW: u32 = 2 << 20;
 
-/// Request bodies towards upstreams: the client's body with the send idle timeout.
-pub type UpstreamBody = Idle<Incoming>;
+/// Request bodies towards upstreams: the client's body, limited and timed.
+pub type UpstreamBody = Upload<Incoming>;
 
 /// How bytes reach an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -237,15 +240,44 @@ impl UpstreamError {
     }
 }
 
+/// How long a send may wait for the upstream's response head, with nginx's semantics.
+#[derive(Clone, Debug)]
+pub struct Wait {
+    /// `proxy-connect-timeout`, while the connection is made.
+    pub connect: Duration,
+    /// `proxy-send-timeout`: the longest the upstream may leave a piece of the body untaken.
+    pub send: Duration,
+    /// `proxy-read-timeout`: the longest wait for the head once the whole request was sent.
+    pub read: Duration,
+    /// How far the request body got; `None` for a request without one.
+    pub progress: Option<Arc<Progress>>,
+    /// A hard deadline (a gRPC client's `grpc-timeout`).
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl Wait {
+    /// When the wait ends as things stand; `None` while the client is the slow side.
+    fn until(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let ours = match &self.progress {
+            None => Some(started + self.read),
+            Some(p) => p.deadline(self.connect, self.send, self.read),
+        };
+        match (ours, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 impl Client {
-    /// Sends `req` and waits at most `head_timeout` for the response head. HTTP/1.1 requests
-    /// carry an origin-form URI (`/path?query`), HTTP/2 ones an absolute one.
+    /// Sends `req` and waits for the response head as `wait` allows. HTTP/1.1 requests carry
+    /// an origin-form URI (`/path?query`), HTTP/2 ones an absolute one.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         endpoint: &Endpoint,
         backend: &str,
-        head_timeout: Duration,
+        wait: &Wait,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let sent = async {
             match &self.inner {
@@ -264,20 +296,31 @@ impl Client {
                 },
             }
         };
+        let started = tokio::time::Instant::now();
         // Formatted only on failure: the success path allocates nothing here.
         let endpoint = || endpoint.addr.to_string();
-        let deadline = tokio::time::Instant::now() + head_timeout;
-        match tokio::time::timeout_at(deadline, sent).await {
+        let timeout = || UpstreamError::Timeout {
+            endpoint: endpoint(),
+            backend: backend.to_owned(),
+            after: started.elapsed(),
+        };
+        let result = match timed(sent, wait, started).await {
+            Some(result) => result,
+            None => return Err(timeout()),
+        };
+        match result {
             // A task polled late sees the upstream's answer and the expired timer together;
-            // the deadline has passed, so it wins (a gRPC backend that enforced the same
+            // a hard deadline that has passed wins (a gRPC backend that enforced the same
             // forwarded deadline answers CANCELLED, which is not what the client asked for).
-            Ok(Ok(_)) if tokio::time::Instant::now() >= deadline => Err(UpstreamError::Timeout {
-                endpoint: endpoint(),
-                backend: backend.to_owned(),
-                after: head_timeout,
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
+            Ok(_)
+                if wait
+                    .deadline
+                    .is_some_and(|d| tokio::time::Instant::now() >= d) =>
+            {
+                Err(timeout())
+            }
+            Ok(resp) => Ok(resp),
+            Err(e) => {
                 let (endpoint, backend) = (endpoint(), backend.to_owned());
                 Err(match e {
                     SendError::Connect(cause) => UpstreamError::Connect {
@@ -292,11 +335,33 @@ impl Client {
                     },
                 })
             }
-            Err(_) => Err(UpstreamError::Timeout {
-                endpoint: endpoint(),
-                backend: backend.to_owned(),
-                after: head_timeout,
-            }),
+        }
+    }
+}
+
+/// Drives `sent` until it finishes or `wait` runs out (`None`). The deadline moves with the
+/// request body's progress, so it is looked at again whenever its timer fires.
+async fn timed<F: std::future::Future>(
+    sent: F,
+    wait: &Wait,
+    started: tokio::time::Instant,
+) -> Option<F::Output> {
+    let mut sent = std::pin::pin!(sent);
+    loop {
+        // While the client is the slow side, its own body timeout ends the send; look again
+        // later in case the body moves on.
+        let until = wait.until(started);
+        let check = until.unwrap_or_else(|| tokio::time::Instant::now() + wait.send.max(wait.read));
+        match tokio::time::timeout_at(check, sent.as_mut()).await {
+            Ok(out) => return Some(out),
+            Err(_) => {
+                if wait
+                    .until(started)
+                    .is_some_and(|d| d <= tokio::time::Instant::now())
+                {
+                    return None;
+                }
+            }
         }
     }
 }

@@ -3,12 +3,13 @@
 //! A body is passed through frame by frame (never collected), so gRPC streams and large uploads
 //! flow as they arrive. The idle timeout is nginx's semantics: the longest gap between two
 //! frames, not a total. An expired gRPC response ends with `DEADLINE_EXCEEDED` trailers instead
-//! of a bare reset, so the client sees a gRPC status.
+//! of a bare reset, so the client sees a gRPC status. Request bodies are also limited in size
+//! and report how far they got ([`Upload`], [`Progress`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub enum BodyError {
     Peer(#[from] hyper::Error),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
 }
 
 /// What an idle body does when its timeout expires.
@@ -116,6 +119,143 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How far a request body has got on its way upstream, shared between the body (which the
+/// upstream connection polls) and the wait for the response head, so that wait can apply
+/// nginx's timeouts: `proxy-send-timeout` while the upstream is not taking the body,
+/// `proxy-read-timeout` once it has all of it, and nothing of ours while the client is the one
+/// that is slow (the body's own `client-body-timeout` covers that).
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    state: AtomicU8,
+    /// Nanoseconds from `base` to the last change of `state`.
+    at: AtomicU64,
+}
+
+/// [`Progress`] states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Not polled yet: the upstream connection is still being made.
+    NotStarted,
+    /// A piece was handed to the upstream connection, which has not asked for more.
+    Sending,
+    /// The upstream connection asked for more and the client has not sent it yet.
+    WaitingForClient,
+    /// All of the body was handed over.
+    Done,
+    /// The body went over its size limit.
+    TooLarge,
+    /// The client fell silent for longer than `client-body-timeout`.
+    ClientIdle,
+}
+
+const STAGES: [Stage; 6] = [
+    Stage::NotStarted,
+    Stage::Sending,
+    Stage::WaitingForClient,
+    Stage::Done,
+    Stage::TooLarge,
+    Stage::ClientIdle,
+];
+
+impl Progress {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            state: AtomicU8::new(0),
+            at: AtomicU64::new(0),
+        })
+    }
+
+    fn set(&self, stage: Stage) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at.store(nanos, Ordering::Relaxed);
+        self.state.store(stage as u8, Ordering::Release);
+    }
+
+    pub fn stage(&self) -> Stage {
+        STAGES[usize::from(self.state.load(Ordering::Acquire))]
+    }
+
+    /// When the wait for the upstream times out, as things stand: `None` while the client is
+    /// the slow side. `start` bounds the upstream connection (`connect`) before the body moves.
+    pub fn deadline(&self, connect: Duration, send: Duration, read: Duration) -> Option<Instant> {
+        let at = self.base + Duration::from_nanos(self.at.load(Ordering::Relaxed));
+        match self.stage() {
+            Stage::NotStarted => Some(at + connect + send),
+            Stage::Sending => Some(at + send),
+            Stage::Done => Some(at + read),
+            Stage::WaitingForClient | Stage::TooLarge | Stage::ClientIdle => None,
+        }
+    }
+}
+
+/// A client's request body on its way upstream: streamed frame by frame, limited in size
+/// (`proxy-body-size`; 0 is no limit), bounded in client silence (`client-body-timeout`), and
+/// reporting its [`Progress`].
+pub struct Upload<B> {
+    inner: Idle<B>,
+    limit: u64,
+    seen: u64,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<B> Upload<B> {
+    pub fn new(inner: Idle<B>, limit: u64, progress: Option<Arc<Progress>>) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            progress,
+        }
+    }
+}
+
+impl<B> Body for Upload<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if this.limit > 0 && this.seen > this.limit {
+                if let Some(progress) = &this.progress {
+                    progress.set(Stage::TooLarge);
+                }
+                return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+            }
+        }
+        let Some(progress) = &this.progress else {
+            return polled;
+        };
+        let stage = match &polled {
+            Poll::Pending => Stage::WaitingForClient,
+            Poll::Ready(None) | Poll::Ready(Some(Err(BodyError::Peer(_)))) => Stage::Done,
+            Poll::Ready(Some(Err(_))) => Stage::ClientIdle,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => Stage::Done,
+            Poll::Ready(Some(Ok(_))) => Stage::Sending,
+        };
+        progress.set(stage);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
