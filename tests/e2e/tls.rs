@@ -294,3 +294,63 @@ async fn tls12_and_tls13_are_both_accepted() {
         );
     }
 }
+
+/// RFC 9113 section 3.4: on a connection that negotiated `h2`, an invalid preface is an HTTP/2
+/// connection error, never answered as HTTP/1.1, and the connection ends cleanly with a TLS
+/// close_notify (h2spec's "Sends invalid connection preface"); a GOAWAY, if sent, says
+/// PROTOCOL_ERROR.
+#[tokio::test]
+async fn a_bad_http2_preface_ends_the_connection_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["preface.tls.test"]);
+    let (_backends, mut objects) = several(&["app"]).await;
+    objects.push(leaf.secret("preface-tls", false));
+    objects.push(
+        Ingress::new("preface")
+            .tls(&["preface.tls.test"], "preface-tls")
+            .rule(Some("preface.tls.test"), &[prefix("/", "app")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+    let mut tls = gw
+        .tls(
+            "preface.tls.test",
+            certs::client_config(ca.roots(), &[H2], BOTH_VERSIONS),
+        )
+        .await
+        .expect("handshake");
+    assert_eq!(certs::negotiated(&tls).0.as_deref(), Some(H2));
+    tls.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut got),
+    )
+    .await
+    .expect("the connection ends");
+    // rustls reports a close without close_notify as an UnexpectedEof error.
+    read.expect("a clean end: close_notify, not a cut connection");
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "answered as HTTP/1.1: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Frames: 9-byte headers; the last one the server sent is GOAWAY (type 7) with
+    // PROTOCOL_ERROR (1), after its SETTINGS.
+    let mut frames = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push((rest[3], rest[9..9 + len.min(rest.len() - 9)].to_vec()));
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    let goaway = frames.iter().find(|(kind, _)| *kind == 7);
+    if let Some((_, payload)) = goaway {
+        assert_eq!(payload.get(4..8), Some(&[0, 0, 0, 1][..]), "PROTOCOL_ERROR");
+    }
+}

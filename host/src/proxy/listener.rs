@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -98,9 +97,20 @@ impl Shared {
     }
 }
 
+/// The HTTP servers: one that tells HTTP/1 from HTTP/2 by the first bytes (plain connections,
+/// TLS without ALPN or with `http/1.1`), and an HTTP/2-only one for TLS connections that
+/// negotiated `h2`, so a bad preface there is an HTTP/2 error (GOAWAY), not an HTTP/1.1 400.
+struct Servers {
+    auto: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
 /// Serves `listener` until shutdown flips; open connections are left to the tracker.
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) {
-    let builder = Arc::new(http_builder(&shared.limits));
+    let builder = Arc::new(Servers {
+        auto: http_builder(&shared.limits),
+        h2: http_builder(&shared.limits).http2_only(),
+    });
     let port = listener.local_addr().map_or(0, |a| a.port());
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -158,7 +168,7 @@ async fn accept(
     peer: std::net::SocketAddr,
     port: u16,
     tls: Option<TlsAcceptor>,
-    builder: &auto::Builder<TokioExecutor>,
+    servers: &Servers,
     shared: Shared,
     permit: OwnedSemaphorePermit,
 ) {
@@ -179,22 +189,40 @@ async fn accept(
         }
     }
     let conn = Conn::new(remote, tls.is_some(), port);
+
+    let this = Arc::new(ConnShared {
+        proxy: shared.proxy.clone(),
+        conn,
+        activity: Activity::new(),
+    });
+    let service = ConnService(this.clone());
     let Some(acceptor) = tls else {
-        return serve_connection(builder, stream, conn, shared, permit).await;
+        let connection = servers
+            .auto
+            .serve_connection_with_upgrades(Closing::new(stream), service);
+        return drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await;
     };
     let stats = &shared.proxy.tls;
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             stats.handshakes.fetch_add(1, Ordering::Relaxed);
-            serve_connection(builder, stream, conn, shared, permit).await
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = Closing::new(stream);
+            if h2 {
+                let connection = servers.h2.serve_connection(io, service);
+                drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await
+            } else {
+                let connection = servers.auto.serve_connection_with_upgrades(io, service);
+                drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await
+            }
         }
         Ok(Err(e)) => {
             stats.failed_error.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            tracing::debug!(remote = %this.conn.remote, error = %e, "TLS handshake failed");
         }
         Err(_) => {
             stats.failed_timeout.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%remote, "TLS handshake timed out");
+            tracing::debug!(remote = %this.conn.remote, "TLS handshake timed out");
         }
     }
 }
@@ -204,41 +232,48 @@ struct ConnShared {
     proxy: Arc<Proxy>,
     conn: Conn,
     activity: Activity,
-    /// Held while the connection or a tunnel it became is open.
-    _slot: OwnedSemaphorePermit,
 }
 
-async fn serve_connection<IO>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: IO,
-    conn: Conn,
-    shared: Shared,
-    permit: OwnedSemaphorePermit,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let remote = conn.remote;
-    let limits = shared.limits.clone();
-    // One reference count per request for everything the connection's requests share.
-    let this = Arc::new(ConnShared {
-        proxy: shared.proxy.clone(),
-        conn,
-        activity: Activity::new(),
-        _slot: permit,
-    });
-    let for_requests = this.clone();
-    let service = service_fn(move |req| {
-        let this = for_requests.clone();
+/// The service for one connection's requests. One reference count per request for
+/// everything the connection's requests share.
+#[derive(Clone)]
+struct ConnService(Arc<ConnShared>);
+
+type Answer = Result<http::Response<Tracked>, std::convert::Infallible>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = http::Response<Tracked>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.0.clone();
         // Boxed once here: hyper moves the service future several times (into its dispatcher,
         // and on HTTP/2 into a spawned task per stream), and `handle`'s state machine is large
         // enough that those moves were the biggest memcpy in the profile.
         Box::pin(async move {
             this.activity.begin();
             let resp = this.proxy.handle(req, &this.conn).await?;
-            Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked { inner, conn: this }))
+            Ok(resp.map(|inner| Tracked { inner, conn: this }))
         })
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    }
+}
+
+type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Drives `connection` to its end: closes it (`graceful`: GOAWAY on HTTP/2, a close on an idle
+/// HTTP/1.1 connection) when idle too long or when the proxy shuts down.
+async fn drive<C>(
+    connection: C,
+    graceful: fn(Pin<&mut C>),
+    this: &ConnShared,
+    shared: Shared,
+    permit: OwnedSemaphorePermit,
+) where
+    C: std::future::Future<Output = ConnResult>,
+{
+    let _slot = permit;
+    let limits = shared.limits.clone();
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();
     let mut check = this.activity.start + limits.client_header_timeout;
@@ -248,8 +283,7 @@ async fn serve_connection<IO>(
             _ = tokio::time::sleep_until(check) => match this.activity.idle_until(&limits) {
                 Some(until) if until > Instant::now() => check = until,
                 Some(_) => {
-                    // Idle too long: HTTP/2 says GOAWAY, HTTP/1.1 just closes.
-                    connection.as_mut().graceful_shutdown();
+                    graceful(connection.as_mut());
                     let bound = limits.client_header_timeout;
                     break tokio::time::timeout(bound, connection.as_mut())
                         .await
@@ -258,13 +292,13 @@ async fn serve_connection<IO>(
                 None => check = Instant::now() + limits.keepalive_timeout,
             },
             _ = shutdown.changed() => {
-                connection.as_mut().graceful_shutdown();
+                graceful(connection.as_mut());
                 break connection.await;
             }
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%remote, error = %e, "connection ended with an error");
+        tracing::debug!(remote = %this.conn.remote, error = %e, "connection ended with an error");
     }
 }
 
@@ -339,5 +373,85 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The connection's IO, shut down cleanly however the connection ends: when hyper drops it
+/// without shutting it down (a protocol error, an idle close), a task sends the TLS
+/// close_notify and the TCP FIN, so a client can tell an orderly end from a cut connection
+/// (RFC 9113 section 3.4 asks for a clean end after a bad preface).
+struct Closing<IO: AsyncWrite + Unpin + Send + 'static> {
+    io: Option<IO>,
+    shut: bool,
+}
+
+impl<IO: AsyncWrite + Unpin + Send + 'static> Closing<IO> {
+    fn new(io: IO) -> TokioIo<Self> {
+        TokioIo::new(Self {
+            io: Some(io),
+            shut: false,
+        })
+    }
+
+    fn io(&mut self) -> &mut IO {
+        self.io.as_mut().expect("present until dropped")
+    }
+}
+
+impl<IO: AsyncWrite + Unpin + Send + 'static> Drop for Closing<IO> {
+    fn drop(&mut self) {
+        if let Some(mut io) = self.io.take()
+            && !self.shut
+        {
+            // Bounded: a peer that reads nothing cannot keep the task.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+            });
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Closing<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(self.get_mut().io()).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Closing<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(self.get_mut().io()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(self.get_mut().io()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.get_mut().io()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let done = Pin::new(this.io()).poll_shutdown(cx);
+        if done.is_ready() {
+            this.shut = true;
+        }
+        done
     }
 }
