@@ -41,7 +41,8 @@ pub async fn send(
     let (route, view) = (ex.route, ex.view);
     let policy = &route.policy;
     let grpc = view.kind.grpc;
-    if policy.body_size > 0 && declared_length(&parts.headers) > policy.body_size {
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    if has_body && policy.body_size > 0 && declared_length(&parts.headers) > policy.body_size {
         return Err(local::failure(
             local::BODY_TOO_LARGE,
             grpc,
@@ -61,7 +62,7 @@ pub async fn send(
         ));
     }
     let counter = ex.record.as_ref().map(|r| r.bytes_in.clone());
-    let progress = (!hyper::body::Body::is_end_stream(&body)).then(Progress::new);
+    let progress = has_body.then(Progress::new);
     let body = Idle::new(body, ex.settings.client_body_timeout, OnIdle::Fail).counting(counter);
     let body = Upload::new(body, policy.body_size, progress.clone());
     let mut deadline = None;
@@ -197,7 +198,8 @@ pub async fn tunnel(
         tls: (route.client.transport == upstream::Transport::TlsHttp1).then(upstream::http1_tls),
         timeouts,
     };
-    match websocket::open(req, kind, backend, headers, stats.clone()).await {
+    let slot = ex.conn.slot.clone();
+    match websocket::open(req, kind, backend, headers, stats.clone(), slot).await {
         Ok(resp) => resp,
         Err(e) => {
             let failure = match e {

@@ -63,11 +63,10 @@ impl Default for Limits {
 }
 
 /// HTTP/2 flow-control windows towards clients: what one connection, and one stream, may have
-/// in flight unread, so what the proxy buffers per client at most. A stream window of 1 MiB
-/// keeps a single download at full speed on a 100 ms, 80 Mbit/s path; a connection may have a
-/// few such streams going.
-pub const H2_CONNECTION_WINDOW: u32 = 4 << 20;
-pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// in flight unread, so what the proxy may buffer per client at most. The upstream side's
+/// values for now; choosing them by measurement is still to do.
+pub const H2_CONNECTION_WINDOW: u32 = crate::upstream::H2_CONNECTION_WINDOW;
+pub const H2_STREAM_WINDOW: u32 = crate::upstream::H2_STREAM_WINDOW;
 
 /// What both listeners share.
 #[derive(Clone)]
@@ -188,8 +187,8 @@ async fn accept(
             }
         }
     }
-    let conn = Conn::new(remote, tls.is_some(), port);
-
+    let mut conn = Conn::new(remote, tls.is_some(), port);
+    conn.slot = Some(Arc::new(permit));
     let this = Arc::new(ConnShared {
         proxy: shared.proxy.clone(),
         conn,
@@ -200,7 +199,7 @@ async fn accept(
         let connection = servers
             .auto
             .serve_connection_with_upgrades(Closing::new(stream), service);
-        return drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await;
+        return drive(connection, |c| c.graceful_shutdown(), &this, shared).await;
     };
     let stats = &shared.proxy.tls;
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -210,10 +209,10 @@ async fn accept(
             let io = Closing::new(stream);
             if h2 {
                 let connection = servers.h2.serve_connection(io, service);
-                drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await
+                drive(connection, |c| c.graceful_shutdown(), &this, shared).await
             } else {
                 let connection = servers.auto.serve_connection_with_upgrades(io, service);
-                drive(connection, |c| c.graceful_shutdown(), &this, shared, permit).await
+                drive(connection, |c| c.graceful_shutdown(), &this, shared).await
             }
         }
         Ok(Err(e)) => {
@@ -263,16 +262,10 @@ type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// Drives `connection` to its end: closes it (`graceful`: GOAWAY on HTTP/2, a close on an idle
 /// HTTP/1.1 connection) when idle too long or when the proxy shuts down.
-async fn drive<C>(
-    connection: C,
-    graceful: fn(Pin<&mut C>),
-    this: &ConnShared,
-    shared: Shared,
-    permit: OwnedSemaphorePermit,
-) where
+async fn drive<C>(connection: C, graceful: fn(Pin<&mut C>), this: &ConnShared, shared: Shared)
+where
     C: std::future::Future<Output = ConnResult>,
 {
-    let _slot = permit;
     let limits = shared.limits.clone();
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();

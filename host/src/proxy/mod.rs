@@ -102,6 +102,9 @@ pub struct Conn {
     pub client_ip: HeaderValue,
     /// The listener's port (`X-Forwarded-Port`).
     pub port: HeaderValue,
+    /// The connection's `--max-connections` slot; a WebSocket tunnel the connection becomes
+    /// keeps it until the tunnel ends.
+    pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Conn {
@@ -113,6 +116,7 @@ impl Conn {
             secure,
             client_ip,
             port: HeaderValue::from(port),
+            slot: None,
         }
     }
 }
@@ -120,6 +124,7 @@ impl Conn {
 /// What the phases after routing share about one request.
 pub(crate) struct Exchange<'a> {
     pub view: &'a RequestView,
+    pub conn: &'a Conn,
     pub route: &'a crate::route::Route,
     pub settings: &'a Settings,
     pub record: &'a mut Option<Box<log::Record>>,
@@ -162,7 +167,7 @@ impl Proxy {
                 if let Some(r) = record.as_mut() {
                     r.seen(&view);
                 }
-                self.serve(parts, body, &view, &mut record, &mut stats)
+                self.serve(parts, body, &view, conn, &mut record, &mut stats)
                     .await
             }
             Err(bad) => {
@@ -179,6 +184,7 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         view: &RequestView,
+        conn: &Conn,
         record: &mut Option<Box<log::Record>>,
         stats: &mut Option<Arc<crate::metrics::RouteStats>>,
     ) -> Response<InnerBody> {
@@ -196,6 +202,7 @@ impl Proxy {
         }
         let mut exchange = Exchange {
             view,
+            conn,
             route,
             settings: &self.settings,
             record,

@@ -361,10 +361,12 @@ const HOP_BY_HOP: [&str; 7] = [
 /// change what the request is (`Host`, its framing): a client cannot make the proxy drop those.
 /// `Proxy` goes too (httpoxy: CGI backends read it as their outbound proxy).
 pub fn strip_on_arrival(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    if headers.contains_key(&PROXY) {
-        headers.remove(&PROXY);
+    // One pass over the names decides whether anything needs a (hashed) removal at all.
+    if !headers.keys().any(|n| is_hop_by_hop(n) || n == PROXY) {
+        return;
     }
+    strip_hop_by_hop(headers);
+    headers.remove(&PROXY);
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names (never `Host` or

@@ -104,6 +104,7 @@ pub async fn open(
     backend: Backend<'_>,
     mut headers: HeaderMap,
     stats: Arc<TunnelStats>,
+    slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 ) -> Result<Response<ProxyBody>, TunnelError> {
     let Backend {
         endpoint,
@@ -214,6 +215,8 @@ pub async fn open(
     stats.open.fetch_add(1, Ordering::Relaxed);
     stats.opened.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
+        // The client's connection slot stays taken while the tunnel lasts.
+        let _slot = slot;
         let ended = match (client_upgrade.await, backend_upgrade.await) {
             (Ok(client), Ok(backend)) => {
                 Tunnel::new(
