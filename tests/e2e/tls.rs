@@ -296,11 +296,10 @@ async fn tls12_and_tls13_are_both_accepted() {
 }
 
 /// RFC 9113 section 3.4: on a connection that negotiated `h2`, an invalid preface is an HTTP/2
-/// connection error, never answered as HTTP/1.1, and the connection ends cleanly with a TLS
-/// close_notify (h2spec's "Sends invalid connection preface"); a GOAWAY, if sent, says
-/// PROTOCOL_ERROR.
+/// connection error, never answered as HTTP/1.1: GOAWAY PROTOCOL_ERROR, then a clean end with a
+/// TLS close_notify (h2spec's "Sends invalid connection preface").
 #[tokio::test]
-async fn a_bad_http2_preface_ends_the_connection_cleanly() {
+async fn a_bad_http2_preface_gets_goaway_and_a_clean_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = TestCa::new();
     let leaf = ca.leaf(&["preface.tls.test"]);
@@ -349,8 +348,9 @@ async fn a_bad_http2_preface_ends_the_connection_cleanly() {
         frames.push((rest[3], rest[9..9 + len.min(rest.len() - 9)].to_vec()));
         rest = &rest[(9 + len).min(rest.len())..];
     }
-    let goaway = frames.iter().find(|(kind, _)| *kind == 7);
-    if let Some((_, payload)) = goaway {
-        assert_eq!(payload.get(4..8), Some(&[0, 0, 0, 1][..]), "PROTOCOL_ERROR");
-    }
+    let (_, goaway) = frames
+        .iter()
+        .find(|(kind, _)| *kind == 7)
+        .unwrap_or_else(|| panic!("no GOAWAY among the frames {frames:?}"));
+    assert_eq!(goaway.get(4..8), Some(&[0, 0, 0, 1][..]), "PROTOCOL_ERROR");
 }

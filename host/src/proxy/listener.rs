@@ -206,11 +206,11 @@ async fn accept(
         Ok(Ok(stream)) => {
             stats.handshakes.fetch_add(1, Ordering::Relaxed);
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = Closing::new(stream);
             if h2 {
-                let connection = servers.h2.serve_connection(io, service);
+                let connection = servers.h2.serve_connection(Closing::h2(stream), service);
                 drive(connection, |c| c.graceful_shutdown(), &this, shared).await
             } else {
+                let io = Closing::new(stream);
                 let connection = servers.auto.serve_connection_with_upgrades(io, service);
                 drive(connection, |c| c.graceful_shutdown(), &this, shared).await
             }
@@ -371,23 +371,57 @@ impl Body for Tracked {
 
 /// The connection's IO, shut down cleanly however the connection ends: when hyper drops it
 /// without shutting it down (a protocol error, an idle close), a task sends the TLS
-/// close_notify and the TCP FIN, so a client can tell an orderly end from a cut connection
-/// (RFC 9113 section 3.4 asks for a clean end after a bad preface).
+/// close_notify and the TCP FIN, so a client can tell an orderly end from a cut connection.
+///
+/// On a TLS connection that negotiated `h2` it also watches the client's first 24 bytes: the
+/// h2 crate refuses a bad preface without telling the client why, so here a bad preface ends
+/// with GOAWAY PROTOCOL_ERROR before the close (RFC 9113 section 3.4).
 struct Closing<IO: AsyncWrite + Unpin + Send + 'static> {
     io: Option<IO>,
     shut: bool,
+    /// Preface bytes checked so far, while checking.
+    preface: Option<usize>,
+    /// Written before the close when the connection ends abruptly.
+    farewell: &'static [u8],
 }
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// GOAWAY, last stream 0, PROTOCOL_ERROR.
+const H2_GOAWAY_PROTOCOL_ERROR: &[u8] = &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 impl<IO: AsyncWrite + Unpin + Send + 'static> Closing<IO> {
     fn new(io: IO) -> TokioIo<Self> {
         TokioIo::new(Self {
             io: Some(io),
             shut: false,
+            preface: None,
+            farewell: &[],
         })
+    }
+
+    /// [`Closing::new`] for a connection that must start with the HTTP/2 preface.
+    fn h2(io: IO) -> TokioIo<Self> {
+        let mut this = Self::new(io);
+        this.inner_mut().preface = Some(0);
+        this
     }
 
     fn io(&mut self) -> &mut IO {
         self.io.as_mut().expect("present until dropped")
+    }
+
+    /// Checks newly read bytes against the preface; `false` on a mismatch.
+    fn preface_ok(&mut self, new: &[u8]) -> bool {
+        let Some(seen) = self.preface else {
+            return true;
+        };
+        let take = new.len().min(H2_PREFACE.len() - seen);
+        if new[..take] != H2_PREFACE[seen..seen + take] {
+            self.farewell = H2_GOAWAY_PROTOCOL_ERROR;
+            return false;
+        }
+        self.preface = Some(seen + take).filter(|&n| n < H2_PREFACE.len());
+        true
     }
 }
 
@@ -396,9 +430,14 @@ impl<IO: AsyncWrite + Unpin + Send + 'static> Drop for Closing<IO> {
         if let Some(mut io) = self.io.take()
             && !self.shut
         {
+            let farewell = self.farewell;
             // Bounded: a peer that reads nothing cannot keep the task.
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = io.write_all(farewell).await;
+                    io.shutdown().await
+                })
+                .await;
             });
         }
     }
@@ -410,7 +449,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Closing<
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(self.get_mut().io()).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(this.io()).poll_read(cx, buf))?;
+        if !this.preface_ok(&buf.filled()[before..]) {
+            let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP/2 preface");
+            return Poll::Ready(Err(bad));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
