@@ -109,10 +109,14 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             meta.namespace.as_deref().unwrap_or("default"),
             meta.name.as_deref().unwrap_or("")
         );
-        if let Err(why) = options.identity.claims(ingress, &snapshot.ingress_classes) {
-            diagnostics.push(
-                Diagnostic::info(label, "", format!("ignored: {why}")).at(sourced.origin.clone()),
-            );
+        if let Err(not) = options.identity.claims(ingress, &snapshot.ingress_classes) {
+            let why = format!("ignored: {}", not.why);
+            let d = if not.namesake {
+                Diagnostic::warning(label, "spec.ingressClassName", why)
+            } else {
+                Diagnostic::info(label, "", why)
+            };
+            diagnostics.push(d.at(sourced.origin.clone()));
             continue;
         }
         match ingress::compile(ingress, sourced.origin.clone(), &mut cx) {
@@ -441,6 +445,44 @@ mod tests {
             served_by(&c, "d.test", "/").as_deref(),
             Some("default/classless")
         );
+    }
+
+    #[test]
+    fn a_class_named_like_ours_but_of_another_controller_is_not_ours() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let foreign = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: wasmgress\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: k8s.io/ingress-nginx}\n";
+        let legacy = "  annotations: {kubernetes.io/ingress.class: wasmgress}\n";
+        let c = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                ("class.yaml", foreign.into()),
+                (
+                    "a.yaml",
+                    ingress(
+                        "a",
+                        "",
+                        "  ingressClassName: wasmgress\n",
+                        "a.test",
+                        "/",
+                        "web",
+                    ),
+                ),
+                ("b.yaml", ingress("b", legacy, "", "b.test", "/", "web")),
+                ("c.yaml", ingress("c", "", "", "c.test", "/", "web")),
+            ],
+            &LastGood::default(),
+        );
+        for host in ["a.test", "b.test", "c.test"] {
+            assert_eq!(served_by(&c, host, "/"), None, "{host}");
+        }
+        let d = c
+            .diagnostics
+            .iter()
+            .find(|d| d.object == "Ingress default/a")
+            .expect("a diagnostic for a");
+        assert_eq!(d.severity, Severity::Warning, "{d}");
+        assert!(d.message.contains("k8s.io/ingress-nginx"), "{d}");
     }
 
     #[test]
