@@ -319,10 +319,12 @@ pub async fn run(
         shutdown_rx,
         tracker.clone(),
     );
-    let servers = [
-        tokio::spawn(listener::serve(http, None, shared.clone())),
-        tokio::spawn(listener::serve(https, Some(acceptor), shared)),
-    ];
+    let listeners = listener::Listeners {
+        http,
+        https,
+        tls: acceptor,
+    };
+    let server = tokio::spawn(listener::serve(listeners, shared));
 
     let mut plugin_changes = match &options.plugin_dir {
         Some(dir) => Some(files::watch(dir, DEBOUNCE)?),
@@ -369,9 +371,7 @@ pub async fn run(
         cluster.shutdown().await;
     }
     let _ = shutdown_tx.send(true);
-    for server in servers {
-        let _ = server.await;
-    }
+    let _ = server.await;
     tracker.close();
     if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
         tracing::warn!(

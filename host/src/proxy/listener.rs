@@ -104,13 +104,24 @@ struct Servers {
     h2: auto::Builder<TokioExecutor>,
 }
 
-/// Serves `listener` until shutdown flips; open connections are left to the tracker.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) {
-    let builder = Arc::new(Servers {
+/// The two listeners: plain HTTP (HTTP/1.1 and h2c), and TLS.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub https: TcpListener,
+    pub tls: TlsAcceptor,
+}
+
+/// Serves both listeners until shutdown flips; open connections are left to the tracker.
+///
+/// One loop accepts for both, so one free slot is all it waits with: at the limit neither
+/// listener accepts, and a freed slot goes to whichever has a connection waiting.
+pub async fn serve(listeners: Listeners, shared: Shared) {
+    let servers = Arc::new(Servers {
         auto: http_builder(&shared.limits),
         h2: http_builder(&shared.limits).http2_only(),
     });
-    let port = listener.local_addr().map_or(0, |a| a.port());
+    let port = |l: &TcpListener| l.local_addr().map_or(0, |a| a.port());
+    let (http_port, https_port) = (port(&listeners.http), port(&listeners.https));
     let mut shutdown = shared.shutdown.clone();
     loop {
         // A slot first: at the limit, connections wait in the kernel's queue, unaccepted.
@@ -121,22 +132,24 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shar
             },
             _ = shutdown.changed() => break,
         };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (accepted, tls, port) = tokio::select! {
+            a = listeners.http.accept() => (a, None, http_port),
+            a = listeners.https.accept() => (a, Some(listeners.tls.clone()), https_port),
             _ = shutdown.changed() => break,
         };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let (builder, tls, shared2) = (builder.clone(), tls.clone(), shared.clone());
+        let (servers, shared2) = (servers.clone(), shared.clone());
         shared.tracker.spawn(async move {
-            accept(stream, remote, port, tls, &builder, shared2, permit).await;
+            accept(stream, remote, port, tls, &servers, shared2, permit).await;
         });
     }
 }
@@ -269,7 +282,10 @@ where
     let limits = shared.limits.clone();
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();
-    let mut check = this.activity.start + limits.client_header_timeout;
+    // Timers fire at most once per keep-alive period; each looks at when the connection was
+    // last busy, so an idle connection closes on time without a wake-up per request.
+    let period = limits.keepalive_timeout.min(limits.client_header_timeout);
+    let mut check = this.activity.start + period;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
@@ -282,7 +298,7 @@ where
                         .await
                         .unwrap_or(Ok(()));
                 }
-                None => check = Instant::now() + limits.keepalive_timeout,
+                None => check = Instant::now() + period,
             },
             _ = shutdown.changed() => {
                 graceful(connection.as_mut());
