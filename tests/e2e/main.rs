@@ -7,6 +7,7 @@ mod harness;
 
 mod classes;
 mod deploy;
+mod edge;
 mod errors;
 mod forwarding;
 mod grpc;

@@ -7,6 +7,8 @@ pub mod client;
 pub mod grpc;
 pub mod manifests;
 pub mod process;
+pub mod raw;
+pub mod recorder;
 pub mod yaml;
 
 pub use backend::Backend;

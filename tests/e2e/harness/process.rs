@@ -224,6 +224,28 @@ impl Wasmgress {
         self.child.id()
     }
 
+    /// Sends signal `sig` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid().expect("the process has not been reaped yet");
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) with the pid of our own child and a valid signal number.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits at most `limit` for the process to exit; its exit status, or `None` if it still runs.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait for the wasmgress process"))
+    }
+
     /// A TLS connection to the TLS listener with `sni` (see [`certs::connect`]).
     pub async fn tls(
         &self,
