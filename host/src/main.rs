@@ -164,6 +164,19 @@ struct ClassArgs {
     /// The spec.controller value of IngressClasses that are ours.
     #[arg(long, default_value = "wasmgress.io/ingress-controller")]
     controller_name: String,
+    /// Service (NS/NAME, its first port) that answers requests no Ingress takes; default 404.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_ns_name)]
+    default_backend_service: Option<(String, String)>,
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -426,6 +439,7 @@ fn compile_options(
         upstreams: Upstreams::new(),
         plugins,
         route_stats: wasmgress::metrics::RouteStatsRegistry::new(),
+        default_backend_service: class.default_backend_service.clone(),
     })
 }
 

@@ -99,6 +99,16 @@ pub enum HostMatch {
     Any,
 }
 
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*.{s}"),
+            HostMatch::Any => f.write_str("(any host)"),
+        }
+    }
+}
+
 impl HostMatch {
     /// Parses an Ingress rule host (already validated as a DNS name or `*.` wildcard).
     pub fn parse(host: Option<&str>) -> Self {
@@ -188,6 +198,9 @@ struct HostRoutes {
     regex: Paths,
     /// Normalised prefixes (no trailing `/`, so `/` is empty).
     prefix: Paths,
+    /// The `spec.defaultBackend` of the oldest Ingress with rules for this host: what its
+    /// unmatched paths get.
+    default: Option<Arc<Route>>,
 }
 
 impl HostRoutes {
@@ -217,30 +230,48 @@ impl HostRoutes {
     }
 }
 
+fn first_wins(slot: &mut Option<Arc<Route>>, route: Arc<Route>) -> Result<(), Arc<Route>> {
+    match slot {
+        Some(existing) => Err(existing.clone()),
+        None => {
+            *slot = Some(route);
+            Ok(())
+        }
+    }
+}
+
 /// The immutable table the proxy consults on every request.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<Box<str>, HostRoutes>,
     wildcard: HashMap<Box<str>, HostRoutes>,
     any: Option<HostRoutes>,
-    default_backend: Option<Arc<Route>>,
+    /// The `spec.defaultBackend` of the oldest Ingress without rules: hosts nobody names.
+    catch_all: Option<Arc<Route>>,
+    /// The controller's own default backend (`--default-backend-service`): whatever nothing
+    /// else takes.
+    fallback: Option<Arc<Route>>,
 }
 
 impl RouteTable {
-    /// Finds the route for a normalised host (see [`normalize_host`]) and a request path.
+    /// Finds the route for a normalised host and path. A host some Ingress names gets its own
+    /// paths, then its Ingress's default backend: never another tenant's catch-all. Hosts
+    /// nobody names get the rules without a host, then the catch-all Ingress. The controller's
+    /// default backend takes the rest.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let group = self.exact.get(host).or_else(|| {
+        let named = self.exact.get(host).or_else(|| {
             let (_, suffix) = host.split_once('.')?;
             self.wildcard.get(suffix)
         });
-        group
-            .or(self.any.as_ref())
-            .and_then(|g| g.find(path))
-            .or(self.default_backend.as_ref())
-    }
-
-    pub fn default_backend(&self) -> Option<&Arc<Route>> {
-        self.default_backend.as_ref()
+        let found = match named {
+            Some(group) => group.find(path).or(group.default.as_ref()),
+            None => self
+                .any
+                .as_ref()
+                .and_then(|g| g.find(path).or(g.default.as_ref()))
+                .or(self.catch_all.as_ref()),
+        };
+        found.or(self.fallback.as_ref())
     }
 
     /// The table as JSON, for `/debug/routes`: what the proxy actually does, host by host.
@@ -286,9 +317,19 @@ impl RouteTable {
         if let Some(any) = &self.any {
             hosts.insert("*".to_owned(), group(any));
         }
+        let defaults = self
+            .exact
+            .iter()
+            .map(|(h, g)| (h.to_string(), g))
+            .chain(self.wildcard.iter().map(|(h, g)| (format!("*.{h}"), g)))
+            .chain(self.any.iter().map(|g| ("*".to_owned(), g)))
+            .filter_map(|(h, g)| Some((h, g.default.as_ref()?.describe())))
+            .collect::<serde_json::Map<_, _>>();
         json!({
             "hosts": hosts,
-            "defaultBackend": self.default_backend.as_ref().map(|r| r.describe()),
+            "hostDefaultBackends": defaults,
+            "catchAll": self.catch_all.as_ref().map(|r| r.describe()),
+            "controllerDefaultBackend": self.fallback.as_ref().map(|r| r.describe()),
         })
     }
 }
@@ -325,7 +366,8 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTableBuilder {
     hosts: HashMap<HostMatch, HostRoutes>,
-    default_backend: Option<Arc<Route>>,
+    catch_all: Option<Arc<Route>>,
+    fallback: Option<Arc<Route>>,
 }
 
 impl RouteTableBuilder {
@@ -346,20 +388,33 @@ impl RouteTableBuilder {
         }
     }
 
-    /// Sets the catch-all route; the first one set wins, like [`add`](Self::add).
-    pub fn set_default_backend(&mut self, route: Arc<Route>) -> Result<(), Arc<Route>> {
-        match &self.default_backend {
-            Some(existing) => Err(existing.clone()),
-            None => {
-                self.default_backend = Some(route);
-                Ok(())
-            }
-        }
+    /// Sets the default backend of `host` (an Ingress's `spec.defaultBackend`, for the hosts of
+    /// its rules); the first one set wins, like [`add`](Self::add).
+    pub fn set_host_default(
+        &mut self,
+        host: &HostMatch,
+        route: Arc<Route>,
+    ) -> Result<(), Arc<Route>> {
+        first_wins(
+            &mut self.hosts.entry(host.clone()).or_default().default,
+            route,
+        )
+    }
+
+    /// Sets the catch-all (the default backend of an Ingress without rules); first one wins.
+    pub fn set_catch_all(&mut self, route: Arc<Route>) -> Result<(), Arc<Route>> {
+        first_wins(&mut self.catch_all, route)
+    }
+
+    /// Sets the controller's default backend.
+    pub fn set_fallback(&mut self, route: Arc<Route>) {
+        self.fallback = Some(route);
     }
 
     pub fn build(self) -> RouteTable {
         let mut table = RouteTable {
-            default_backend: self.default_backend,
+            catch_all: self.catch_all,
+            fallback: self.fallback,
             ..RouteTable::default()
         };
         for (host, mut routes) in self.hosts {
@@ -601,24 +656,39 @@ mod tests {
     }
 
     #[test]
-    fn default_backend_catches_what_nothing_matches() {
+    fn default_backends_are_scoped_to_their_hosts() {
         let mut b = RouteTableBuilder::default();
-        b.add(
-            &HostMatch::parse(Some("a.test")),
-            Prefix,
-            "/app",
-            route("app"),
-        )
-        .expect("add");
-        b.set_default_backend(route("default")).expect("default");
+        let a = HostMatch::parse(Some("a.test"));
+        b.add(&a, Prefix, "/app", route("app")).expect("add");
+        b.set_host_default(&a, route("a-default"))
+            .expect("a default");
         assert!(
-            b.set_default_backend(route("second")).is_err(),
-            "first default wins"
+            b.set_host_default(&a, route("a-second")).is_err(),
+            "first default of a host wins"
+        );
+        let c = HostMatch::parse(Some("c.test"));
+        b.add(&c, Prefix, "/app", route("c-app")).expect("add");
+        b.set_catch_all(route("catch-all")).expect("catch-all");
+        assert!(
+            b.set_catch_all(route("second")).is_err(),
+            "first catch-all wins"
         );
         let t = b.build();
         assert_eq!(hit(&t, "a.test", "/app/x").as_deref(), Some("app"));
-        assert_eq!(hit(&t, "a.test", "/other").as_deref(), Some("default"));
-        assert_eq!(hit(&t, "b.test", "/").as_deref(), Some("default"));
+        assert_eq!(hit(&t, "a.test", "/other").as_deref(), Some("a-default"));
+        assert_eq!(
+            hit(&t, "c.test", "/other"),
+            None,
+            "a named host never falls to another Ingress's catch-all"
+        );
+        assert_eq!(hit(&t, "b.test", "/").as_deref(), Some("catch-all"));
+
+        let mut b = RouteTableBuilder::default();
+        b.add(&c, Prefix, "/app", route("c-app")).expect("add");
+        b.set_fallback(route("controller"));
+        let t = b.build();
+        assert_eq!(hit(&t, "c.test", "/other").as_deref(), Some("controller"));
+        assert_eq!(hit(&t, "b.test", "/").as_deref(), Some("controller"));
     }
 
     #[test]

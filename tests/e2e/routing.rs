@@ -1,10 +1,13 @@
 //! Routing by host and path, as the Kubernetes Ingress spec defines it: every row of the
 //! path-matching table (Exact vs Prefix, trailing slashes, element boundaries, longest match,
 //! root prefix, Exact and Prefix on the same path, case sensitivity, ImplementationSpecific),
-//! wildcard hosts matching exactly one label, rules without host, `spec.defaultBackend`,
-//! several Ingresses sharing a host, and conflicting identical paths (oldest Ingress wins).
+//! wildcard hosts matching exactly one label, rules without host, default backends scoped to
+//! their Ingress's hosts (an Ingress without rules is the catch-all, `--default-backend-service`
+//! the controller's), several Ingresses sharing a host, and conflicting identical paths (oldest
+//! Ingress wins).
 
 use crate::harness::backend::several;
+use crate::harness::process::validate;
 use crate::harness::{
     Backend, Ingress, Manifests, Port, Req, Wasmgress, exact, implementation_specific, prefix,
 };
@@ -59,14 +62,10 @@ async fn path_matching_table() {
         ing = ing.rule(Some(host), paths);
     }
     objects.push(ing.build());
-    objects.push(
-        Ingress::new("catch-all")
-            .default_backend("fallback", Port::Number(80))
-            .build(),
-    );
     let m = Manifests::new();
     m.write("all.yaml", &objects);
-    let gw = Wasmgress::start(&m, &[]).await;
+    // The controller's default backend takes what no path matches, on these hosts too.
+    let gw = Wasmgress::start(&m, &["--default-backend-service", "default/fallback"]).await;
 
     gw.assert_routes(&[
         // Prefix / matches all paths.
@@ -198,12 +197,17 @@ async fn rules_without_host_serve_other_hosts() {
 /// `spec.defaultBackend` answers what no rule matches: unmatched paths on a known host and
 /// unknown hosts alike.
 #[tokio::test]
-async fn default_backend_takes_unmatched_requests() {
-    let (_backends, mut objects) = several(&["app", "fallback"]).await;
+async fn default_backends_answer_only_for_their_own_hosts() {
+    let (_backends, mut objects) = several(&["app", "fallback", "other"]).await;
     objects.push(
         Ingress::new("with-default")
             .rule(Some("app.example.com"), &[prefix("/app", "app")])
             .default_backend("fallback", Port::Name("http"))
+            .build(),
+    );
+    objects.push(
+        Ingress::new("other-team")
+            .rule(Some("b.example.com"), &[prefix("/b", "other")])
             .build(),
     );
     let m = Manifests::new();
@@ -213,7 +217,85 @@ async fn default_backend_takes_unmatched_requests() {
     gw.assert_routes(&[
         ("app.example.com", "/app/x", "app"),
         ("app.example.com", "/other", "fallback"),
+    ])
+    .await;
+    // Another team's host, and hosts nobody names, are not captured by it.
+    for (host, path) in [
+        ("b.example.com", "/elsewhere"),
+        ("unknown.example.com", "/"),
+    ] {
+        let r = gw.get(host, path).await;
+        assert_eq!(r.status, 404, "GET http://{host}{path}: {}", r.summary());
+        assert_eq!(r.backend(), None, "GET http://{host}{path}");
+    }
+}
+
+/// An Ingress without rules is the catch-all for hosts nobody names; of two, the oldest wins
+/// and the other is told. Named hosts' unmatched paths still do not reach it.
+#[tokio::test]
+async fn an_ingress_without_rules_is_the_catch_all() {
+    let (_backends, mut objects) = several(&["app", "older", "newer"]).await;
+    objects.push(
+        Ingress::new("app")
+            .rule(Some("app.example.com"), &[prefix("/app", "app")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("catch-all-newer")
+            .created("2025-06-01T00:00:00Z")
+            .default_backend("newer", Port::Name("http"))
+            .build(),
+    );
+    objects.push(
+        Ingress::new("catch-all-older")
+            .created("2024-06-01T00:00:00Z")
+            .default_backend("older", Port::Name("http"))
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+    gw.assert_routes(&[
+        ("unknown.example.com", "/", "older"),
+        ("app.example.com", "/app", "app"),
+    ])
+    .await;
+    let r = gw.get("app.example.com", "/elsewhere").await;
+    assert_eq!(r.status, 404, "{}", r.summary());
+
+    let (_, out, _) = validate(&m, &[]).await;
+    assert!(
+        out.lines().any(|l| l.contains("catch-all-newer")
+            && l.contains("spec.defaultBackend")
+            && l.contains("catch-all-older")),
+        "the losing catch-all is told which one wins:\n{out}"
+    );
+}
+
+/// `--default-backend-service` answers what no Ingress takes: unknown hosts and unmatched
+/// paths of named hosts without a default backend of their own.
+#[tokio::test]
+async fn the_controller_default_backend_takes_the_rest() {
+    let (_backends, mut objects) = several(&["app", "fallback", "own"]).await;
+    objects.push(
+        Ingress::new("app")
+            .rule(Some("app.example.com"), &[prefix("/app", "app")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("own-default")
+            .rule(Some("own.example.com"), &[prefix("/x", "app")])
+            .default_backend("own", Port::Name("http"))
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &["--default-backend-service", "default/fallback"]).await;
+    gw.assert_routes(&[
         ("unknown.example.com", "/", "fallback"),
+        ("app.example.com", "/elsewhere", "fallback"),
+        ("own.example.com", "/elsewhere", "own"),
+        ("app.example.com", "/app", "app"),
     ])
     .await;
 }

@@ -114,6 +114,9 @@ async fn named_ports_and_target_ports() {
                     prefix("/", "multi").port_name("web"),
                 ],
             )
+            .build(),
+        // A catch-all (an Ingress without rules) whose default backend names a port by name.
+        Ingress::new("multi-catch-all")
             .default_backend("multi", Port::Name("admin"))
             .build(),
     ];

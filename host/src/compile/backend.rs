@@ -72,6 +72,29 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Resolves a Service by name at its first port (`--default-backend-service`).
+    pub fn resolve_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Resolved, (&'static str, String)> {
+        let first = self
+            .services
+            .get(&(namespace, name))
+            .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first())
+            .map(|p| p.port);
+        let backend = IngressServiceBackend {
+            name: name.to_owned(),
+            port: first.map(
+                |number| k8s_openapi::api::networking::v1::ServiceBackendPort {
+                    number: Some(number),
+                    name: None,
+                },
+            ),
+        };
+        self.resolve(namespace, &backend)
+    }
+
     /// Resolves `backend` in `namespace`; the error says what is missing, for a diagnostic on
     /// the field the caller names.
     pub fn resolve(

@@ -28,6 +28,9 @@ pub struct Unit {
     pub order: (Option<Time>, Arc<str>),
     pub origin: Option<Arc<str>>,
     pub paths: Vec<UnitPath>,
+    /// The hosts of its rules (`Any` for a rule without a host); empty for an Ingress without
+    /// rules, whose default backend is then a catch-all.
+    pub hosts: Vec<HostMatch>,
     pub default_backend: Option<Arc<Backend>>,
     pub certificates: Vec<(String, Arc<CertifiedKey>)>,
     /// The policy every route of this Ingress starts from; `ssl_redirect` here means "allowed",
@@ -157,6 +160,7 @@ pub fn compile(
 
     let mut paths = Vec::new();
     let mut hosts = Vec::new();
+    let mut rule_hosts = Vec::new();
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
         // A bad host still has its paths checked, so every problem is reported in one pass.
@@ -177,6 +181,9 @@ pub fn compile(
             None => true,
         };
         let host_match = HostMatch::parse(host);
+        if host_ok && !rule_hosts.contains(&host_match) {
+            rule_hosts.push(host_match.clone());
+        }
         let Some(http) = &rule.http else {
             continue;
         };
@@ -314,6 +321,7 @@ pub fn compile(
             key,
             origin,
             paths,
+            hosts: rule_hosts,
             default_backend,
             certificates,
             policy,

@@ -41,6 +41,8 @@ pub struct Options {
     pub plugins: Arc<plugin::Registry>,
     /// Per-route counters, kept across generations.
     pub route_stats: Arc<RouteStatsRegistry>,
+    /// The controller's own default backend (`--default-backend-service NS/NAME`).
+    pub default_backend_service: Option<(String, String)>,
 }
 
 /// One compiled generation.
@@ -147,8 +149,22 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     }
 
     units.sort_by(|a, b| a.order.cmp(&b.order));
+    let fallback = options
+        .default_backend_service
+        .as_ref()
+        .and_then(|(ns, name)| match resolver.resolve_service(ns, name) {
+            Ok(resolved) => Some(resolved.backend),
+            Err((_, why)) => {
+                diagnostics.push(Diagnostic::error(
+                    "controller",
+                    "--default-backend-service",
+                    format!("{why}; unmatched requests get 404"),
+                ));
+                None
+            }
+        });
     let certs = certificates(&units, options, &mut diagnostics);
-    let routes = routes(&units, &certs, options, &mut diagnostics);
+    let routes = routes(&units, &certs, fallback.as_ref(), options, &mut diagnostics);
     let last_good = LastGood(units.into_iter().map(|u| (u.key.clone(), u)).collect());
     Compiled {
         routes,
@@ -193,6 +209,9 @@ fn certificates(
     store
 }
 
+/// The name routes of the controller's own default backend carry instead of an Ingress's.
+const CONTROLLER: &str = "(controller)";
+
 /// A route for `backend` under `policy`, with the upstream clients its protocol needs.
 fn route(
     unit: &Unit,
@@ -202,7 +221,6 @@ fn route(
     rule: (&HostMatch, &str),
     path_regex: Option<regex::Regex>,
 ) -> Arc<Route> {
-    let upstreams = &options.upstreams;
     let host: Arc<str> = match rule.0 {
         HostMatch::Exact(h) => h.as_str().into(),
         HostMatch::Wildcard(s) => format!("*.{s}").into(),
@@ -214,6 +232,25 @@ fn route(
         path: rule.1.into(),
         service: backend.name.clone(),
     });
+    routed(
+        unit.key.clone(),
+        backend,
+        policy,
+        options,
+        stats,
+        path_regex,
+    )
+}
+
+fn routed(
+    ingress: Arc<str>,
+    backend: &Arc<Backend>,
+    policy: Policy,
+    options: &Options,
+    stats: Arc<crate::metrics::RouteStats>,
+    path_regex: Option<regex::Regex>,
+) -> Arc<Route> {
+    let upstreams = &options.upstreams;
     let transport = match policy.protocol {
         Protocol::Http | Protocol::AutoHttp => Transport::Http1,
         Protocol::Https => Transport::TlsHttp1,
@@ -223,7 +260,7 @@ fn route(
     let grpc_client = (transport == Transport::Http1 && backend.h2c)
         .then(|| upstreams.client(Transport::H2c, policy.connect_timeout));
     Arc::new(Route {
-        ingress: unit.key.clone(),
+        ingress,
         backend: backend.clone(),
         client: upstreams.client(transport, policy.connect_timeout),
         grpc_client,
@@ -233,9 +270,58 @@ fn route(
     })
 }
 
+/// An Ingress's `spec.defaultBackend`: for the hosts of its own rules, or, for an Ingress
+/// without rules, for the hosts nobody names. Never for another Ingress's hosts.
+fn default_backend(
+    table: &mut RouteTableBuilder,
+    unit: &Unit,
+    backend: &Arc<Backend>,
+    options: &Options,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut policy = unit.policy.clone();
+    policy.ssl_redirect = false;
+    let route = route(
+        unit,
+        backend,
+        policy,
+        options,
+        (&HostMatch::Any, "(default backend)"),
+        None,
+    );
+    let lost = |winner: Arc<Route>, what: String| {
+        Diagnostic::warning(
+            format!("Ingress {}", unit.key),
+            "spec.defaultBackend",
+            format!("{what}: the older Ingress {}'s wins", winner.ingress),
+        )
+        .at(unit.origin.clone())
+    };
+    if unit.hosts.is_empty() {
+        if let Err(winner) = table.set_catch_all(route) {
+            diagnostics.push(lost(
+                winner,
+                "another Ingress without rules is the catch-all".into(),
+            ));
+        }
+        return;
+    }
+    for host in &unit.hosts {
+        if let Err(winner) = table.set_host_default(host, route.clone())
+            && winner.ingress != unit.key
+        {
+            diagnostics.push(lost(
+                winner,
+                format!("host {host} already has a default backend"),
+            ));
+        }
+    }
+}
+
 fn routes(
     units: &[Arc<Unit>],
     certs: &CertStore,
+    fallback: Option<&Arc<Backend>>,
     options: &Options,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> RouteTable {
@@ -275,30 +361,26 @@ fn routes(
             }
         }
         if let Some(backend) = &unit.default_backend {
-            let mut policy = unit.policy.clone();
-            policy.ssl_redirect = false;
-            let route = route(
-                unit,
-                backend,
-                policy,
-                options,
-                (&HostMatch::Any, "(default backend)"),
-                None,
-            );
-            if let Err(winner) = table.set_default_backend(route) {
-                diagnostics.push(
-                    Diagnostic::warning(
-                        format!("Ingress {}", unit.key),
-                        "spec.defaultBackend",
-                        format!(
-                            "the default backend of the older Ingress {} wins",
-                            winner.ingress
-                        ),
-                    )
-                    .at(unit.origin.clone()),
-                );
-            }
+            default_backend(&mut table, unit, backend, options, diagnostics);
         }
+    }
+    if let Some(backend) = fallback {
+        let policy = options.defaults.clone();
+        let label = (&HostMatch::Any, "(controller default backend)");
+        let stats = options.route_stats.get(RouteLabels {
+            ingress: CONTROLLER.into(),
+            host: "*".into(),
+            path: label.1.into(),
+            service: backend.name.clone(),
+        });
+        table.set_fallback(routed(
+            CONTROLLER.into(),
+            backend,
+            policy,
+            options,
+            stats,
+            None,
+        ));
     }
     table.build()
 }
@@ -345,6 +427,7 @@ mod tests {
             upstreams: Upstreams::new(),
             plugins: test_plugins(),
             route_stats: RouteStatsRegistry::new(),
+            default_backend_service: None,
         }
     }
 

@@ -535,6 +535,7 @@ pub(super) mod tests {
                     upstreams: Upstreams::new(),
                     plugins: Arc::new(plugins),
                     route_stats: RouteStatsRegistry::new(),
+                    default_backend_service: None,
                 })
             })
             .clone()
