@@ -70,6 +70,24 @@ pub fn default_certificate() -> Result<CertifiedKey, CertError> {
     signed(vec![cert.der().clone()], key)
 }
 
+/// Whether `key`'s certificate names cover `host` (a DNS name, or `*.suffix`: then any one
+/// label under the suffix must be covered, as by a wildcard certificate).
+pub fn names_cover(key: &CertifiedKey, host: &str) -> bool {
+    let Some(leaf) = key.cert.first() else {
+        return false;
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    let probe = match host.strip_prefix("*.") {
+        // A label no real certificate lists on its own.
+        Some(suffix) => format!("wasmgress-wildcard-probe.{suffix}"),
+        None => host.to_owned(),
+    };
+    rustls::pki_types::ServerName::try_from(probe)
+        .is_ok_and(|name| rustls::client::verify_server_name(&parsed, &name).is_ok())
+}
+
 /// Certificates by host name: exact names, then one-label wildcards, then the default.
 #[derive(Debug)]
 pub struct CertStore {

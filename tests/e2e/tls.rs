@@ -354,3 +354,117 @@ async fn a_bad_http2_preface_gets_goaway_and_a_clean_close() {
         .unwrap_or_else(|| panic!("no GOAWAY among the frames {frames:?}"));
     assert_eq!(goaway.get(4..8), Some(&[0, 0, 0, 1][..]), "PROTOCOL_ERROR");
 }
+
+/// The certificate `host` is served (the handshake trusts any certificate, so a wrong one is
+/// seen rather than refused).
+async fn served_certificate(
+    gw: &Wasmgress,
+    host: &str,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let tls = gw
+        .tls(host, certs::insecure_config(&[H1]))
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {host}: {e}"));
+    certs::negotiated(&tls).1
+}
+
+/// Certificates are bound to hosts: an (older) Ingress listing another team's host in
+/// `spec.tls` without a rule for it does not serve its certificate there; a certificate whose
+/// names miss a listed host is not served for it; of two valid certificates for one host the
+/// oldest Ingress with a rule for it wins. `validate` says why for each.
+#[tokio::test]
+async fn certificates_are_bound_to_the_hosts_an_ingress_routes() {
+    let ca = TestCa::new();
+    let evil = ca.leaf(&["evil.tls.test", "victim.tls.test"]);
+    let victim = ca.leaf(&["victim.tls.test"]);
+    let wrong = ca.leaf(&["elsewhere.tls.test"]);
+    let older = ca.leaf(&["shared.tls.test"]);
+    let newer = ca.leaf(&["shared.tls.test"]);
+    let (_backends, mut objects) = several(&["evil", "victim", "app"]).await;
+    for (leaf, name) in [
+        (&evil, "evil-tls"),
+        (&victim, "victim-tls"),
+        (&wrong, "wrong-tls"),
+        (&older, "older-tls"),
+        (&newer, "newer-tls"),
+    ] {
+        objects.push(leaf.secret(name, false));
+    }
+    objects.push(
+        Ingress::new("evil")
+            .created("2020-01-01T00:00:00Z")
+            .tls(&["evil.tls.test", "victim.tls.test"], "evil-tls")
+            .rule(Some("evil.tls.test"), &[prefix("/", "evil")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("victim")
+            .created("2025-01-01T00:00:00Z")
+            .tls(&["victim.tls.test"], "victim-tls")
+            .rule(Some("victim.tls.test"), &[prefix("/", "victim")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("mismatch")
+            .tls(&["mismatch.tls.test"], "wrong-tls")
+            .rule(Some("mismatch.tls.test"), &[prefix("/", "app")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("shared-newer")
+            .created("2025-01-01T00:00:00Z")
+            .tls(&["shared.tls.test"], "newer-tls")
+            .rule(Some("shared.tls.test"), &[prefix("/new", "app")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("shared-older")
+            .created("2021-01-01T00:00:00Z")
+            .tls(&["shared.tls.test"], "older-tls")
+            .rule(Some("shared.tls.test"), &[prefix("/old", "app")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    let victim_got = served_certificate(&gw, "victim.tls.test").await;
+    assert_eq!(
+        victim_got.as_ref(),
+        Some(&victim.der),
+        "victim.tls.test serves its own certificate"
+    );
+    let evil_got = served_certificate(&gw, "evil.tls.test").await;
+    assert_eq!(
+        evil_got.as_ref(),
+        Some(&evil.der),
+        "evil keeps its own host"
+    );
+    let mismatch = served_certificate(&gw, "mismatch.tls.test").await;
+    assert_ne!(
+        mismatch.as_ref(),
+        Some(&wrong.der),
+        "a certificate that does not name the host"
+    );
+    let shared = served_certificate(&gw, "shared.tls.test").await;
+    assert_eq!(
+        shared.as_ref(),
+        Some(&older.der),
+        "the oldest Ingress with a rule wins"
+    );
+
+    let (_, out, _) = crate::harness::process::validate(&m, &[]).await;
+    let said = |ingress: &str, words: &str| {
+        out.lines()
+            .any(|l| l.contains(&format!("default/{ingress}")) && l.contains(words))
+    };
+    assert!(
+        said("evil", "no rule of this Ingress is for victim.tls.test"),
+        "{out}"
+    );
+    assert!(
+        said("mismatch", "names do not cover mismatch.tls.test"),
+        "{out}"
+    );
+    assert!(said("shared-newer", "shared-older"), "{out}");
+}

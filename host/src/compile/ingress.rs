@@ -284,13 +284,15 @@ pub fn compile(
             Ok(certified) => {
                 let certified = Arc::new(certified);
                 for (k, host) in covered.iter().enumerate() {
-                    if valid_host(host) {
-                        certificates.push((host.clone(), certified.clone()));
-                    } else {
-                        error(
-                            format!("{field}.hosts[{k}]"),
-                            format!("{host:?} is not a valid host name"),
-                        );
+                    let field = format!("{field}.hosts[{k}]");
+                    match bind_certificate(host, &certified, &rule_hosts) {
+                        Ok(()) => certificates.push((host.clone(), certified.clone())),
+                        Err(Binding::Invalid) => {
+                            error(field, format!("{host:?} is not a valid host name"))
+                        }
+                        Err(Binding::Refused(why)) => {
+                            notes.push(Diagnostic::warning(&object, field, why).at(origin.clone()))
+                        }
                     }
                 }
             }
@@ -329,6 +331,46 @@ pub fn compile(
         },
         notes,
     ))
+}
+
+/// Why a `spec.tls` host does not get its entry's certificate.
+enum Binding {
+    Invalid,
+    /// Valid, but not this Ingress's to serve: the certificate is ignored for the host.
+    Refused(String),
+}
+
+/// A `spec.tls` entry serves `host` only when the certificate's names cover it and the same
+/// Ingress has a rule for it (or has no rules at all): an Ingress cannot serve its certificate
+/// for hosts another tenant routes.
+fn bind_certificate(
+    host: &str,
+    key: &rustls::sign::CertifiedKey,
+    rule_hosts: &[HostMatch],
+) -> Result<(), Binding> {
+    if !valid_host(host) {
+        return Err(Binding::Invalid);
+    }
+    let routed = rule_hosts.is_empty()
+        || rule_hosts.iter().any(|r| match r {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Wildcard(suffix) => {
+                host.strip_prefix("*.") == Some(suffix.as_str())
+                    || host.split_once('.').is_some_and(|(_, s)| s == suffix)
+            }
+            HostMatch::Any => false,
+        });
+    if !routed {
+        return Err(Binding::Refused(format!(
+            "no rule of this Ingress is for {host}; its certificate is not served for it"
+        )));
+    }
+    if !tls::names_cover(key, host) {
+        return Err(Binding::Refused(format!(
+            "the certificate's names do not cover {host}; it is not served for it"
+        )));
+    }
+    Ok(())
 }
 
 /// A lowercase DNS name, or one with a leading `*.` wildcard label.

@@ -176,15 +176,36 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     }
 }
 
+/// Each host's certificate: from the oldest Ingress with a rule for the host whose `spec.tls`
+/// covers it (compile/ingress already left out entries an Ingress may not serve). Ingresses
+/// without rules come last and only for hosts no Ingress routes, as for default backends.
 fn certificates(
     units: &[Arc<Unit>],
     options: &Options,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> CertStore {
     let mut store = CertStore::new(options.default_certificate.clone());
+    let routed: std::collections::HashSet<String> = units
+        .iter()
+        .flat_map(|u| &u.hosts)
+        .filter(|h| **h != HostMatch::Any)
+        .map(ToString::to_string)
+        .collect();
     let mut owner: HashMap<&str, &str> = HashMap::new();
-    for unit in units {
+    let with_rules = units.iter().filter(|u| !u.hosts.is_empty());
+    let without = units.iter().filter(|u| u.hosts.is_empty());
+    for unit in with_rules.chain(without) {
+        let warn = |message: String| {
+            Diagnostic::warning(format!("Ingress {}", unit.key), "spec.tls", message)
+                .at(unit.origin.clone())
+        };
         for (host, key) in &unit.certificates {
+            if unit.hosts.is_empty() && routed.contains(host) {
+                diagnostics.push(warn(format!(
+                    "host {host} is routed by another Ingress; this Ingress has no rules, so its certificate is not served for it"
+                )));
+                continue;
+            }
             match store.insert(host, key.clone()) {
                 Ok(()) => {
                     owner.insert(host, &unit.key);
@@ -192,17 +213,10 @@ fn certificates(
                 // The same certificate listed by several Ingresses (one Secret shared by a
                 // host's Ingresses) is no conflict.
                 Err(kept) if kept.cert == key.cert => {}
-                Err(_) => diagnostics.push(
-                    Diagnostic::warning(
-                        format!("Ingress {}", unit.key),
-                        "spec.tls",
-                        format!(
-                            "host {host} already has a different certificate from Ingress {}; that one is served",
-                            owner.get(host.as_str()).copied().unwrap_or("?")
-                        ),
-                    )
-                    .at(unit.origin.clone()),
-                ),
+                Err(_) => diagnostics.push(warn(format!(
+                    "host {host} already has a different certificate from Ingress {}; that one is served",
+                    owner.get(host.as_str()).copied().unwrap_or("?")
+                ))),
             }
         }
     }
