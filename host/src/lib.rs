@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod body;
 pub mod cluster;
+pub mod compat;
 pub mod compile;
 pub mod demo;
 pub mod diagnostic;

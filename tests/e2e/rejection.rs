@@ -88,3 +88,54 @@ async fn broken_ingresses_are_rejected_while_neighbours_serve() {
         "no diagnostic on stderr names these rejected Ingresses: {silent:?}"
     );
 }
+
+/// What ingress-nginx users wrote to restrict access is never served open: an Ingress with
+/// basic auth, an IP allow-list, external auth, a rate limit or client-certificate checks is
+/// rejected (no plugin enforces them yet), so its host answers 404 instead of 200 to everyone;
+/// and a weight-0 canary older than its main Ingress does not take the main one's traffic.
+#[tokio::test]
+async fn restricting_annotations_are_refused_not_served_open() {
+    let (_backends, mut objects) = several(&["admin", "main", "canary"]).await;
+    let restrictions = [
+        ("auth-type", "basic"),
+        ("whitelist-source-range", "10.0.0.0/8"),
+        ("auth-url", "http://auth.example.com/check"),
+        ("limit-rps", "1"),
+        ("auth-tls-verify-client", "on"),
+    ];
+    for (i, (key, value)) in restrictions.iter().enumerate() {
+        objects.push(
+            Ingress::new(&format!("restricted-{i}"))
+                .annotation(&format!("nginx.ingress.kubernetes.io/{key}"), value)
+                .rule(Some(&format!("r{i}.example.com")), &[prefix("/", "admin")])
+                .build(),
+        );
+    }
+    objects.push(
+        Ingress::new("canary")
+            .created("2020-01-01T00:00:00Z")
+            .annotation("nginx.ingress.kubernetes.io/canary", "true")
+            .annotation("nginx.ingress.kubernetes.io/canary-weight", "0")
+            .rule(Some("shop.example.com"), &[prefix("/", "canary")])
+            .build(),
+    );
+    objects.push(
+        Ingress::new("main")
+            .created("2025-01-01T00:00:00Z")
+            .rule(Some("shop.example.com"), &[prefix("/", "main")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    for (i, (key, _)) in restrictions.iter().enumerate() {
+        let r = gw.get(&format!("r{i}.example.com"), "/").await;
+        assert_eq!(r.status, 404, "{key}: {}", r.summary());
+        assert_eq!(r.backend(), None, "{key}: the backend must not be reached");
+    }
+    for _ in 0..5 {
+        let r = gw.get("shop.example.com", "/").await;
+        assert_eq!(r.backend().as_deref(), Some("main"), "{}", r.summary());
+    }
+}

@@ -183,3 +183,43 @@ async fn only_ingresses_of_the_chosen_class_are_judged() {
         "spec.rules[0].http.paths[0].backend.service.name",
     );
 }
+
+/// Every annotation ingress-nginx documents that wasmgress refuses (an access restriction, a
+/// canary, TLS passthrough...: anything whose absence would change who gets which traffic)
+/// rejects its Ingress: `validate` exits 1 and names each annotation with the reason, and the
+/// ignored ones are warnings with theirs.
+#[tokio::test]
+async fn refused_annotations_fail_validate_naming_the_annotation_and_the_reason() {
+    use wasmgress::compat::{Fate, all};
+    let (_backends, mut objects) = several(&["app"]).await;
+    let judged: Vec<_> = all()
+        .iter()
+        .filter(|(_, e)| e.fate != Fate::Owned)
+        .enumerate()
+        .collect();
+    for (i, (key, _)) in &judged {
+        objects.push(
+            Ingress::new(&format!("ing-{i}"))
+                .annotation(&format!("nginx.ingress.kubernetes.io/{key}"), "on")
+                .rule(Some(&format!("h{i}.example.com")), &[prefix("/", "app")])
+                .build(),
+        );
+    }
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let (code, out, _) = validate(&m, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    for (i, (key, entry)) in &judged {
+        let (severity, fate) = match entry.fate {
+            Fate::Refused => ("error: ", "refused: "),
+            _ => ("warning: ", "ignored: "),
+        };
+        let field = format!("metadata.annotations[nginx.ingress.kubernetes.io/{key}]");
+        let said = lines_for(&out, &format!("ing-{i}")).into_iter().any(|l| {
+            l.starts_with(severity)
+                && l.contains(&field)
+                && l.contains(&format!("{fate}{}", entry.reason))
+        });
+        assert!(said, "{key}: no {severity}line with its reason:\n{out}");
+    }
+}

@@ -582,6 +582,71 @@ mod tests {
         assert!(d.message.contains("k8s.io/ingress-nginx"), "{d}");
     }
 
+    /// Each documented annotation the table calls owned is owned by a built-in plugin, and
+    /// every ingress-nginx key a built-in owns is called owned.
+    #[test]
+    fn owned_annotations_are_the_builtins_keys() {
+        use crate::compat::{Fate, NGINX_PREFIX, all};
+        let registry = test_plugins();
+        let builtin_keys: Vec<String> = registry
+            .builtins()
+            .iter()
+            .flat_map(|p| p.info().keys.clone())
+            .filter_map(|k| k.strip_prefix(NGINX_PREFIX).map(str::to_owned))
+            .collect();
+        for (key, entry) in all() {
+            let owned = builtin_keys.iter().any(|k| k == key);
+            assert_eq!(entry.fate == Fate::Owned, owned, "{key}: {entry:?}");
+        }
+    }
+
+    /// An Ingress carrying any refused annotation is rejected and never routable; one carrying
+    /// an ignored annotation is served with the reason as a warning.
+    #[test]
+    fn refused_annotations_reject_the_ingress_and_ignored_ones_warn() {
+        use crate::compat::{Fate, all};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = "  ingressClassName: wasmgress\n";
+        let mut checked = (0, 0);
+        for (key, entry) in all() {
+            let meta = format!("  annotations: {{nginx.ingress.kubernetes.io/{key}: \"on\"}}\n");
+            let c = compile_files(
+                &dir,
+                &[
+                    ("backend.yaml", BACKEND.into()),
+                    ("a.yaml", ingress("a", &meta, class, "a.test", "/", "web")),
+                ],
+                &LastGood::default(),
+            );
+            let about_key = c
+                .diagnostics
+                .iter()
+                .find(|d| d.field.contains(key) && d.message.contains(entry.reason));
+            match entry.fate {
+                Fate::Refused => {
+                    assert_eq!(c.rejected, 1, "{key}: {:?}", c.diagnostics);
+                    assert_eq!(
+                        served_by(&c, "a.test", "/"),
+                        None,
+                        "{key} must not be served"
+                    );
+                    let d = about_key.unwrap_or_else(|| panic!("{key}: {:?}", c.diagnostics));
+                    assert_eq!(d.severity, Severity::Error, "{d}");
+                    checked.0 += 1;
+                }
+                Fate::Ignored => {
+                    assert_eq!(c.rejected, 0, "{key}: {:?}", c.diagnostics);
+                    assert!(served_by(&c, "a.test", "/").is_some(), "{key}");
+                    let d = about_key.unwrap_or_else(|| panic!("{key}: {:?}", c.diagnostics));
+                    assert_eq!(d.severity, Severity::Warning, "{d}");
+                    checked.1 += 1;
+                }
+                Fate::Owned => {}
+            }
+        }
+        assert!(checked.0 > 50 && checked.1 > 10, "{checked:?}");
+    }
+
     #[test]
     fn resolves_named_target_ports_to_ready_endpoints_only() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -12,6 +12,7 @@ use super::hooks::BoundPlugin;
 use super::instance::{HookSet, LoadedPlugin};
 use super::policy::{PluginPolicy, from_wit};
 use super::registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry};
+use crate::compat::{Entry, Fate};
 use crate::diagnostic::{Diagnostic, Severity};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -281,14 +282,7 @@ pub fn configure_ingress(
         if attached {
             continue;
         }
-        let message = match registry.plugins().iter().find(|p| owns(&p.info, key)) {
-            Some(p) => format!(
-                "ignored: owned by plugin `{}`, which this Ingress does not attach (add it to {PLUGINS_ANNOTATION})",
-                p.info.name
-            ),
-            None => "ignored: no plugin owns this annotation".to_string(),
-        };
-        diags.push(PluginDiagnostic::new(Severity::Warning, key, None, message));
+        diags.push(unowned(registry, key));
     }
 
     if diags.iter().any(|d| d.severity == Severity::Error) {
@@ -299,6 +293,44 @@ pub fn configure_ingress(
             diagnostics: diags,
         })
     }
+}
+
+/// What becomes of an annotation under our prefixes that no attached plugin owns: a plugin
+/// that would own it but is not attached is named; ingress-nginx's documented keys get their
+/// fate (refused ones reject the Ingress: an access restriction is never served open); other
+/// keys are a warning.
+fn unowned(registry: &Registry, key: &str) -> PluginDiagnostic {
+    if let Some(p) = registry.plugins().iter().find(|p| owns(&p.info, key)) {
+        let message = format!(
+            "ignored: owned by plugin `{}`, which this Ingress does not attach (add it to {PLUGINS_ANNOTATION})",
+            p.info.name
+        );
+        return PluginDiagnostic::new(Severity::Warning, key, None, message);
+    }
+    let (severity, message) = match crate::compat::fate(key) {
+        Some(Entry {
+            fate: Fate::Refused,
+            reason,
+        }) => (Severity::Error, format!("refused: {reason}")),
+        Some(Entry {
+            fate: Fate::Ignored,
+            reason,
+        }) => (Severity::Warning, format!("ignored: {reason}")),
+        // Documented as owned, yet no loaded plugin owns it: the plugin failed to load, so
+        // what it would enforce is not enforced.
+        Some(Entry {
+            fate: Fate::Owned,
+            reason,
+        }) => (
+            Severity::Error,
+            format!("refused: owned by {reason}, which is not loaded"),
+        ),
+        None => (
+            Severity::Warning,
+            "ignored: no plugin owns this annotation".to_string(),
+        ),
+    };
+    PluginDiagnostic::new(severity, key, None, message)
 }
 
 fn call_failed(e: &CallError, plugin: &str) -> PluginDiagnostic {

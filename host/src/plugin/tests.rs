@@ -276,10 +276,31 @@ fn several_plugins_merge_in_attach_order() {
     assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
 }
 
+/// A documented ingress-nginx annotation no plugin owns has its fate: refused ones reject the
+/// Ingress with the reason (never served open), ignored ones are warnings with the reason.
+#[test]
+fn documented_annotations_without_a_plugin_have_their_fate() {
+    let d = rejected(&[("nginx.ingress.kubernetes.io/canary", "true")]);
+    assert!(
+        d.iter().any(|d| d.severity == Severity::Error
+            && d.key == "nginx.ingress.kubernetes.io/canary"
+            && d.message.starts_with("refused: ")),
+        "{d:#?}"
+    );
+    let c = ok(&[("nginx.ingress.kubernetes.io/proxy-buffering", "on")]);
+    assert!(
+        c.diagnostics.iter().any(|d| d.severity == Severity::Warning
+            && d.key == "nginx.ingress.kubernetes.io/proxy-buffering"
+            && d.message.starts_with("ignored: ")),
+        "{:#?}",
+        c.diagnostics
+    );
+}
+
 #[test]
 fn unknown_keys_are_warnings() {
     let c = ok(&[
-        ("nginx.ingress.kubernetes.io/canary", "true"),
+        ("nginx.ingress.kubernetes.io/not-documented", "true"),
         ("wasmgress.io/something", "x"),
         ("wasmgress.io/plugin.api-key.keys", "k"),
         ("example.com/not-ours", "x"),
@@ -299,7 +320,7 @@ fn unknown_keys_are_warnings() {
     assert!(
         warned
             .iter()
-            .any(|(k, _)| *k == "nginx.ingress.kubernetes.io/canary")
+            .any(|(k, _)| *k == "nginx.ingress.kubernetes.io/not-documented")
     );
     assert!(warned.iter().any(|(k, _)| *k == "wasmgress.io/something"));
     assert!(warned.iter().any(|(k, m)| *k == "wasmgress.io/plugin.api-key.keys"

@@ -686,6 +686,26 @@ pub(super) mod tests {
         );
     }
 
+    /// Every annotation ingress-nginx documents that is refused here is denied with its
+    /// reason, the same words `validate` prints.
+    #[test]
+    fn denies_each_refused_annotation_with_its_reason() {
+        use crate::compat::{Fate, all};
+        for (key, entry) in all().iter().filter(|(_, e)| e.fate == Fate::Refused) {
+            let annotation = format!("nginx.ingress.kubernetes.io/{key}");
+            let object = annotate(ingress("r", "r.test", "/", "web"), &annotation, "on");
+            let answer = run(&view(vec![]), "CREATE", object);
+            let r = response(&answer);
+            assert_eq!(r["allowed"], false, "{key}: {answer}");
+            let m = message(r);
+            assert!(
+                m.contains(&format!("metadata.annotations[{annotation}]"))
+                    && m.contains(&format!("refused: {}", entry.reason)),
+                "{key}: {m}"
+            );
+        }
+    }
+
     #[test]
     fn denies_a_missing_service_with_every_error_joined() {
         let mut object = ingress("two", "two.test", "/", "missing");
