@@ -1,7 +1,7 @@
 //! The watched folder: an edit, a new file and a removed file take effect without a restart; a
 //! request in flight during a swap completes on the configuration it started with; an
 //! EndpointSlice edit moves traffic; an Ingress edited into a broken state keeps serving its
-//! last good version until it is fixed.
+//! last good version until it is fixed, resolved against the cluster as it is now.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -227,4 +227,122 @@ async fn ingress_edited_into_a_broken_state_keeps_its_last_good_version() {
         r.backend().as_deref() == Some("v2")
     })
     .await;
+}
+
+/// The certificate `host` is served on the TLS listener, whoever signed it.
+async fn served_certificate(
+    gw: &Wasmgress,
+    host: &str,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    use crate::harness::certs;
+    let tls = gw
+        .tls(host, certs::insecure_config(&[b"http/1.1"]))
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {host}: {e}"));
+    certs::negotiated(&tls).1
+}
+
+/// A rejected Ingress keeps its last good *spec*, resolved against the cluster as it is now:
+/// while it stays broken, its pods moving moves its traffic, its TLS Secret being deleted takes
+/// its certificate away, and its Service being deleted makes it answer 503 (never the old pod
+/// addresses, which other workloads may get next).
+#[tokio::test]
+async fn a_broken_ingress_serves_its_last_good_spec_against_the_current_cluster() {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    let pods = same_port(&[("blue", ip("127.0.0.1")), ("green", ip("127.0.0.2"))]).await;
+    let port = pods[0].port();
+    let (_markers, markers) = several(&["marker-before", "marker-after"]).await;
+    let ca = crate::harness::certs::TestCa::new();
+    let leaf = ca.leaf(&["keep.example.com"]);
+    let app_service = service(
+        NS,
+        "app",
+        &[ServicePort {
+            name: Some("http"),
+            port: 80,
+            target: Port::Number(port),
+        }],
+    );
+    let slice = |addr: &str| {
+        endpoint_slice(
+            NS,
+            "app",
+            "app-slice",
+            &[(Some("http"), port)],
+            &[ready(addr)],
+        )
+    };
+    // Plain HTTP stays served (no HTTPS redirect), so each step is checked the same way.
+    let keep = |service: &str| {
+        Ingress::new("keep-me")
+            .annotation("nginx.ingress.kubernetes.io/ssl-redirect", "false")
+            .tls(&["keep.example.com"], "keep-tls")
+            .rule(Some("keep.example.com"), &[prefix("/", service)])
+            .build()
+    };
+    let marker = |service: &str| {
+        Ingress::new("marker")
+            .rule(Some("marker.example.com"), &[prefix("/", service)])
+            .build()
+    };
+    let m = Manifests::new();
+    m.write("markers.yaml", &markers);
+    m.write("service.yaml", &[app_service]);
+    m.write("slice.yaml", &[slice("127.0.0.1")]);
+    m.write("secret.yaml", &[leaf.secret("keep-tls", false)]);
+    m.write("keep.yaml", &[keep("app")]);
+    m.write("marker.yaml", &[marker("marker-before")]);
+    let gw = Wasmgress::start(&m, &[]).await;
+    assert_eq!(
+        served_certificate(&gw, "keep.example.com").await.as_ref(),
+        Some(&leaf.der)
+    );
+    assert_eq!(
+        gw.backend_for("keep.example.com", "/").await,
+        Ok("blue".to_owned())
+    );
+
+    // Broken: the edit names a missing Service; the marker shows the edit was read.
+    m.write("keep.yaml", &[keep("no-such-service")]);
+    m.write("marker.yaml", &[marker("marker-after")]);
+    gw.poll_until("marker.example.com", "/", "the edit to apply", |r| {
+        r.backend().as_deref() == Some("marker-after")
+    })
+    .await;
+    assert_eq!(
+        gw.backend_for("keep.example.com", "/").await,
+        Ok("blue".to_owned())
+    );
+
+    // The pod moves: the last good version follows it.
+    m.write("slice.yaml", &[slice("127.0.0.2")]);
+    gw.poll_until(
+        "keep.example.com",
+        "/",
+        "traffic to follow the pod to green",
+        |r| r.backend().as_deref() == Some("green"),
+    )
+    .await;
+
+    // The Secret goes: its certificate is no longer served.
+    m.remove("secret.yaml");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while served_certificate(&gw, "keep.example.com").await.as_ref() == Some(&leaf.der) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted Secret's certificate is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The Service goes: 503, not the old pod addresses.
+    m.remove("service.yaml");
+    gw.poll_until(
+        "keep.example.com",
+        "/",
+        "a deleted Service to answer 503",
+        |r| r.status == 503 && r.backend().is_none(),
+    )
+    .await;
+    drop(pods);
 }

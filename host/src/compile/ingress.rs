@@ -51,6 +51,17 @@ pub struct UnitPath {
     pub field: String,
 }
 
+/// How an Ingress is compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As it is now: every problem rejects it.
+    Fresh,
+    /// Its last good spec, standing in for a rejected newer one. What has since gone from the
+    /// cluster is served as gone (a missing Service answers 503, a missing Secret's hosts get
+    /// the default certificate) instead of rejecting the fallback too.
+    LastGood,
+}
+
 pub struct Context<'a, 'b> {
     pub resolver: &'b mut Resolver<'a>,
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
@@ -63,6 +74,7 @@ pub fn compile(
     ingress: &Ingress,
     origin: Option<Arc<str>>,
     cx: &mut Context<'_, '_>,
+    mode: Mode,
 ) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
     let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
     let name = ingress.metadata.name.as_deref().unwrap_or("");
@@ -137,7 +149,23 @@ pub fn compile(
                 "resource backends are not supported; use a Service backend".to_owned(),
             ));
         };
-        match cx.resolver.resolve(namespace, service) {
+        let resolved = cx.resolver.resolve(namespace, service);
+        let resolved = match (resolved, mode) {
+            (Err((sub, why)), Mode::LastGood) => {
+                notes.push(
+                    Diagnostic::warning(
+                        &object,
+                        format!("{field}.service.{sub}"),
+                        format!("{why}; the last good version answers 503 there"),
+                    )
+                    .at(origin.clone()),
+                );
+                let gone = format!("{namespace}/{}", service.name);
+                return Ok(Arc::new(Backend::new(gone, Vec::new())));
+            }
+            (other, _) => other,
+        };
+        match resolved {
             Ok(resolved) => {
                 if resolved.empty {
                     notes.push(
@@ -265,10 +293,18 @@ pub fn compile(
             continue;
         };
         let Some(secret) = cx.secrets.get(&(namespace, secret_name)) else {
-            error(
-                format!("{field}.secretName"),
-                format!("Secret {namespace}/{secret_name} not found"),
-            );
+            let why = format!("Secret {namespace}/{secret_name} not found");
+            match mode {
+                Mode::Fresh => error(format!("{field}.secretName"), why),
+                Mode::LastGood => notes.push(
+                    Diagnostic::warning(
+                        &object,
+                        format!("{field}.secretName"),
+                        format!("{why}; the last good version serves the default certificate"),
+                    )
+                    .at(origin.clone()),
+                ),
+            }
             continue;
         };
         let data = secret.data.as_ref();

@@ -26,7 +26,7 @@ use crate::route::{Backend, HostMatch, Policy, Route, RouteTable, RouteTableBuil
 use crate::source::Snapshot;
 use crate::tls::CertStore;
 use crate::upstream::{Transport, Upstreams};
-use ingress::Unit;
+use ingress::{Mode, Unit};
 
 /// What compile needs besides the snapshot.
 #[derive(Clone, Debug)]
@@ -59,9 +59,15 @@ pub struct Compiled {
     pub last_good: LastGood,
 }
 
-/// The last good compiled form of each Ingress, carried from one compile to the next.
+/// The last good *spec* of each Ingress served, carried from one compile to the next. A
+/// rejected Ingress is compiled again from it against the current snapshot (Services,
+/// endpoints and Secrets as they are now), so its last good version never pins pod addresses
+/// or certificates that have since moved or gone.
 #[derive(Debug, Default)]
-pub struct LastGood(HashMap<Arc<str>, Arc<Unit>>);
+pub struct LastGood(HashMap<Arc<str>, Arc<GoodSpec>>);
+
+/// An Ingress as it last compiled, and the file it came from.
+type GoodSpec = (k8s_openapi::api::networking::v1::Ingress, Option<Arc<str>>);
 
 impl LastGood {
     /// The `namespace/name` of every Ingress this generation serves: the accepted ones and the
@@ -103,6 +109,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
 
     let (mut accepted, mut rejected) = (0, 0);
     let mut units: Vec<Arc<Unit>> = Vec::new();
+    let mut good = HashMap::new();
     for sourced in &snapshot.ingresses {
         let ingress = &sourced.object;
         let meta = &ingress.metadata;
@@ -121,24 +128,33 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             diagnostics.push(d.at(sourced.origin.clone()));
             continue;
         }
-        match ingress::compile(ingress, sourced.origin.clone(), &mut cx) {
+        let key: Arc<str> = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or("")
+        )
+        .into();
+        match ingress::compile(ingress, sourced.origin.clone(), &mut cx, Mode::Fresh) {
             Ok((unit, notes)) => {
                 accepted += 1;
                 diagnostics.extend(notes);
                 units.push(Arc::new(unit));
+                good.insert(key, Arc::new((ingress.clone(), sourced.origin.clone())));
             }
             Err(errors) => {
                 rejected += 1;
                 diagnostics.extend(errors);
-                let key = format!(
-                    "{}/{}",
-                    meta.namespace.as_deref().unwrap_or("default"),
-                    meta.name.as_deref().unwrap_or("")
-                );
-                let fallback = previous.0.get(key.as_str());
+                let fallback = previous.0.get(&key).and_then(|spec| {
+                    let (old, origin) = &**spec;
+                    let (unit, notes) =
+                        ingress::compile(old, origin.clone(), &mut cx, Mode::LastGood).ok()?;
+                    Some((spec.clone(), unit, notes))
+                });
                 let note = match fallback {
-                    Some(unit) => {
-                        units.push(unit.clone());
+                    Some((spec, unit, notes)) => {
+                        diagnostics.extend(notes);
+                        units.push(Arc::new(unit));
+                        good.insert(key, spec);
                         "rejected; still serving its last good version"
                     }
                     None => "rejected; not serving",
@@ -165,7 +181,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
         });
     let certs = certificates(&units, options, &mut diagnostics);
     let routes = routes(&units, &certs, fallback.as_ref(), options, &mut diagnostics);
-    let last_good = LastGood(units.into_iter().map(|u| (u.key.clone(), u)).collect());
+    let last_good = LastGood(good);
     Compiled {
         routes,
         certs,
