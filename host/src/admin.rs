@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -48,8 +47,8 @@ impl Admin {
         self.draining.store(true, Ordering::Release);
     }
 
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let (status, body, content_type) = match req.uri().path() {
+    fn answer(&self, path: &str, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+        let (status, body, content_type) = match path {
             "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
             "/readyz" if self.draining.load(Ordering::Acquire) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -68,6 +67,13 @@ impl Admin {
                 StatusCode::OK,
                 Bytes::from(crate::metrics::encode(&self.metrics)),
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            // The route table names every Service and pod address: loopback only, wherever the
+            // admin listener is bound (probes and /metrics stay reachable for deploy/).
+            "/debug/routes" if !peer.ip().to_canonical().is_loopback() => (
+                StatusCode::FORBIDDEN,
+                Bytes::from_static(b"/debug/routes answers only on loopback\n"),
+                "text/plain",
             ),
             "/debug/routes" => {
                 let generation = self.proxy.current();
@@ -99,18 +105,51 @@ impl Admin {
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = admin.answer(&req);
+                let resp = admin.answer(req.uri().path(), peer);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin() -> Admin {
+        let generation = crate::proxy::Generation {
+            number: 1,
+            routes: crate::route::RouteTable::default(),
+            certs: crate::tls::CertStore::new(Arc::new(
+                crate::tls::default_certificate().expect("default certificate"),
+            )),
+        };
+        let proxy = Arc::new(Proxy::new(generation, Default::default()));
+        Admin::new(prometheus_client::registry::Registry::default(), proxy)
+    }
+
+    #[test]
+    fn debug_routes_answers_only_on_loopback_and_probes_answer_anywhere() {
+        let admin = admin();
+        let peer = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        for local in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            let r = admin.answer("/debug/routes", peer(local));
+            assert_eq!(r.status(), StatusCode::OK, "{local}");
+        }
+        let r = admin.answer("/debug/routes", peer("10.1.2.3:5000"));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = admin.answer("/healthz", peer("10.1.2.3:5000"));
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = admin.answer("/metrics", peer("10.1.2.3:5000"));
+        assert_eq!(r.status(), StatusCode::OK);
     }
 }

@@ -120,6 +120,22 @@ struct KubeArgs {
     /// Milliseconds from the first change of a batch to the compile that includes it.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     debounce_ms: u64,
+    /// Let EndpointSlices send traffic to loopback, link-local and unspecified addresses and to
+    /// this pod's own (refused by default in a cluster: only for people who know why).
+    #[arg(long)]
+    allow_local_endpoints: bool,
+    /// This pod's own addresses, refused as endpoints (the downward API's status.podIPs).
+    #[arg(long, value_name = "IP[,IP]", env = "POD_IPS", value_delimiter = ',')]
+    pod_ips: Vec<std::net::IpAddr>,
+}
+
+impl KubeArgs {
+    /// The endpoint addresses a cluster's tenants may not aim the proxy at.
+    fn endpoint_guard(&self) -> Option<wasmgress::compile::EndpointGuard> {
+        (!self.allow_local_endpoints).then(|| wasmgress::compile::EndpointGuard {
+            own: self.pod_ips.clone(),
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -348,6 +364,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let mut options = run_options(source, &proxy)?;
+            if cluster.is_some() {
+                options.compile.endpoint_guard = kube.endpoint_guard();
+            }
             options.cluster = cluster;
             rt.block_on(run::run(options, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
@@ -361,6 +380,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             class,
         } => {
             let rt = runtime(None)?;
+            let kube_mode = manifests.is_none();
             let source = match manifests {
                 Some(manifests) => run::Source::Files { manifests },
                 None => run::Source::Kube {
@@ -372,7 +392,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = run::WebhookRunOptions {
                 source,
                 plugin_dir: class.plugin_dir.clone(),
-                compile: compile_options(&class, Policy::default(), builtins.clone())?,
+                compile: Options {
+                    // Judged as the controller judges: with the same endpoint refusals in a
+                    // cluster.
+                    endpoint_guard: kube_mode.then(|| kube.endpoint_guard()).flatten(),
+                    ..compile_options(&class, Policy::default(), builtins.clone())?
+                },
                 builtins,
                 webhook: wasmgress::webhook::WebhookOptions {
                     addr,
@@ -440,6 +465,7 @@ fn compile_options(
         plugins,
         route_stats: wasmgress::metrics::RouteStatsRegistry::new(),
         default_backend_service: class.default_backend_service.clone(),
+        endpoint_guard: None,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Which Ingresses are ours: `spec.ingressClassName` naming our class or an IngressClass whose
 //! controller is `wasmgress.io/ingress-controller`, the legacy `kubernetes.io/ingress.class`
 //! annotation, an IngressClass of ours marked default for Ingresses without class, and
-//! `--ingress-class` choosing another class name. Others' Ingresses are never served.
+//! `--ingress-class` choosing another class name. Others' Ingresses are never served, nor are
+//! those of a class named like ours that another controller owns.
 
 use crate::harness::backend::several;
 use crate::harness::manifests::{CONTROLLER, ingress_class};
@@ -113,4 +114,40 @@ async fn ingress_class_flag_picks_the_class_served() {
         ("wasmgress.class.test", "/", "404"),
     ])
     .await;
+}
+
+/// An IngressClass named like ours but whose `spec.controller` is another controller's is not
+/// ours: its Ingresses (by name, by the legacy annotation, or by it being marked default) are
+/// not served, and `validate` says whose class it is.
+#[tokio::test]
+async fn a_namesake_class_of_another_controller_is_not_ours() {
+    let (_backends, mut objects) = several(&["app"]).await;
+    objects.push(ingress_class("wasmgress", "k8s.io/ingress-nginx", true));
+    let on = |name: &str| {
+        Ingress::new(name).rule(Some(&format!("{name}.class.test")), &[prefix("/", "app")])
+    };
+    objects.push(on("by-name").class(Some("wasmgress")).build());
+    objects.push(
+        on("by-annotation")
+            .class(None)
+            .annotation(LEGACY, "wasmgress")
+            .build(),
+    );
+    objects.push(on("no-class").class(None).build());
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+    gw.assert_routes(&[
+        ("by-name.class.test", "/", "404"),
+        ("by-annotation.class.test", "/", "404"),
+        ("no-class.class.test", "/", "404"),
+    ])
+    .await;
+    let (_, out, _) = crate::harness::process::validate(&m, &[]).await;
+    assert!(
+        out.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("default/by-name")
+            && l.contains("k8s.io/ingress-nginx")),
+        "{out}"
+    );
 }

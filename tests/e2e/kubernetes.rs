@@ -10,7 +10,8 @@
 //! status writer through the Lease and the other takes over when it expires; Events carry an
 //! Ingress's diagnostics; status follows the publish Service; `--watch-namespace` limits what
 //! is served; `/readyz` waits for every initial list; a plugin shipped in a ConfigMap serves;
-//! the webhook denies an Ingress with a refused snippet and allows a good one.
+//! the webhook denies an Ingress with a refused snippet and allows a good one; endpoint
+//! addresses on the proxy's own host (loopback, link-local, its pod IPs) are refused.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -56,9 +57,12 @@ impl Cluster {
     }
 
     /// `wasmgress run --kube` as replica `pod`, with a short Lease so takeovers are quick;
-    /// returns once it is ready.
+    /// returns once it is ready. The test pods listen on loopback, which a controller in a
+    /// cluster refuses as endpoints, so this one allows them.
     async fn controller(&self, pod: &str, extra: &[&str]) -> Wasmgress {
-        Wasmgress::run(&self.controller_args(pod, extra)).await
+        let mut extra = extra.to_vec();
+        extra.push("--allow-local-endpoints");
+        Wasmgress::run(&self.controller_args(pod, &extra)).await
     }
 
     fn controller_args<'a>(&'a self, pod: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -202,7 +206,8 @@ async fn ready_only_after_every_watch_has_listed() {
     cluster.apply_all(&objects);
     cluster.api.apply(app("one"));
     cluster.api.fail_requests(Some("/endpointslices"));
-    let gw = Wasmgress::launch(&cluster.controller_args("solo", &[])).await;
+    let gw =
+        Wasmgress::launch(&cluster.controller_args("solo", &["--allow-local-endpoints"])).await;
     let admin = gw.admin;
     let readyz = async || {
         gw.get_on(admin, "localhost", "/readyz")
@@ -738,4 +743,60 @@ async fn webhook_denies_a_refused_snippet_and_allows_a_good_ingress() {
 
     let allowed = answer(good).await;
     assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
+}
+
+/// In a cluster, a tenant's hand-written EndpointSlice cannot aim the proxy at its own host:
+/// loopback, link-local (the cloud metadata address included) and the controller pod's own
+/// addresses are left out with a warning Event on the Ingress, and its requests get 503; with
+/// `--allow-local-endpoints` the same slice is served.
+#[tokio::test]
+async fn endpoints_on_the_proxys_own_host_are_refused() {
+    let cluster = Cluster::new().await;
+    let (pods, mut objects) = several(&["local"]).await;
+    let port = pods[0].port();
+    objects.push(app("local"));
+    cluster.apply_all(&objects);
+    // The pod IP here stands for the controller's own; the slice also lists the metadata
+    // address, so every address is one the guard refuses.
+    cluster.api.apply(endpoint_slice(
+        NS,
+        "local",
+        "local-slice",
+        &[(Some("http"), port)],
+        &[
+            ready("127.0.0.1"),
+            ready("169.254.169.254"),
+            ready("10.9.8.7"),
+        ],
+    ));
+    let args = cluster.controller_args(
+        "strict",
+        &[
+            "--pod-ips",
+            "10.9.8.7",
+            "--publish-status-address",
+            "203.0.113.1",
+        ],
+    );
+    let strict = Wasmgress::run(&args).await;
+    eventually("the refused endpoints answer 503", async || {
+        let r = strict.get("app.example.com", "/").await;
+        r.status == 503 && r.backend().is_none()
+    })
+    .await;
+    eventually("a warning Event names the refused address", async || {
+        cluster.events_for("app").iter().any(|(kind, _, note)| {
+            kind == "Warning"
+                && note.contains("refused")
+                && note.contains("127.0.0.1 (loopback)")
+                && note.contains("169.254.169.254 (link-local)")
+                && note.contains("10.9.8.7 (the controller's own)")
+        })
+    })
+    .await;
+    let allowing = cluster.controller("allowing", &[]).await;
+    eventually("allowed, the same slice is served", async || {
+        routes_to(&allowing, "app.example.com", Some("local")).await
+    })
+    .await;
 }

@@ -21,16 +21,50 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Lookups over one snapshot's Services and endpoints, sharing one [`Backend`] per Service port
 /// so every route to it shares the round-robin position.
 pub struct Resolver<'a> {
+    guard: Option<&'a EndpointGuard>,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     endpoints: HashMap<(&'a str, &'a str), &'a Endpoints>,
-    built: HashMap<String, Arc<Backend>>,
+    built: HashMap<String, (Arc<Backend>, Arc<[IpAddr]>)>,
 }
 
 /// A resolved backend and, when it has no ready endpoint, a note for the user.
 pub struct Resolved {
     pub backend: Arc<Backend>,
     pub empty: bool,
+    /// Endpoint addresses left out by the [`EndpointGuard`].
+    pub refused: Arc<[IpAddr]>,
+}
+
+/// Which endpoint addresses may receive traffic. In a cluster, a tenant who writes an
+/// EndpointSlice (or a Service without selector) by hand must not aim the proxy at the
+/// proxy's own host: loopback, link-local (including the cloud metadata address
+/// 169.254.169.254), unspecified addresses and the controller pod's own addresses are refused.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointGuard {
+    /// The controller pod's own addresses.
+    pub own: Vec<IpAddr>,
+}
+
+impl EndpointGuard {
+    /// Why `ip` is refused, if it is.
+    pub fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() {
+            return Some("loopback");
+        }
+        if ip.is_unspecified() {
+            return Some("unspecified");
+        }
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if link_local {
+            return Some("link-local");
+        }
+        self.own.contains(&ip).then_some("the controller's own")
+    }
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -41,7 +75,7 @@ fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(snapshot: &'a Snapshot) -> Self {
+    pub fn new(snapshot: &'a Snapshot, guard: Option<&'a EndpointGuard>) -> Self {
         let services = snapshot
             .services
             .iter()
@@ -65,6 +99,7 @@ impl<'a> Resolver<'a> {
             .map(|e| (ns_name(&e.object.metadata), &e.object))
             .collect();
         Self {
+            guard,
             services,
             slices,
             endpoints,
@@ -141,10 +176,11 @@ impl<'a> Resolver<'a> {
         };
 
         let key = format!("{namespace}/{name}:{}", port.port);
-        if let Some(built) = self.built.get(&key) {
+        if let Some((built, refused)) = self.built.get(&key) {
             return Ok(Resolved {
                 backend: built.clone(),
                 empty: built.endpoints().is_empty(),
+                refused: refused.clone(),
             });
         }
         let single_port = ports.len() == 1;
@@ -159,11 +195,19 @@ impl<'a> Resolver<'a> {
         let h2c = port.app_protocol.as_deref().is_some_and(|p| {
             p.eq_ignore_ascii_case("kubernetes.io/h2c") || p.eq_ignore_ascii_case("grpc")
         });
+        let (addrs, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = match self.guard {
+            Some(guard) => addrs
+                .into_iter()
+                .partition(|a| guard.refuses(a.ip()).is_none()),
+            None => (addrs, Vec::new()),
+        };
+        let refused: Arc<[IpAddr]> = refused.iter().map(SocketAddr::ip).collect();
         let backend = Arc::new(Backend::new(key.as_str(), addrs).with_h2c(h2c));
-        self.built.insert(key, backend.clone());
+        self.built.insert(key, (backend.clone(), refused.clone()));
         Ok(Resolved {
             empty: backend.endpoints().is_empty(),
             backend,
+            refused,
         })
     }
 }
@@ -250,4 +294,30 @@ fn legacy_addresses(endpoints: &Endpoints, sp: &ServicePort, single: bool) -> Ve
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_own_host_is_refused_and_pods_are_not() {
+        let guard = EndpointGuard {
+            own: vec!["10.1.0.5".parse().expect("ip")],
+        };
+        let refused = |ip: &str| guard.refuses(ip.parse().expect("ip"));
+        assert_eq!(refused("127.0.0.1"), Some("loopback"));
+        assert_eq!(refused("127.9.9.9"), Some("loopback"));
+        assert_eq!(refused("::1"), Some("loopback"));
+        assert_eq!(refused("::ffff:127.0.0.1"), Some("loopback"));
+        assert_eq!(refused("0.0.0.0"), Some("unspecified"));
+        assert_eq!(refused("::"), Some("unspecified"));
+        assert_eq!(refused("169.254.169.254"), Some("link-local"));
+        assert_eq!(refused("fe80::1"), Some("link-local"));
+        assert_eq!(refused("febf::1"), Some("link-local"));
+        assert_eq!(refused("10.1.0.5"), Some("the controller's own"));
+        for pod in ["10.1.0.6", "192.168.3.4", "fd00::1", "fec0::1", "2001:db8::1"] {
+            assert_eq!(refused(pod), None, "{pod}");
+        }
+    }
 }

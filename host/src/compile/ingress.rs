@@ -64,6 +64,7 @@ pub enum Mode {
 
 pub struct Context<'a, 'b> {
     pub resolver: &'b mut Resolver<'a>,
+    pub guard: Option<&'a super::backend::EndpointGuard>,
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
     pub defaults: &'b Policy,
     pub plugins: &'b plugin::Registry,
@@ -167,6 +168,36 @@ pub fn compile(
         };
         match resolved {
             Ok(resolved) => {
+                if !resolved.refused.is_empty() {
+                    let guard = cx.guard;
+                    let named: Vec<String> = resolved
+                        .refused
+                        .iter()
+                        .take(5)
+                        .map(|ip| {
+                            let why = guard.and_then(|g| g.refuses(*ip)).unwrap_or("local");
+                            format!("{ip} ({why})")
+                        })
+                        .collect();
+                    let more = resolved.refused.len().saturating_sub(named.len());
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    notes.push(
+                        Diagnostic::warning(
+                            &object,
+                            format!("{field}.service"),
+                            format!(
+                                "endpoint addresses of Service {} refused, the proxy's own host is not a backend: {}{more}",
+                                resolved.backend.name,
+                                named.join(", ")
+                            ),
+                        )
+                        .at(origin.clone()),
+                    );
+                }
                 if resolved.empty {
                     notes.push(
                         Diagnostic::warning(

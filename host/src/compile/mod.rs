@@ -7,7 +7,7 @@
 //! version. Precedence between Ingresses (conflicting paths, certificates, default backends) is
 //! oldest creationTimestamp first, then namespace/name, and every conflict is reported.
 
-mod backend;
+pub mod backend;
 pub mod class;
 mod ingress;
 
@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 
+pub use backend::EndpointGuard;
 pub use class::Identity;
 
 use crate::diagnostic::{Diagnostic, Severity};
@@ -43,6 +44,8 @@ pub struct Options {
     pub route_stats: Arc<RouteStatsRegistry>,
     /// The controller's own default backend (`--default-backend-service NS/NAME`).
     pub default_backend_service: Option<(String, String)>,
+    /// Endpoint addresses refused (cluster mode without `--allow-local-endpoints`).
+    pub endpoint_guard: Option<EndpointGuard>,
 }
 
 /// One compiled generation.
@@ -85,7 +88,7 @@ impl Compiled {
 
 pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> Compiled {
     let mut diagnostics = snapshot.problems.clone();
-    let mut resolver = backend::Resolver::new(snapshot);
+    let mut resolver = backend::Resolver::new(snapshot, options.endpoint_guard.as_ref());
     let secrets = snapshot
         .secrets
         .iter()
@@ -102,6 +105,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
         .collect();
     let mut cx = ingress::Context {
         resolver: &mut resolver,
+        guard: options.endpoint_guard.as_ref(),
         secrets: &secrets,
         defaults: &options.defaults,
         plugins: &options.plugins,
@@ -458,6 +462,7 @@ mod tests {
             plugins: test_plugins(),
             route_stats: RouteStatsRegistry::new(),
             default_backend_service: None,
+            endpoint_guard: None,
         }
     }
 
