@@ -908,6 +908,32 @@ async fn idle_h2_connections_end_with_goaway() {
     );
 }
 
+/// A request the client resets before its answer (HTTP/2 RST_STREAM while the backend is
+/// slow) ends there: the connection, idle afterwards, still closes after the keep-alive
+/// timeout instead of counting the abandoned request as busy forever.
+#[tokio::test]
+async fn a_reset_request_does_not_keep_its_connection_busy() {
+    let (gw, _b, _m) = app(&["--keepalive-timeout", "1"]).await;
+    let tcp = TcpStream::connect(gw.http).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::get("http://app.test/?delay_ms=3000")
+        .body(())
+        .expect("request");
+    let (answer, mut stream) = send.send_request(req, true).expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(answer);
+    let ended = tokio::time::timeout(CLOSE_LIMIT, conn)
+        .await
+        .unwrap_or_else(|_| panic!("the connection stayed open after its only request was reset"))
+        .expect("connection task");
+    if let Err(e) = ended {
+        assert!(e.is_go_away(), "expected GOAWAY, got {e:?}");
+    }
+}
+
 /// `--max-connections 2`: while two connections are open, a third is not served (it waits,
 /// unaccepted); once one of the two closes, the third's request is answered.
 #[tokio::test]

@@ -316,7 +316,13 @@ mod guard_tests {
         assert_eq!(refused("fe80::1"), Some("link-local"));
         assert_eq!(refused("febf::1"), Some("link-local"));
         assert_eq!(refused("10.1.0.5"), Some("the controller's own"));
-        for pod in ["10.1.0.6", "192.168.3.4", "fd00::1", "fec0::1", "2001:db8::1"] {
+        for pod in [
+            "10.1.0.6",
+            "192.168.3.4",
+            "fd00::1",
+            "fec0::1",
+            "2001:db8::1",
+        ] {
             assert_eq!(refused(pod), None, "{pod}");
         }
     }

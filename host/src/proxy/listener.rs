@@ -264,9 +264,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
         // and on HTTP/2 into a spawned task per stream), and `handle`'s state machine is large
         // enough that those moves were the biggest memcpy in the profile.
         Box::pin(async move {
-            this.activity.begin();
-            let resp = this.proxy.handle(req, &this.conn).await?;
-            Ok(resp.map(|inner| Tracked { inner, conn: this }))
+            // Ends the request when dropped: with the response body, or here if the client
+            // gives up (an HTTP/2 reset) before the answer is ready.
+            let in_flight = InFlight::begin(this);
+            let conn = &in_flight.0;
+            let resp = conn.proxy.handle(req, &conn.conn).await?;
+            Ok(resp.map(|inner| Tracked { inner, in_flight }))
         })
     }
 }
@@ -352,17 +355,28 @@ impl Activity {
     }
 }
 
-/// A response body that marks its request ended when it is done (or dropped), and keeps the
-/// connection's slot while it streams.
-pub struct Tracked {
-    inner: ProxyBody,
-    conn: Arc<ConnShared>,
+/// A request under way on its connection, from its arrival to the end of its response.
+struct InFlight(Arc<ConnShared>);
+
+impl InFlight {
+    fn begin(conn: Arc<ConnShared>) -> Self {
+        conn.activity.begin();
+        Self(conn)
+    }
 }
 
-impl Drop for Tracked {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.conn.activity.end();
+        self.0.activity.end();
     }
+}
+
+/// A response body that keeps its request in flight (and the connection's slot taken) until
+/// it is done or dropped.
+pub struct Tracked {
+    inner: ProxyBody,
+    #[allow(dead_code, reason = "held for its Drop")]
+    in_flight: InFlight,
 }
 
 impl Body for Tracked {
@@ -447,8 +461,12 @@ impl<IO: AsyncWrite + Unpin + Send + 'static> Drop for Closing<IO> {
             && !self.shut
         {
             let farewell = self.farewell;
+            // Dropped outside the runtime (at its shutdown): the socket just closes.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
             // Bounded: a peer that reads nothing cannot keep the task.
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     let _ = io.write_all(farewell).await;
                     io.shutdown().await
