@@ -812,8 +812,17 @@ async fn silent_and_half_sent_heads_are_closed_after_the_client_header_timeout()
     let r = exchange(gw.http, &get("/", "app.test")).await;
     assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
 
-    let mut silent = Raw::connect(gw.http).await;
-    let mut partial = Raw::connect(gw.http).await;
+    let silent = Raw::connect(gw.http).await;
+    let partial = Raw::connect(gw.http).await;
+    assert_heads_closed("plain", silent, partial).await;
+}
+
+/// Sends half a request head on `partial`, nothing on `silent`, and checks the proxy closes
+/// both (at most with a 408 first).
+async fn assert_heads_closed<S>(label: &str, mut silent: Raw<S>, mut partial: Raw<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     partial
         .send(b"GET / HTTP/1.1\r\nHost: a", "half a head")
         .await;
@@ -821,11 +830,11 @@ async fn silent_and_half_sent_heads_are_closed_after_the_client_header_timeout()
         let closed = conn
             .closed_within(CLOSE_LIMIT)
             .await
-            .unwrap_or_else(|| panic!("{what}: still open after {CLOSE_LIMIT:?}"));
+            .unwrap_or_else(|| panic!("{label}, {what}: still open after {CLOSE_LIMIT:?}"));
         let line = first_line(&closed);
         assert!(
             line.is_empty() || line.starts_with("HTTP/1.1 408"),
-            "{what}: unexpected answer before the close: {line:?}"
+            "{label}, {what}: unexpected answer before the close: {line:?}"
         );
     }
 }
@@ -842,22 +851,9 @@ async fn over_tls_silent_and_half_sent_heads_are_closed_after_the_handshake() {
     let r = served.response().await.expect("response over TLS");
     assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
 
-    let mut silent = Raw::new(gw.tls("app.test", config.clone()).await.expect("TLS"));
-    let mut partial = Raw::new(gw.tls("app.test", config).await.expect("TLS"));
-    partial
-        .send(b"GET / HTTP/1.1\r\nHost: a", "half a head")
-        .await;
-    for (what, conn) in [("silent", &mut silent), ("half a head", &mut partial)] {
-        let closed = conn
-            .closed_within(CLOSE_LIMIT)
-            .await
-            .unwrap_or_else(|| panic!("TLS, {what}: still open after {CLOSE_LIMIT:?}"));
-        let line = first_line(&closed);
-        assert!(
-            line.is_empty() || line.starts_with("HTTP/1.1 408"),
-            "TLS, {what}: unexpected answer before the close: {line:?}"
-        );
-    }
+    let silent = Raw::new(gw.tls("app.test", config.clone()).await.expect("TLS"));
+    let partial = Raw::new(gw.tls("app.test", config).await.expect("TLS"));
+    assert_heads_closed("TLS", silent, partial).await;
 }
 
 /// `--keepalive-timeout 1`: an HTTP/1.1 connection serves several requests, then, idle, is
