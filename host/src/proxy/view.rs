@@ -244,11 +244,12 @@ fn view(
 ) -> Result<RequestView, BadRequest> {
     let authority = authority(parts)?;
     let host = host::check(authority.as_str())?;
-    let uri = std::mem::take(&mut parts.uri);
-    let normalised = match path::normalize(uri.path())? {
+    let normalised = match path::normalize(parts.uri.path())? {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p.into_boxed_str()),
     };
+    // Taken only for a request that will be served: a refused one keeps its target for the log.
+    let uri = std::mem::take(&mut parts.uri);
     let (client, client_ip, secure) = client(&parts.headers, conn, trust);
     Ok(RequestView {
         kind,
