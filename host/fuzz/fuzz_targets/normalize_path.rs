@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::borrow::Cow;
 
-#[path = "../../src/proxy/view/path.rs"]
+#[path = "../../src/route/path.rs"]
 mod path;
 
 fuzz_target!(|data: &[u8]| {

@@ -266,6 +266,13 @@ pub fn compile(
                 error(format!("{field}.path"), format!("{path:?} {why}"));
                 continue;
             }
+            if kind != PathKind::Regex
+                && let Some(why) = never_matches(path)
+            {
+                notes.push(
+                    Diagnostic::warning(&object, format!("{field}.path"), why).at(origin.clone()),
+                );
+            }
             let regex = match kind {
                 PathKind::Regex => match crate::route::path_regex(path) {
                     Ok(re) => Some(re),
@@ -454,6 +461,19 @@ pub fn valid_host(host: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
+}
+
+/// Why an Exact or Prefix `path` can never match, if it cannot: requests are matched by their
+/// normalised path (decoded, dot segments resolved, slashes merged), which never holds `%`
+/// escapes, `.`/`..` segments or `//`. nginx behaves the same; the warning says what to write.
+fn never_matches(path: &str) -> Option<String> {
+    match crate::route::path::normalize(path) {
+        Ok(std::borrow::Cow::Borrowed(_)) => None,
+        Ok(normal) => Some(format!(
+            "{path:?} never matches: requests are matched by their normalised path (decoded, dot segments resolved, slashes merged); write {normal:?}"
+        )),
+        Err(e) => Some(format!("{path:?} never matches: {e}")),
+    }
 }
 
 /// Paths are absolute and printable. They are only ever compared, never rendered into any

@@ -669,6 +669,46 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_no_normalised_request_can_match_are_warned_about() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = "  ingressClassName: wasmgress\n";
+        let c = compile_files(
+            &dir,
+            &[
+                ("backend.yaml", BACKEND.into()),
+                (
+                    "a.yaml",
+                    ingress("a", "", class, "a.test", "/api//v1", "web"),
+                ),
+                (
+                    "b.yaml",
+                    ingress("b", "", class, "b.test", "/caf%C3%A9", "web"),
+                ),
+                ("c.yaml", ingress("c", "", class, "c.test", "/fine/", "web")),
+            ],
+            &LastGood::default(),
+        );
+        let warned = |name: &str, write: &str| {
+            c.diagnostics.iter().any(|d| {
+                d.object == format!("Ingress default/{name}")
+                    && d.severity == Severity::Warning
+                    && d.message.contains("never matches")
+                    && d.message.contains(write)
+            })
+        };
+        assert!(warned("a", "\"/api/v1\""), "{:?}", c.diagnostics);
+        assert!(warned("b", "\"/café\""), "{:?}", c.diagnostics);
+        assert!(
+            !c.diagnostics
+                .iter()
+                .any(|d| d.object == "Ingress default/c" && d.message.contains("never matches")),
+            "{:?}",
+            c.diagnostics
+        );
+        assert_eq!(c.accepted, 3, "a warning, not a rejection");
+    }
+
+    #[test]
     fn resolves_named_target_ports_to_ready_endpoints_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = compile_files(

@@ -13,7 +13,6 @@
 //! what goes upstream.
 
 pub mod host;
-pub mod path;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -25,6 +24,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri, Version};
 
 use super::websocket;
 use super::{Conn, forward};
+use crate::route::path;
 pub use host::HostError;
 pub use path::PathError;
 

@@ -7,6 +7,8 @@
 //! elements, the longest prefix wins, and paths are case-sensitive. This module knows nothing of
 //! Kubernetes objects or of how a route is served.
 
+pub mod path;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
