@@ -487,6 +487,13 @@ async fn forwarding_setup(extra: &[&str]) -> (Wasmgress, Vec<Backend>, Manifests
     (gw, backends, m)
 }
 
+/// A request claiming, as a load balancer would, that it came from 203.0.113.9 over HTTPS.
+fn forwarded_claims(host: &str) -> Req {
+    Req::get(host, "/")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+}
+
 /// `--use-forwarded-headers` with loopback trusted: a load balancer's X-Forwarded-For becomes
 /// the client (X-Real-IP and X-Forwarded-For at the backend), and its X-Forwarded-Proto is
 /// believed (the backend sees https, and a TLS host is not redirected).
@@ -498,16 +505,11 @@ async fn forwarded_headers_from_a_trusted_peer_are_believed() {
         "127.0.0.0/8",
     ])
     .await;
-    let req = |host: &str| {
-        Req::get(host, "/")
-            .header("x-forwarded-for", "203.0.113.9")
-            .header("x-forwarded-proto", "https")
-    };
-    let r = gw.send(&req("app.test")).await;
+    let r = gw.send(&forwarded_claims("app.test")).await;
     assert_eq!(r.seen("x-real-ip"), ["203.0.113.9"], "{}", r.summary());
     assert_eq!(r.seen("x-forwarded-for"), ["203.0.113.9"]);
     assert_eq!(r.seen("x-forwarded-proto"), ["https"]);
-    let r = gw.send(&req("secure.test")).await;
+    let r = gw.send(&forwarded_claims("secure.test")).await;
     assert_eq!(
         r.backend().as_deref(),
         Some("app"),
@@ -526,16 +528,11 @@ async fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
         "10.0.0.0/8",
     ])
     .await;
-    let req = |host: &str| {
-        Req::get(host, "/")
-            .header("x-forwarded-for", "203.0.113.9")
-            .header("x-forwarded-proto", "https")
-    };
-    let r = gw.send(&req("app.test")).await;
+    let r = gw.send(&forwarded_claims("app.test")).await;
     assert_eq!(r.seen("x-real-ip"), ["127.0.0.1"], "{}", r.summary());
     assert_eq!(r.seen("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(r.seen("x-forwarded-proto"), ["http"]);
-    let r = gw.send(&req("secure.test")).await;
+    let r = gw.send(&forwarded_claims("secure.test")).await;
     assert_eq!(
         r.status,
         308,
