@@ -27,11 +27,15 @@ const PLUGINS: &[(&str, &str, bool)] = &[
     ("headers", "wasmgress_plugin_headers", true),
     ("snippet", "wasmgress_plugin_snippet", true),
     ("redirect", "wasmgress_plugin_redirect", true),
+    ("body-size", "wasmgress_plugin_body_size", true),
+    ("ip-access", "wasmgress_plugin_ip_access", true),
+    ("basic-auth", "wasmgress_plugin_basic_auth", true),
     ("api-key", "wasmgress_plugin_api_key", false),
     ("spin", "wasmgress_test_plugin_spin", false),
     ("trap", "wasmgress_test_plugin_trap", false),
     ("grow", "wasmgress_test_plugin_grow", false),
     ("set-header", "wasmgress_test_plugin_set_header", false),
+    ("legacy", "wasmgress_test_plugin_legacy", false),
 ];
 
 /// Every crate of the plugin workspace (see `plugins/Cargo.toml`), relative to the repository.
@@ -42,11 +46,15 @@ const CRATE_DIRS: &[&str] = &[
     "plugins/headers",
     "plugins/snippet",
     "plugins/redirect",
+    "plugins/body-size",
+    "plugins/ip-access",
+    "plugins/basic-auth",
     "examples/plugins/api-key",
     "tests/plugins/spin",
     "tests/plugins/trap",
     "tests/plugins/grow",
     "tests/plugins/set-header",
+    "tests/plugins/legacy",
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 use wasmgress::plugin::{
-    HookChain, HookOutcome, Registry, RequestHead, RuntimeConfig, configure_ingress,
+    HookChain, HookOutcome, Registry, RequestHead, Route, RuntimeConfig, configure_ingress,
 };
 use wasmgress::policy::{RequestVars, apply_edits};
 
@@ -81,8 +81,11 @@ fn main() {
     if let Err(e) = registry.add("set-header.wasm", SET_HEADER) {
         panic!("{e}");
     }
-    let configure = |pairs: &[(&str, &str)]| match configure_ingress(&registry, &annotations(pairs))
-    {
+    let configure = |pairs: &[(&str, &str)]| match configure_ingress(
+        &registry,
+        &Route::ingress("bench", "bench"),
+        &annotations(pairs),
+    ) {
         Ok(c) => c.policy,
         Err(d) => panic!("{d:#?}"),
     };

@@ -5,6 +5,7 @@
 //! [`route::RouteTable`] + [`tls::CertStore`] -> [`proxy`]. [`run`] wires the loop; [`admin`]
 //! answers probes; [`demo`] is the quickstart.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod cluster;

@@ -183,6 +183,10 @@ struct ClassArgs {
     /// Service (NS/NAME, its first port) that answers requests no Ingress takes; default 404.
     #[arg(long, value_name = "NS/NAME", value_parser = parse_ns_name)]
     default_backend_service: Option<(String, String)>,
+    /// Let an Ingress reference Secrets of other namespaces (`auth-secret: NS/NAME`), as
+    /// ingress-nginx's option of that name; by default each reads only its own namespace.
+    #[arg(long)]
+    allow_cross_namespace_resources: bool,
 }
 
 /// `NAMESPACE/NAME`.
@@ -466,6 +470,7 @@ fn compile_options(
         route_stats: wasmgress::metrics::RouteStatsRegistry::new(),
         default_backend_service: class.default_backend_service.clone(),
         endpoint_guard: None,
+        allow_cross_namespace_resources: class.allow_cross_namespace_resources,
     })
 }
 

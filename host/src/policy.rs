@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::access::Access;
 use crate::plugin::HookChain;
 
 /// What the upstream speaks (ingress-nginx `backend-protocol`).
@@ -164,6 +165,8 @@ pub struct Policy {
     /// ingress-nginx `rewrite-target`: on a regex route, the request path becomes this, with
     /// `$1`.. replaced by the path regex's captures (the query is kept).
     pub rewrite_target: Option<Arc<str>>,
+    /// Who may reach the route (phase 4); `None` restricts nothing.
+    pub access: Option<Arc<Access>>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
 }
@@ -183,6 +186,7 @@ impl Default for Policy {
             respond: None,
             app_root: None,
             rewrite_target: None,
+            access: None,
             hooks: HookChain::default(),
         }
     }

@@ -2,10 +2,8 @@
 //!
 //! Every problem is collected (not just the first) so a user fixes a manifest in one pass.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rustls::sign::CertifiedKey;
@@ -65,7 +63,7 @@ pub enum Mode {
 pub struct Context<'a, 'b> {
     pub resolver: &'b mut Resolver<'a>,
     pub guard: Option<&'a super::backend::EndpointGuard>,
-    pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
+    pub refs: super::access::Refs<'b, 'a>,
     pub defaults: &'b Policy,
     pub plugins: &'b plugin::Registry,
 }
@@ -93,7 +91,8 @@ pub fn compile(
         ingress.metadata.annotations.clone().unwrap_or_default();
     let mut policy = cx.defaults.clone();
     let (mut ssl_redirect, mut force_ssl_redirect, mut regex_paths) = (true, false, false);
-    match plugin::configure_ingress(cx.plugins, &annotations) {
+    let route = plugin::Route::ingress(namespace, name);
+    match plugin::configure_ingress(cx.plugins, &route, &annotations) {
         Ok(configured) => {
             notes.extend(
                 configured
@@ -108,6 +107,11 @@ pub fn compile(
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
             policy.rewrite_target = p.rewrite_target.map(Arc::from);
             policy.hooks = p.hooks;
+            match super::access::build(&p.access, namespace, &cx.refs) {
+                Ok(access) => policy.access = access,
+                // No mode serves a restricted route open: its last good version fails too.
+                Err(why) => error("metadata.annotations".into(), why),
+            }
         }
         Err(diagnostics) => {
             for d in diagnostics {
@@ -330,7 +334,7 @@ pub fn compile(
             );
             continue;
         };
-        let Some(secret) = cx.secrets.get(&(namespace, secret_name)) else {
+        let Some(secret) = cx.refs.secrets.get(&(namespace, secret_name)) else {
             let why = format!("Secret {namespace}/{secret_name} not found");
             match mode {
                 Mode::Fresh => error(format!("{field}.secretName"), why),

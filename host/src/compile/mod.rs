@@ -7,6 +7,7 @@
 //! version. Precedence between Ingresses (conflicting paths, certificates, default backends) is
 //! oldest creationTimestamp first, then namespace/name, and every conflict is reported.
 
+mod access;
 pub mod backend;
 pub mod class;
 mod ingress;
@@ -46,6 +47,8 @@ pub struct Options {
     pub default_backend_service: Option<(String, String)>,
     /// Endpoint addresses refused (cluster mode without `--allow-local-endpoints`).
     pub endpoint_guard: Option<EndpointGuard>,
+    /// Routes may reference Secrets of other namespaces (`--allow-cross-namespace-resources`).
+    pub allow_cross_namespace_resources: bool,
 }
 
 /// One compiled generation.
@@ -106,7 +109,10 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     let mut cx = ingress::Context {
         resolver: &mut resolver,
         guard: options.endpoint_guard.as_ref(),
-        secrets: &secrets,
+        refs: access::Refs {
+            secrets: &secrets,
+            allow_cross_namespace: options.allow_cross_namespace_resources,
+        },
         defaults: &options.defaults,
         plugins: &options.plugins,
     };
@@ -462,6 +468,7 @@ mod tests {
             plugins: test_plugins(),
             route_stats: RouteStatsRegistry::new(),
             default_backend_service: None,
+            allow_cross_namespace_resources: false,
             endpoint_guard: None,
         }
     }

@@ -9,7 +9,7 @@
 use super::bindings::wit;
 use super::error::CallError;
 use super::hooks::BoundPlugin;
-use super::instance::{HookSet, LoadedPlugin};
+use super::instance::{HookSet, LoadedPlugin, Route};
 use super::policy::{PluginPolicy, from_wit};
 use super::registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry};
 use crate::compat::{Entry, Fate};
@@ -119,6 +119,7 @@ fn severity(s: wit::Severity) -> Severity {
 /// (trap, deadline, memory) during `configure` are such errors.
 pub fn configure_ingress(
     registry: &Registry,
+    route: &Route,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Configured, Vec<PluginDiagnostic>> {
     let mut diags = Vec::new();
@@ -194,7 +195,7 @@ pub fn configure_ingress(
             continue;
         }
         let result = plugin.instantiate(config).and_then(|mut inst| {
-            inst.configure(&owned, config.compile_deadline)
+            inst.configure(route, &owned, config.compile_deadline)
                 .map(|r| (inst, r))
         });
         let (inst, result) = match result {
@@ -247,6 +248,7 @@ pub fn configure_ingress(
         if !hooks.is_empty() {
             native.hooks.push(Arc::new(BoundPlugin::new(
                 plugin.clone(),
+                route.clone(),
                 owned,
                 hooks,
                 fail_open,

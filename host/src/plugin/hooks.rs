@@ -12,7 +12,7 @@
 use super::bindings::wit;
 use super::engine::RuntimeConfig;
 use super::error::{CallError, CallErrorKind};
-use super::instance::{HookSet, LoadedPlugin, PluginInstance, RequestHead};
+use super::instance::{HookSet, LoadedPlugin, PluginInstance, RequestHead, Route};
 use super::policy::{FixedResponse, fixed_response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct BoundPlugin {
     plugin: Arc<LoadedPlugin>,
     /// Exactly what `configure` was given, to configure further instances the same way.
-    annotations: Vec<(String, String)>,
+    route: Route,
+    settings: Vec<(String, String)>,
     hooks: HookSet,
     fail_open: bool,
     config: RuntimeConfig,
@@ -49,7 +50,8 @@ pub enum HookAction {
 impl BoundPlugin {
     pub(crate) fn new(
         plugin: Arc<LoadedPlugin>,
-        annotations: Vec<(String, String)>,
+        route: Route,
+        settings: Vec<(String, String)>,
         hooks: HookSet,
         fail_open: bool,
         config: RuntimeConfig,
@@ -57,7 +59,8 @@ impl BoundPlugin {
     ) -> Self {
         BoundPlugin {
             plugin,
-            annotations,
+            route,
+            settings,
             hooks,
             fail_open,
             config,
@@ -99,7 +102,7 @@ impl BoundPlugin {
             return Ok(inst);
         }
         let mut inst = self.plugin.instantiate(&self.config)?;
-        match inst.configure(&self.annotations, self.config.compile_deadline)? {
+        match inst.configure(&self.route, &self.settings, self.config.compile_deadline)? {
             Ok(_) => Ok(inst),
             // `configure` is meant to be pure; one that now refuses what it accepted before
             // cannot be trusted with this Ingress's requests.

@@ -7,7 +7,7 @@
 //! instance is never reused: its memory may be in any state). This module does not decide
 //! which instance serves which Ingress; `hooks` and `configure` do.
 
-use super::bindings::{FIELDS_REP, FieldsHandle, Filter, FilterPre, wit};
+use super::bindings::{FIELDS_REP, FieldsHandle, upgrade, v0_1, v0_2, wit};
 use super::engine::{Running, RuntimeConfig, StoreState, running, ticks};
 use super::error::{CallError, CallErrorKind};
 use http::HeaderMap;
@@ -121,13 +121,42 @@ pub struct PluginInfo {
     pub hooks: HookSet,
 }
 
+/// A pre-linked component, in the ABI version it was built against.
+pub(crate) enum Pre {
+    V0_1(v0_1::FilterPre<StoreState>),
+    V0_2(v0_2::FilterPre<StoreState>),
+}
+
+impl Pre {
+    /// `0.1.0` or `0.2.0`.
+    pub(crate) fn abi(&self) -> &'static str {
+        match self {
+            Pre::V0_1(_) => "0.1.0",
+            Pre::V0_2(_) => "0.2.0",
+        }
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::V0_1(pre) => pre.engine(),
+            Pre::V0_2(pre) => pre.engine(),
+        }
+    }
+}
+
+/// The bindings into one instance, in its ABI version.
+enum Bindings {
+    V0_1(v0_1::Filter),
+    V0_2(v0_2::Filter),
+}
+
 /// A compiled, pre-linked plugin: instantiating it costs microseconds.
 pub struct LoadedPlugin {
     pub(crate) info: PluginInfo,
     pub(crate) name: Arc<str>,
     pub(crate) origin: PluginOrigin,
     pub(crate) sha256: [u8; 32],
-    pub(crate) pre: FilterPre<StoreState>,
+    pub(crate) pre: Pre,
     pub(crate) stats: Arc<PluginStats>,
 }
 
@@ -162,6 +191,11 @@ impl LoadedPlugin {
         &self.stats
     }
 
+    /// The ABI version the component was built against (`0.1.0`, `0.2.0`).
+    pub fn abi(&self) -> &'static str {
+        self.pre.abi()
+    }
+
     /// A fresh instance.
     pub(crate) fn instantiate(&self, config: &RuntimeConfig) -> Result<PluginInstance, CallError> {
         self.stats.instances.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +207,10 @@ impl LoadedPlugin {
         // Instantiation runs the component's start-up code: bound it like a compile-time call.
         store.set_epoch_deadline(ticks(config.compile_deadline));
         let running = running();
-        let instantiated = self.pre.instantiate(&mut store);
+        let instantiated = match &self.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
+        };
         drop(running);
         match instantiated {
             Ok(filter) => Ok(PluginInstance {
@@ -203,10 +240,30 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
 }
 
+/// The route a plugin is configured for, as `configure` is told (0.2.0 and later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `Ingress`, `HTTPRoute`...
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Route {
+    /// The Ingress `namespace/name`.
+    pub fn ingress(namespace: &str, name: &str) -> Self {
+        Route {
+            kind: "Ingress",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
 /// One live instance: a store and the bindings into it.
 pub(crate) struct PluginInstance {
     store: Store<StoreState>,
-    filter: Filter,
+    filter: Bindings,
     stats: Arc<PluginStats>,
 }
 
@@ -252,27 +309,43 @@ impl PluginInstance {
 
     pub(crate) fn describe(&mut self, deadline: Duration) -> Result<wit::Info, CallError> {
         let _running = self.begin(deadline);
-        match self.filter.call_describe(&mut self.store) {
-            Ok(info) => Ok(info),
-            Err(e) => Err(self.fail(e, "describe", deadline)),
-        }
+        let r = match &self.filter {
+            Bindings::V0_1(f) => f.call_describe(&mut self.store).map(upgrade::info),
+            Bindings::V0_2(f) => f.call_describe(&mut self.store),
+        };
+        r.map_err(|e| self.fail(e, "describe", deadline))
     }
 
     pub(crate) fn configure(
         &mut self,
-        annotations: &[(String, String)],
+        route: &Route,
+        settings: &[(String, String)],
         deadline: Duration,
     ) -> Result<Result<wit::Policy, Vec<wit::Diagnostic>>, CallError> {
         let _running = self.begin(deadline);
         // Compile time only: borrowing the pairs costs one small vector.
-        let annotations: Vec<(&str, &str)> = annotations
+        let settings: Vec<(&str, &str)> = settings
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match self.filter.call_configure(&mut self.store, &annotations) {
-            Ok(r) => Ok(r),
-            Err(e) => Err(self.fail(e, "configure", deadline)),
-        }
+        let r = match &self.filter {
+            // 0.1.0 learns nothing about its route: it was built before routes had a name.
+            Bindings::V0_1(f) => f
+                .call_configure(&mut self.store, &settings)
+                .map(upgrade::configured),
+            Bindings::V0_2(f) => {
+                let config = wit::Config {
+                    route: wit::RouteRef {
+                        kind: route.kind,
+                        namespace: &route.namespace,
+                        name: &route.name,
+                    },
+                    settings: &settings,
+                };
+                f.call_configure(&mut self.store, config)
+            }
+        };
+        r.map_err(|e| self.fail(e, "configure", deadline))
     }
 
     /// Run `on-request-headers` over `headers` (edited in place by the guest).
@@ -284,19 +357,30 @@ impl PluginInstance {
     ) -> Result<wit::Action, CallError> {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
         let running = self.begin(deadline);
-        let head = wit::RequestHead {
-            method: head.method,
-            scheme: head.scheme,
-            authority: head.authority,
-            path: head.path,
-        };
+        let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
         // Lend the map to the store for this call only; it comes back even if the call fails.
         self.store.data_mut().headers = std::mem::take(headers);
-        let r = self.filter.call_on_request_headers(
-            &mut self.store,
-            head,
-            Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
-        );
+        let r = match &self.filter {
+            Bindings::V0_1(f) => {
+                let head = v0_1::wasmgress::plugin::types::RequestHead {
+                    method: head.method,
+                    scheme: head.scheme,
+                    authority: head.authority,
+                    path: head.path,
+                };
+                f.call_on_request_headers(&mut self.store, head, fields)
+                    .map(upgrade::action)
+            }
+            Bindings::V0_2(f) => {
+                let head = wit::RequestHead {
+                    method: head.method,
+                    scheme: head.scheme,
+                    authority: head.authority,
+                    path: head.path,
+                };
+                f.call_on_request_headers(&mut self.store, head, fields)
+            }
+        };
         drop(running);
         *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-request-headers", deadline))
@@ -311,12 +395,14 @@ impl PluginInstance {
     ) -> Result<wit::Action, CallError> {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
         let running = self.begin(deadline);
+        let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
         self.store.data_mut().headers = std::mem::take(headers);
-        let r = self.filter.call_on_response_headers(
-            &mut self.store,
-            status,
-            Resource::<FieldsHandle>::new_borrow(FIELDS_REP),
-        );
+        let r = match &self.filter {
+            Bindings::V0_1(f) => f
+                .call_on_response_headers(&mut self.store, status, fields)
+                .map(upgrade::action),
+            Bindings::V0_2(f) => f.call_on_response_headers(&mut self.store, status, fields),
+        };
         drop(running);
         *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-response-headers", deadline))

@@ -82,7 +82,7 @@ pub use engine::{EPOCH_TICK, MAX_MEMORY_LIMIT, RuntimeConfig};
 pub use error::{CallError, CallErrorKind, DirError, LoadError};
 pub use hooks::{BoundPlugin, HookAction, HookChain, HookOutcome, plugin_failure_response};
 pub use instance::{
-    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, RequestHead, StatsSnapshot,
+    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, RequestHead, Route, StatsSnapshot,
 };
-pub use policy::{FixedResponse, PluginPolicy};
+pub use policy::{AccessRules, BasicAuthRule, FixedResponse, ObjectRef, PluginPolicy};
 pub use registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry, all_stats};

@@ -13,10 +13,12 @@
 
 use super::bindings::{RESERVED_HEADERS, wit};
 use super::hooks::HookChain;
+use crate::access;
 use crate::policy::{self as exec, HeaderEdit, HttpVersion, Part, Protocol, StaticResponse, Value};
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,8 +57,39 @@ pub struct PluginPolicy {
     pub rewrite_target: Option<String>,
     /// Ingress paths are regular expressions.
     pub use_regex: Option<bool>,
+    /// Largest request body in bytes; 0 is no limit.
+    pub body_size: Option<u64>,
+    /// Who may reach the route, as the plugins stated it (Secrets still unresolved).
+    pub access: AccessRules,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
+}
+
+/// A Kubernetes object a directive names; `namespace: None` is the route's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// HTTP Basic authentication against a Secret's htpasswd hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuthRule {
+    pub realm: String,
+    pub secret: ObjectRef,
+    pub format: access::SecretFormat,
+}
+
+/// Access rules before compile resolves what they reference ([`crate::access`] executes
+/// them). Empty lists and `None`s restrict nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// Source ranges admitted (empty: every address).
+    pub allow: Vec<IpNet>,
+    /// Source ranges refused, checked first.
+    pub deny: Vec<IpNet>,
+    pub basic_auth: Option<BasicAuthRule>,
+    pub satisfy: Option<access::Satisfy>,
 }
 
 impl PluginPolicy {
@@ -129,6 +162,16 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.use_regex, later.use_regex, "use-regex", o);
+        take(&mut self.body_size, later.body_size, "body size limit", o);
+        take(
+            &mut self.access.basic_auth,
+            later.access.basic_auth,
+            "basic-auth",
+            o,
+        );
+        take(&mut self.access.satisfy, later.access.satisfy, "satisfy", o);
+        self.access.allow.extend(later.access.allow);
+        self.access.deny.extend(later.access.deny);
         self.request_headers.extend(later.request_headers);
         self.response_headers.extend(later.response_headers);
         self.hooks.extend(later.hooks);
@@ -142,8 +185,9 @@ impl PluginPolicy {
 
     /// Copy what maps one-to-one onto a route's executable policy: protocol, HTTP version,
     /// timeouts, header edits (appended after the route's own), fixed response or redirect,
-    /// app-root. The rest (`ssl_redirect`, `force_ssl_redirect`, `rewrite_target`,
-    /// `use_regex`, `hooks`) depends on the route (TLS, path), so the compile step decides it.
+    /// app-root, body size. The rest (`ssl_redirect`, `force_ssl_redirect`, `rewrite_target`,
+    /// `use_regex`, `hooks`) depends on the route (TLS, path), and `access` needs its Secrets
+    /// read, so the compile step decides it.
     pub fn apply_to(&self, route: &mut exec::Policy) {
         if let Some(p) = self.protocol {
             route.protocol = p;
@@ -181,6 +225,9 @@ impl PluginPolicy {
         }
         if let Some(root) = &self.app_root {
             route.app_root = Some(Arc::from(root.as_str()));
+        }
+        if let Some(limit) = self.body_size {
+            route.body_size = limit;
         }
     }
 }
@@ -242,24 +289,25 @@ fn edit_value(name: &HeaderName, v: wit::HeaderValue) -> Result<Value, String> {
     }
 }
 
+fn edit(e: wit::HeaderEdit) -> Result<HeaderEdit, String> {
+    Ok(match e {
+        wit::HeaderEdit::Set(h) => {
+            let n = name(&h.name)?;
+            let v = edit_value(&n, h.value)?;
+            HeaderEdit::Set(n, v)
+        }
+        wit::HeaderEdit::Append(h) => {
+            let n = name(&h.name)?;
+            let v = edit_value(&n, h.value)?;
+            HeaderEdit::Append(n, v)
+        }
+        wit::HeaderEdit::Remove(n) => HeaderEdit::Remove(name(&n)?),
+    })
+}
+
+#[cfg(test)]
 fn edits(list: Vec<wit::HeaderEdit>) -> Result<Vec<HeaderEdit>, String> {
-    list.into_iter()
-        .map(|e| {
-            Ok(match e {
-                wit::HeaderEdit::Set(h) => {
-                    let n = name(&h.name)?;
-                    let v = edit_value(&n, h.value)?;
-                    HeaderEdit::Set(n, v)
-                }
-                wit::HeaderEdit::Append(h) => {
-                    let n = name(&h.name)?;
-                    let v = edit_value(&n, h.value)?;
-                    HeaderEdit::Append(n, v)
-                }
-                wit::HeaderEdit::Remove(n) => HeaderEdit::Remove(name(&n)?),
-            })
-        })
-        .collect()
+    list.into_iter().map(edit).collect()
 }
 
 /// Convert a guest-built response (fixed response or `respond-now`), validating every part.
@@ -286,66 +334,128 @@ pub(crate) fn fixed_response(
     })
 }
 
-/// Convert a plugin's policy (hooks excepted: `configure` binds them). `Err` names what was
-/// refused.
-pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
-    let ms = |v: Option<u32>| v.map(|ms| Duration::from_millis(u64::from(ms)));
-    let respond = match p.respond {
-        None => None,
-        Some(wit::StaticResponse::Redirect(r)) => {
-            let status = StatusCode::from_u16(r.status)
-                .ok()
-                .filter(|s| (300..=308).contains(&s.as_u16()))
-                .ok_or_else(|| format!("redirect status {} is not 300 to 308", r.status))?;
-            let location = parts(r.location);
-            let literal_ok = location.iter().all(|p| match p {
-                Part::Literal(s) => HeaderValue::from_str(s).is_ok(),
-                Part::Variable(_) => true,
-            });
-            if location.is_empty() || !literal_ok {
-                return Err("redirect location is empty or not a valid header value".into());
-            }
-            Some(StaticResponse::Redirect { status, location })
-        }
-        Some(wit::StaticResponse::Fixed(f)) => {
+fn redirect(r: wit::Redirect) -> Result<StaticResponse, String> {
+    let status = StatusCode::from_u16(r.status)
+        .ok()
+        .filter(|s| (300..=308).contains(&s.as_u16()))
+        .ok_or_else(|| format!("redirect status {} is not 300 to 308", r.status))?;
+    let location = parts(r.location);
+    let literal_ok = location.iter().all(|p| match p {
+        Part::Literal(s) => HeaderValue::from_str(s).is_ok(),
+        Part::Variable(_) => true,
+    });
+    if location.is_empty() || !literal_ok {
+        return Err("redirect location is empty or not a valid header value".into());
+    }
+    Ok(StaticResponse::Redirect { status, location })
+}
+
+fn respond(r: wit::StaticResponse) -> Result<StaticResponse, String> {
+    match r {
+        wit::StaticResponse::Redirect(r) => redirect(r),
+        wit::StaticResponse::Fixed(f) => {
             let r = fixed_response(f.status, f.headers, f.body)?;
-            Some(StaticResponse::Fixed {
+            Ok(StaticResponse::Fixed {
                 status: r.status,
                 headers: r.headers,
                 body: r.body,
             })
         }
-    };
-    if let Some(root) = &p.app_root
-        && (!root.starts_with('/') || HeaderValue::from_str(root).is_err())
-    {
-        return Err(format!("app-root `{root}` is not an absolute path"));
     }
-    Ok(PluginPolicy {
-        protocol: p.upstream_protocol.map(|u| match u {
-            wit::UpstreamProtocol::Http => Protocol::Http,
-            wit::UpstreamProtocol::Https => Protocol::Https,
-            wit::UpstreamProtocol::Grpc => Protocol::Grpc,
-            wit::UpstreamProtocol::Grpcs => Protocol::Grpcs,
-            wit::UpstreamProtocol::AutoHttp => Protocol::AutoHttp,
-        }),
-        http_version: p.upstream_http_version.map(|v| match v {
-            wit::HttpVersion::Http10 => HttpVersion::Http10,
-            wit::HttpVersion::Http11 => HttpVersion::Http11,
-        }),
-        connect_timeout: ms(p.connect_timeout_ms),
-        read_timeout: ms(p.read_timeout_ms),
-        send_timeout: ms(p.send_timeout_ms),
-        request_headers: edits(p.request_headers)?,
-        response_headers: edits(p.response_headers)?,
-        respond,
-        app_root: p.app_root,
-        ssl_redirect: p.ssl_redirect,
-        force_ssl_redirect: p.force_ssl_redirect,
-        rewrite_target: p.rewrite_target,
-        use_regex: p.use_regex,
-        hooks: HookChain::default(),
+}
+
+fn protocol(u: wit::UpstreamProtocol) -> Protocol {
+    match u {
+        wit::UpstreamProtocol::Http => Protocol::Http,
+        wit::UpstreamProtocol::Https => Protocol::Https,
+        wit::UpstreamProtocol::Grpc => Protocol::Grpc,
+        wit::UpstreamProtocol::Grpcs => Protocol::Grpcs,
+        wit::UpstreamProtocol::AutoHttp => Protocol::AutoHttp,
+    }
+}
+
+/// Parse a source-address list: CIDRs or plain addresses (a plain address is a /32 or /128).
+fn sources(list: Vec<String>, what: &str) -> Result<Vec<IpNet>, String> {
+    if list.is_empty() {
+        return Err(format!("the {what} list is empty"));
+    }
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| format!("`{s}` in the {what} list is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+fn basic_auth(b: wit::BasicAuth) -> Result<BasicAuthRule, String> {
+    if b.secret.name.is_empty() {
+        return Err("basic-auth names no Secret".into());
+    }
+    // The realm is sent inside a quoted header value: it must be a valid one.
+    if HeaderValue::from_str(&b.realm).is_err() {
+        return Err("the basic-auth realm is not a valid header value".into());
+    }
+    Ok(BasicAuthRule {
+        realm: b.realm,
+        secret: ObjectRef {
+            namespace: b.secret.namespace.filter(|n| !n.is_empty()),
+            name: b.secret.name,
+        },
+        format: match b.format {
+            wit::AuthSecretFormat::AuthFile => access::SecretFormat::AuthFile,
+            wit::AuthSecretFormat::AuthMap => access::SecretFormat::AuthMap,
+        },
     })
+}
+
+/// Convert a plugin's policy (hooks excepted: `configure` binds them), applying its
+/// directives in order (within one plugin a later directive replaces an earlier one of the
+/// same kind; lists and header edits accumulate). `Err` names what was refused.
+pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
+    use wit::Directive as D;
+    let ms = |ms: u32| Some(Duration::from_millis(u64::from(ms)));
+    let mut out = PluginPolicy::default();
+    for d in p.directives {
+        match d {
+            D::UpstreamProtocol(u) => out.protocol = Some(protocol(u)),
+            D::ConnectTimeoutMs(t) => out.connect_timeout = ms(t),
+            D::ReadTimeoutMs(t) => out.read_timeout = ms(t),
+            D::SendTimeoutMs(t) => out.send_timeout = ms(t),
+            D::UpstreamHttpVersion(v) => {
+                out.http_version = Some(match v {
+                    wit::HttpVersion::Http10 => HttpVersion::Http10,
+                    wit::HttpVersion::Http11 => HttpVersion::Http11,
+                })
+            }
+            D::RequestHeader(e) => out.request_headers.push(edit(e)?),
+            D::ResponseHeader(e) => out.response_headers.push(edit(e)?),
+            D::Respond(r) => out.respond = Some(respond(r)?),
+            D::AppRoot(root) => {
+                if !root.starts_with('/') || HeaderValue::from_str(&root).is_err() {
+                    return Err(format!("app-root `{root}` is not an absolute path"));
+                }
+                out.app_root = Some(root);
+            }
+            D::SslRedirect(b) => out.ssl_redirect = Some(b),
+            D::ForceSslRedirect(b) => out.force_ssl_redirect = Some(b),
+            D::RewriteTarget(t) => out.rewrite_target = Some(t),
+            D::UseRegex(b) => out.use_regex = Some(b),
+            D::BodySizeLimit(n) => out.body_size = Some(n),
+            D::AllowSource(list) => out.access.allow.extend(sources(list, "allow")?),
+            D::DenySource(list) => out.access.deny.extend(sources(list, "deny")?),
+            D::BasicAuth(b) => out.access.basic_auth = Some(basic_auth(b)?),
+            D::Satisfy(s) => {
+                out.access.satisfy = Some(match s {
+                    wit::Satisfy::All => access::Satisfy::All,
+                    wit::Satisfy::Any => access::Satisfy::Any,
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,11 +8,11 @@
 //! name for the life of the process, so they survive reloads. This module must not configure
 //! plugins for Ingresses (`configure` does).
 
-use super::bindings::{Filter, FilterPre, wit};
+use super::bindings::{v0_1, v0_2, wit};
 use super::engine::{RuntimeConfig, StoreState, engine};
 use super::error::{DirError, LoadError};
 use super::instance::{
-    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, StatsSnapshot,
+    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Pre, StatsSnapshot,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,8 +22,18 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// The only imports a plugin may have: the filter world's own interfaces, no WASI.
-const ALLOWED_IMPORTS: &[&str] = &["wasmgress:plugin/types@0.1.0", "wasmgress:plugin/log@0.1.0"];
+/// The ABI versions the host links, and the only imports a plugin built against each may have:
+/// the filter world's own interfaces, no WASI. A component imports from exactly one version.
+const ABI_IMPORTS: &[(&str, [&str; 2])] = &[
+    (
+        "0.2.0",
+        ["wasmgress:plugin/types@0.2.0", "wasmgress:plugin/log@0.2.0"],
+    ),
+    (
+        "0.1.0",
+        ["wasmgress:plugin/types@0.1.0", "wasmgress:plugin/log@0.1.0"],
+    ),
+];
 
 /// Annotation owned by the host: the ordered list of attached plugins.
 pub const PLUGINS_ANNOTATION: &str = "wasmgress.io/plugins";
@@ -35,8 +45,12 @@ fn linker() -> Result<&'static Linker<StoreState>, LoadError> {
     let engine = engine()?;
     LINKER
         .get_or_init(|| {
+            // Both worlds in one linker: their interfaces have distinct versioned names, and a
+            // component only ever imports one version's.
             let mut linker = Linker::new(engine);
-            Filter::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+            v0_2::Filter::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+                .map_err(|e| format!("{e:#}"))?;
+            v0_1::Filter::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
                 .map_err(|e| format!("{e:#}"))?;
             Ok(linker)
         })
@@ -159,6 +173,55 @@ fn overlap(a: &PluginInfo, b: &PluginInfo) -> Option<String> {
     None
 }
 
+/// The ABI version a component was built against, from its imports; refuses any import
+/// outside that version's filter world (WASI above all), and a mix of versions.
+fn abi_of(component: &Component, label: &str) -> Result<Option<&'static str>, LoadError> {
+    let engine = engine()?;
+    let mut abi: Option<&'static str> = None;
+    for (name, item) in component.component_type().imports(engine) {
+        // Imported types (the world's `use types.{fields}`) grant nothing by themselves; only
+        // instances and functions are capabilities.
+        if matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_)) {
+            continue;
+        }
+        let version = ABI_IMPORTS
+            .iter()
+            .find(|(_, imports)| imports.contains(&name))
+            .map(|(v, _)| *v);
+        match (version, abi) {
+            (None, _) => {
+                let allowed: Vec<&str> = ABI_IMPORTS[0].1.to_vec();
+                return Err(LoadError::new(
+                    label,
+                    format!(
+                        "it imports `{name}`, but plugins may only import {} (no WASI: build with the SDK, which is no_std)",
+                        allowed.join(" and ")
+                    ),
+                ));
+            }
+            (Some(v), Some(seen)) if v != seen => {
+                return Err(LoadError::new(
+                    label,
+                    format!(
+                        "it imports from two ABI versions ({seen} and {v}); build it against one"
+                    ),
+                ));
+            }
+            (Some(v), _) => abi = Some(v),
+        }
+    }
+    // `None`: a component that imports nothing at all (not even `log`).
+    Ok(abi)
+}
+
+fn pre_link(component: &Component, abi: &str) -> wasmtime::Result<Pre> {
+    let pre = linker()?.instantiate_pre(component)?;
+    Ok(match abi {
+        "0.1.0" => Pre::V0_1(v0_1::FilterPre::new(pre)?),
+        _ => Pre::V0_2(v0_2::FilterPre::new(pre)?),
+    })
+}
+
 fn info_from_wit(info: wit::Info) -> PluginInfo {
     PluginInfo {
         hooks: HookSet::from_wit(&info.hooks),
@@ -183,32 +246,20 @@ fn load(
     let mut sha = [0u8; 32];
     sha.copy_from_slice(digest.as_ref());
     let component = compile(&label, bytes, sha)?;
-    let engine = engine()?;
-    for (name, item) in component.component_type().imports(engine) {
-        // Imported types (the world's `use types.{fields}`) grant nothing by themselves; only
-        // instances and functions are capabilities.
-        if matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_)) {
-            continue;
-        }
-        if !ALLOWED_IMPORTS.contains(&name) {
-            return Err(LoadError::new(
-                &label,
-                format!(
-                    "it imports `{name}`, but plugins may only import {} (no WASI: build with the SDK, which is no_std)",
-                    ALLOWED_IMPORTS.join(" and ")
-                ),
-            ));
-        }
-    }
-    let pre = linker()?
-        .instantiate_pre(&component)
-        .and_then(FilterPre::new)
-        .map_err(|e| {
-            LoadError::new(
-                &label,
-                format!("it does not implement the wasmgress:plugin/filter@0.1.0 world: {e:#}"),
-            )
-        })?;
+    let abi = abi_of(&component, &label)?;
+    let pre = match abi {
+        Some(v) => pre_link(&component, v),
+        // Nothing imported tells the version: try the current one, then the older.
+        None => pre_link(&component, ABI_IMPORTS[0].0)
+            .or_else(|_| pre_link(&component, ABI_IMPORTS[1].0)),
+    };
+    let pre = pre.map_err(|e| {
+        let abi = abi.unwrap_or(ABI_IMPORTS[0].0);
+        LoadError::new(
+            &label,
+            format!("it does not implement the wasmgress:plugin/filter@{abi} world: {e:#}"),
+        )
+    })?;
     let mut plugin = LoadedPlugin {
         info: PluginInfo {
             name: String::new(),

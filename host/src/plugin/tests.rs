@@ -15,6 +15,7 @@ const SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/spin.wasm"));
 const TRAP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/trap.wasm"));
 const GROW: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/grow.wasm"));
 const SET_HEADER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/set-header.wasm"));
+const LEGACY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/legacy.wasm"));
 
 const NGINX: &str = "nginx.ingress.kubernetes.io/";
 const SNIPPET: &str = "nginx.ingress.kubernetes.io/configuration-snippet";
@@ -37,6 +38,7 @@ fn with_test_plugins(config: RuntimeConfig) -> Registry {
         ("trap.wasm", TRAP),
         ("grow.wasm", GROW),
         ("set-header.wasm", SET_HEADER),
+        ("legacy.wasm", LEGACY),
     ] {
         r.add(origin, bytes).expect("test plugin loads");
     }
@@ -48,6 +50,10 @@ fn registry() -> &'static Registry {
     R.get_or_init(|| with_test_plugins(test_config()))
 }
 
+fn route() -> Route {
+    Route::ingress("shop", "web")
+}
+
 fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -56,14 +62,14 @@ fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn ok(pairs: &[(&str, &str)]) -> Configured {
-    match configure_ingress(registry(), &ann(pairs)) {
+    match configure_ingress(registry(), &route(), &ann(pairs)) {
         Ok(c) => c,
         Err(d) => panic!("expected the Ingress to be accepted, got {d:#?}"),
     }
 }
 
 fn rejected(pairs: &[(&str, &str)]) -> Vec<PluginDiagnostic> {
-    match configure_ingress(registry(), &ann(pairs)) {
+    match configure_ingress(registry(), &route(), &ann(pairs)) {
         Ok(c) => panic!("expected a rejection, got {:#?}", c.policy),
         Err(d) => d,
     }
@@ -101,7 +107,10 @@ fn builtins_describe_themselves() {
             "timeouts",
             "headers",
             "snippet",
-            "redirect"
+            "redirect",
+            "body-size",
+            "ip-access",
+            "basic-auth"
         ]
     );
     for p in registry().builtins() {
@@ -511,7 +520,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
         ("wasmgress.io/plugins", name),
         (&fail_open_key, if fail_open { "true" } else { "false" }),
     ]);
-    let chain = match configure_ingress(registry, &pairs) {
+    let chain = match configure_ingress(registry, &route(), &pairs) {
         Ok(c) => c.policy.hooks,
         Err(d) => panic!("{name} should configure: {d:#?}"),
     };
@@ -547,6 +556,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
     // Another plugin, right after, works.
     let c = configure_ingress(
         registry,
+        &route(),
         &ann(&[
             ("wasmgress.io/plugins", "api-key"),
             ("wasmgress.io/plugin.api-key.keys", "k"),
@@ -690,4 +700,40 @@ fn shared_types_are_send_and_sync() {
     check::<Configured>();
     check::<CallError>();
     check::<LoadError>();
+}
+
+/// A component built against the frozen 0.1.0 ABI loads and runs unchanged: its record-style
+/// policy arrives as directives, its hook edits headers and answers.
+#[test]
+fn abi_0_1_component_still_loads_and_runs() {
+    let legacy = registry().get("legacy").expect("loaded");
+    assert_eq!(legacy.abi(), "0.1.0");
+    assert_eq!(registry().get("set-header").expect("loaded").abi(), "0.2.0");
+    let c = ok(&[("wasmgress.io/plugins", "legacy")]);
+    assert_eq!(c.policy.read_timeout, Some(Duration::from_secs(30)));
+    let mut headers = HeaderMap::new();
+    apply_edits(&c.policy.request_headers, &mut headers, &vars());
+    assert_eq!(headers["x-legacy-static"], "1");
+    assert_eq!(
+        c.policy.hooks.run_request(&head(), &mut headers),
+        HookOutcome::Continue
+    );
+    assert_eq!(headers["x-legacy-hook"], "GET /app?x=1");
+    headers.insert("x-legacy-deny", HeaderValue::from_static("1"));
+    let HookOutcome::Respond(r) = c.policy.hooks.run_request(&head(), &mut headers) else {
+        panic!("the legacy hook answers")
+    };
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+/// A 0.2.0 plugin learns which route it configures.
+#[test]
+fn configure_is_told_its_route() {
+    let c = ok(&[
+        ("wasmgress.io/plugins", "set-header"),
+        ("wasmgress.io/plugin.set-header.route", "true"),
+    ]);
+    let mut headers = HeaderMap::new();
+    apply_edits(&c.policy.request_headers, &mut headers, &vars());
+    assert_eq!(headers["x-route"], "Ingress shop/web");
 }

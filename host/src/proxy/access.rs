@@ -1,16 +1,67 @@
 //! Phase 4, access: who may reach a route.
 //!
-//! Runs after routing and before any plugin hook or upstream contact, and answers (401, 403,
-//! 429...) or passes. IP allow and deny lists, authentication and rate limits slot in here,
-//! cheapest first, reading the client address the view computed; no route carries such a
-//! policy yet (an Ingress that asks for one is refused at compile time), so every request
-//! passes.
+//! Runs after routing and before any plugin hook or upstream contact, and answers (401, 403)
+//! or passes. The rules themselves ([`crate::access`]) are data compile built for the route;
+//! this phase hands them the client address the view computed (after PROXY protocol and
+//! trusted forwarding headers) and the `Authorization` header, and turns a refusal into the
+//! answer the client understands (a gRPC status for gRPC clients). A route without rules pays
+//! one branch.
+//!
+//! A password hash (bcrypt: milliseconds of CPU) is never computed on a proxy worker: it runs
+//! on the blocking pool, at most one per CPU at a time, so a flood of wrong passwords queues
+//! behind that bound instead of stalling every other request. Verified credentials are
+//! remembered ([`crate::access::basic`]), so a client pays for the hash once.
 
-use http::Response;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
-use super::{Exchange, InnerBody};
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response};
+use tokio::sync::Semaphore;
+
+use super::{Exchange, InnerBody, local};
+use crate::access::{Access, Verdict};
 
 /// The access decision for this exchange: `None` lets it through.
-pub fn check(_exchange: &Exchange<'_>) -> Option<Response<InnerBody>> {
-    None
+pub async fn check(exchange: &Exchange<'_>, headers: &HeaderMap) -> Option<Response<InnerBody>> {
+    let access = exchange.route.policy.access.as_ref()?;
+    let view = exchange.view;
+    let authorization = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+    let verdict = match access.check(view.client, authorization) {
+        Verdict::Verify => verify(access.clone(), view.client, authorization).await,
+        quick => quick,
+    };
+    let failure = match verdict {
+        Verdict::Pass => return None,
+        Verdict::Forbidden => local::FORBIDDEN,
+        Verdict::Unauthorized | Verdict::Verify => local::UNAUTHORIZED,
+    };
+    let mut resp = local::failure(failure, view.kind.grpc, &view.request_id);
+    if failure == local::UNAUTHORIZED
+        && let Some(challenge) = access.challenge()
+    {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, challenge.clone());
+    }
+    Some(resp)
+}
+
+/// Hash checks running at once, process-wide: one per CPU.
+fn hashing() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Semaphore::new(cpus)
+    })
+}
+
+/// The full check, on the blocking pool. Anything going wrong there refuses (fails closed).
+async fn verify(access: Arc<Access>, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
+    let Ok(_permit) = hashing().acquire().await else {
+        return Verdict::Unauthorized;
+    };
+    let authorization = authorization.map(<[u8]>::to_vec);
+    let checked =
+        tokio::task::spawn_blocking(move || access.check_fully(client, authorization.as_deref()));
+    checked.await.unwrap_or(Verdict::Unauthorized)
 }

@@ -25,6 +25,7 @@ pub enum GrpcCode {
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 /// What failed, in the words a client is told.
@@ -62,6 +63,16 @@ pub const TIMEOUT: Failure = Failure::new(
     StatusCode::GATEWAY_TIMEOUT,
     GrpcCode::DeadlineExceeded,
     "upstream timed out",
+);
+pub const FORBIDDEN: Failure = Failure::new(
+    StatusCode::FORBIDDEN,
+    GrpcCode::PermissionDenied,
+    "forbidden",
+);
+pub const UNAUTHORIZED: Failure = Failure::new(
+    StatusCode::UNAUTHORIZED,
+    GrpcCode::Unauthenticated,
+    "authorization required",
 );
 pub const BODY_TOO_LARGE: Failure = Failure::new(
     StatusCode::PAYLOAD_TOO_LARGE,

@@ -207,7 +207,7 @@ impl Proxy {
             settings: &self.settings,
             record,
         };
-        if let Some(denied) = access::check(&exchange) {
+        if let Some(denied) = access::check(&exchange, &parts.headers).await {
             return denied;
         }
         if let Some(answer) = hooks::on_request(&exchange, &mut parts) {

@@ -536,6 +536,7 @@ pub(super) mod tests {
                     plugins: Arc::new(plugins),
                     route_stats: RouteStatsRegistry::new(),
                     default_backend_service: None,
+                    allow_cross_namespace_resources: false,
                     endpoint_guard: None,
                 })
             })

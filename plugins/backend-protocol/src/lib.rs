@@ -11,8 +11,8 @@ extern crate alloc;
 use alloc::format;
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Annotations, Diagnostic, Diagnostics, Info, Plugin, Policy, UpstreamProtocol, export_plugin,
-    info,
+    Diagnostic, Diagnostics, Directive, Info, Plugin, Policy, Settings, UpstreamProtocol,
+    export_plugin, info,
 };
 
 /// The annotation this plugin owns.
@@ -37,12 +37,14 @@ pub fn parse_protocol(value: &str) -> Result<UpstreamProtocol, alloc::string::St
 }
 
 /// Turn the owned annotations into a policy.
-pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
+pub fn policy(annotations: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let mut policy = Policy::default();
     if let Some(value) = annotations.get(KEY) {
         match parse_protocol(value) {
-            Ok(proto) => policy.upstream_protocol = Some(proto),
+            Ok(proto) => {
+                policy.push(Directive::UpstreamProtocol(proto));
+            }
             Err(why) => diags.error(KEY, why),
         }
     }
@@ -64,7 +66,7 @@ impl Plugin for BackendProtocol {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         policy(annotations).map(|p| (p, ()))
     }
 }
@@ -91,15 +93,18 @@ mod tests {
 
     #[test]
     fn policy_sets_protocol_or_rejects() {
-        let ok = policy(&Annotations::from_pairs(&[(KEY, "HTTPS")])).expect("valid");
-        assert_eq!(ok.upstream_protocol, Some(UpstreamProtocol::Https));
-        let err = policy(&Annotations::from_pairs(&[(KEY, "FCGI")])).expect_err("refused");
-        assert_eq!(err[0].key, KEY);
+        let ok = policy(&Settings::from_pairs(&[(KEY, "HTTPS")])).expect("valid");
         assert_eq!(
-            policy(&Annotations::default())
+            ok.directives,
+            [Directive::UpstreamProtocol(UpstreamProtocol::Https)]
+        );
+        let err = policy(&Settings::from_pairs(&[(KEY, "FCGI")])).expect_err("refused");
+        assert_eq!(err[0].key, KEY);
+        assert!(
+            policy(&Settings::default())
                 .expect("empty")
-                .upstream_protocol,
-            None
+                .directives
+                .is_empty()
         );
     }
 }

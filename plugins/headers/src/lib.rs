@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use doc::Node;
 use wasmgress_plugin_sdk::validate::{check_header_name, is_header_value};
 use wasmgress_plugin_sdk::{
-    Annotations, Diagnostic, Diagnostics, HeaderEdit, HeaderValue, Info, Plugin, Policy,
+    Diagnostic, Diagnostics, Directive, HeaderEdit, HeaderValue, Info, Plugin, Policy, Settings,
     export_plugin, info,
 };
 
@@ -131,33 +131,37 @@ pub fn parse_vhost(value: &str) -> Result<String, String> {
 }
 
 /// Turn the owned annotations into a policy.
-pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
+pub fn policy(annotations: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let mut policy = Policy::default();
-    for (key, edits) in [
-        (REQUEST, &mut policy.request_headers),
-        (RESPONSE, &mut policy.response_headers),
-    ] {
+    type Edit = fn(HeaderEdit) -> Directive;
+    let lists: [(&str, Edit); 2] = [
+        (REQUEST, Directive::RequestHeader),
+        (RESPONSE, Directive::ResponseHeader),
+    ];
+    for (key, directive) in lists {
         if let Some(text) = annotations.get(key) {
             match parse_edits(text) {
-                Ok(parsed) => edits.extend(parsed),
+                Ok(parsed) => policy.directives.extend(parsed.into_iter().map(directive)),
                 Err(why) => diags.error(key, why),
             }
         }
     }
     if let Some(v) = annotations.get(UPSTREAM_VHOST) {
         match parse_vhost(v) {
-            Ok(host) => policy
-                .request_headers
-                .push(HeaderEdit::set("host", HeaderValue::text(host))),
+            Ok(host) => {
+                let edit = HeaderEdit::set("host", HeaderValue::text(host));
+                policy.push(Directive::RequestHeader(edit));
+            }
             Err(why) => diags.error(UPSTREAM_VHOST, why),
         }
     }
     if let Some(v) = annotations.get(X_FORWARDED_PREFIX) {
         match value("X-Forwarded-Prefix", v.trim()) {
-            Ok(hv) => policy
-                .request_headers
-                .push(HeaderEdit::set("x-forwarded-prefix", hv)),
+            Ok(hv) => {
+                let edit = HeaderEdit::set("x-forwarded-prefix", hv);
+                policy.push(Directive::RequestHeader(edit));
+            }
             Err(why) => diags.error(X_FORWARDED_PREFIX, why),
         }
     }
@@ -194,7 +198,7 @@ impl Plugin for Headers {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         policy(annotations).map(|p| (p, ()))
     }
 }
@@ -246,19 +250,19 @@ mod tests {
 
     #[test]
     fn nginx_keys() {
-        let p = policy(&Annotations::from_pairs(&[
+        let p = policy(&Settings::from_pairs(&[
             (UPSTREAM_VHOST, "internal.svc:8080"),
             (X_FORWARDED_PREFIX, "/api"),
         ]))
         .expect("valid");
         assert_eq!(
-            p.request_headers,
+            p.request_headers().cloned().collect::<Vec<_>>(),
             vec![
                 HeaderEdit::set("host", HeaderValue::text("internal.svc:8080")),
                 HeaderEdit::set("x-forwarded-prefix", HeaderValue::text("/api")),
             ]
         );
-        let e = policy(&Annotations::from_pairs(&[
+        let e = policy(&Settings::from_pairs(&[
             (UPSTREAM_VHOST, "$service.svc"),
             (CUSTOM_HEADERS, "default/extra"),
         ]))

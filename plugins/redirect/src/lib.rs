@@ -21,7 +21,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::template;
 use wasmgress_plugin_sdk::{
-    Annotations, Diagnostic, Diagnostics, Info, Plugin, Policy, Redirect, StaticResponse,
+    Diagnostic, Diagnostics, Directive, Info, Plugin, Policy, Redirect, Settings, StaticResponse,
     TemplatePart, export_plugin, info, parse_bool,
 };
 
@@ -152,7 +152,7 @@ pub fn parse_rewrite_target(value: &str) -> Result<(String, bool), String> {
     Ok((String::from(value), captures))
 }
 
-fn bool_key(annotations: &Annotations, key: &str, diags: &mut Diagnostics) -> Option<bool> {
+fn bool_key(annotations: &Settings, key: &str, diags: &mut Diagnostics) -> Option<bool> {
     let value = annotations.get(key)?;
     let parsed = parse_bool(value);
     if parsed.is_none() {
@@ -162,7 +162,7 @@ fn bool_key(annotations: &Annotations, key: &str, diags: &mut Diagnostics) -> Op
 }
 
 fn redirect(
-    annotations: &Annotations,
+    annotations: &Settings,
     url_key: &str,
     code_key: &str,
     default_code: u16,
@@ -197,13 +197,13 @@ fn redirect(
 }
 
 /// Turn the owned annotations into a policy.
-pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
+pub fn policy(annotations: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
-    let mut policy = Policy {
-        ssl_redirect: bool_key(annotations, SSL_REDIRECT, &mut diags),
-        force_ssl_redirect: bool_key(annotations, FORCE_SSL_REDIRECT, &mut diags),
-        ..Policy::default()
-    };
+    let mut policy = Policy::default();
+    let d = &mut policy.directives;
+    d.extend(bool_key(annotations, SSL_REDIRECT, &mut diags).map(Directive::SslRedirect));
+    let force = bool_key(annotations, FORCE_SSL_REDIRECT, &mut diags);
+    d.extend(force.map(Directive::ForceSslRedirect));
 
     let permanent = redirect(annotations, PERMANENT, PERMANENT_CODE, 301, &mut diags);
     let temporal = redirect(annotations, TEMPORAL, TEMPORAL_CODE, 302, &mut diags);
@@ -213,16 +213,18 @@ pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
             "ignored: temporal-redirect is also set and takes precedence (as in ingress-nginx)",
         );
     }
-    policy.respond = temporal.or(permanent).map(StaticResponse::Redirect);
+    let respond = temporal.or(permanent).map(StaticResponse::Redirect);
+    d.extend(respond.map(Directive::Respond));
 
     if let Some(v) = annotations.get(APP_ROOT) {
         match parse_app_root(v) {
-            Ok(root) => policy.app_root = Some(root),
+            Ok(root) => d.push(Directive::AppRoot(root)),
             Err(why) => diags.error(APP_ROOT, why),
         }
     }
 
     let use_regex = bool_key(annotations, USE_REGEX, &mut diags);
+    let mut rewrite = false;
     if let Some(v) = annotations.get(REWRITE_TARGET) {
         match parse_rewrite_target(v) {
             Ok((target, captures)) => {
@@ -232,13 +234,15 @@ pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
                         format!("`{target}` uses capture groups but {USE_REGEX} is false"),
                     );
                 }
-                policy.rewrite_target = Some(target);
+                d.push(Directive::RewriteTarget(target));
+                rewrite = true;
             }
             Err(why) => diags.error(REWRITE_TARGET, why),
         }
     }
     // ingress-nginx turns paths into regular expressions as soon as rewrite-target is set.
-    policy.use_regex = use_regex.or(policy.rewrite_target.as_ref().map(|_| true));
+    let regex = use_regex.or(rewrite.then_some(true));
+    d.extend(regex.map(Directive::UseRegex));
     diags.finish(policy)
 }
 
@@ -251,7 +255,7 @@ impl Plugin for RedirectPlugin {
         info("redirect", env!("CARGO_PKG_VERSION"), &KEYS, &[], &[])
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         policy(annotations).map(|p| (p, ()))
     }
 }
@@ -263,15 +267,30 @@ mod tests {
     use super::*;
     use wasmgress_plugin_sdk::RequestVariable;
 
-    fn a(pairs: &[(&str, &str)]) -> Annotations {
-        Annotations::from_pairs(pairs)
+    fn a(pairs: &[(&str, &str)]) -> Settings {
+        Settings::from_pairs(pairs)
+    }
+
+    fn redirect_of(p: &Policy) -> Redirect {
+        p.directives
+            .iter()
+            .find_map(|d| match d {
+                Directive::Respond(StaticResponse::Redirect(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a redirect")
     }
 
     #[test]
     fn ssl_flags() {
         let p = policy(&a(&[(SSL_REDIRECT, "false"), (FORCE_SSL_REDIRECT, "true")])).expect("ok");
-        assert_eq!(p.ssl_redirect, Some(false));
-        assert_eq!(p.force_ssl_redirect, Some(true));
+        assert_eq!(
+            p.directives,
+            [
+                Directive::SslRedirect(false),
+                Directive::ForceSslRedirect(true)
+            ]
+        );
         let e = policy(&a(&[(SSL_REDIRECT, "maybe")])).expect_err("bad bool");
         assert_eq!(e[0].key, SSL_REDIRECT);
     }
@@ -279,9 +298,7 @@ mod tests {
     #[test]
     fn permanent_and_temporal() {
         let p = policy(&a(&[(PERMANENT, "https://new.example.com$request_uri")])).expect("ok");
-        let Some(StaticResponse::Redirect(r)) = p.respond else {
-            panic!("expected a redirect")
-        };
+        let r = redirect_of(&p);
         assert_eq!(r.status, 301);
         assert_eq!(
             r.location,
@@ -296,9 +313,7 @@ mod tests {
             (TEMPORAL, "https://b.example.com"),
         ]))
         .expect("ok");
-        let Some(StaticResponse::Redirect(r)) = p.respond else {
-            panic!("expected a redirect")
-        };
+        let r = redirect_of(&p);
         assert_eq!(r.status, 302, "temporal wins");
         assert_eq!(p.notes.len(), 1);
     }
@@ -325,15 +340,20 @@ mod tests {
     #[test]
     fn app_root_and_rewrite() {
         let p = policy(&a(&[(APP_ROOT, "/app1"), (REWRITE_TARGET, "/$2")])).expect("ok");
-        assert_eq!(p.app_root.as_deref(), Some("/app1"));
-        assert_eq!(p.rewrite_target.as_deref(), Some("/$2"));
-        assert_eq!(p.use_regex, Some(true));
+        assert_eq!(
+            p.directives,
+            [
+                Directive::AppRoot("/app1".into()),
+                Directive::RewriteTarget("/$2".into()),
+                Directive::UseRegex(true)
+            ]
+        );
         assert!(policy(&a(&[(APP_ROOT, "app1")])).is_err());
         assert!(policy(&a(&[(REWRITE_TARGET, "/$host")])).is_err());
         assert!(policy(&a(&[(REWRITE_TARGET, "/$1"), (USE_REGEX, "false")])).is_err());
         assert_eq!(
-            policy(&a(&[(USE_REGEX, "true")])).expect("ok").use_regex,
-            Some(true)
+            policy(&a(&[(USE_REGEX, "true")])).expect("ok").directives,
+            [Directive::UseRegex(true)]
         );
         assert_eq!(
             parse_rewrite_target("/${1}/x"),

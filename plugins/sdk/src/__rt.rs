@@ -11,7 +11,9 @@ pub use alloc::vec::Vec;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
-    use crate::{Action, Annotations, Diagnostic, Fields, Headers, Info, Level, Plugin, Policy};
+    use crate::{
+        Action, Config, Diagnostic, Fields, Headers, Info, Level, Plugin, Policy, Settings,
+    };
     use crate::{RequestHead, log};
     use alloc::boxed::Box;
     use alloc::string::String;
@@ -100,11 +102,9 @@ mod wasm {
         P::info()
     }
 
-    pub fn configure<P: Plugin>(
-        annotations: Vec<(String, String)>,
-    ) -> Result<Policy, Vec<Diagnostic>> {
-        let annotations = Annotations::new(annotations);
-        let (policy, config) = P::configure(&annotations)?;
+    pub fn configure<P: Plugin>(config: Config) -> Result<Policy, Vec<Diagnostic>> {
+        let settings = Settings::from_config(config);
+        let (policy, config) = P::configure(&settings)?;
         // SAFETY: see `ConfigSlot`; no hook runs during `configure`.
         unsafe { *CONFIG.0.get() = Some(Box::new(config)) };
         Ok(policy)

@@ -16,7 +16,7 @@
 //! impl Plugin for Hello {
 //!     type Config = ();
 //!     fn info() -> Info { info("hello", "0.1.0", &[], &[], &[]) }
-//!     fn configure(_: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+//!     fn configure(_: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
 //!         Ok((Policy::default(), ()))
 //!     }
 //! }
@@ -48,9 +48,10 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, Diagnostic, Fields, FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook,
-    HttpVersion, Info, Policy, Redirect, RequestHead, RequestVariable, Response, Severity,
-    StaticResponse, TemplatePart, UpstreamProtocol,
+    Action, AuthSecretFormat, BasicAuth, Config, Diagnostic, Directive, Fields, FixedResponse,
+    Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info, ObjectRef, Policy,
+    Redirect, RequestHead, RequestVariable, Response, RouteRef, Satisfy, Severity, StaticResponse,
+    TemplatePart, UpstreamProtocol,
 };
 
 pub mod template;
@@ -68,9 +69,10 @@ pub trait Plugin: 'static {
     /// Name, version, owned annotation keys and prefixes, possible hooks. Must be constant.
     fn info() -> Info;
 
-    /// Turn this Ingress's annotations (only the keys this plugin owns) into a policy and the
-    /// configuration the hooks need, or explain with at least one error diagnostic why not.
-    fn configure(annotations: &Annotations) -> Result<(Policy, Self::Config), Vec<Diagnostic>>;
+    /// Turn this route's settings (for an Ingress: the annotations this plugin owns) into a
+    /// policy and the configuration the hooks need, or explain with at least one error
+    /// diagnostic why not.
+    fn configure(settings: &Settings) -> Result<(Policy, Self::Config), Vec<Diagnostic>>;
 
     /// Called per request when the policy asked for [`Hook::RequestHeaders`].
     fn on_request_headers(
@@ -101,10 +103,10 @@ macro_rules! export_plugin {
                     $crate::__rt::describe::<$plugin>()
                 }
                 fn configure(
-                    annotations: $crate::__rt::Vec<($crate::__rt::String, $crate::__rt::String)>,
+                    config: $crate::Config,
                 ) -> ::core::result::Result<$crate::Policy, $crate::__rt::Vec<$crate::Diagnostic>>
                 {
-                    $crate::__rt::configure::<$plugin>(annotations)
+                    $crate::__rt::configure::<$plugin>(config)
                 }
                 fn on_request_headers(
                     head: $crate::RequestHead,
@@ -145,22 +147,34 @@ impl Default for Policy {
     /// A policy that changes nothing and asks for no hooks.
     fn default() -> Self {
         Policy {
-            upstream_protocol: None,
-            connect_timeout_ms: None,
-            read_timeout_ms: None,
-            send_timeout_ms: None,
-            upstream_http_version: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            respond: None,
-            app_root: None,
-            ssl_redirect: None,
-            force_ssl_redirect: None,
-            rewrite_target: None,
-            use_regex: None,
+            directives: Vec::new(),
             hooks: Vec::new(),
             notes: Vec::new(),
         }
+    }
+}
+
+impl Policy {
+    /// Add a directive; the host applies them in order.
+    pub fn push(&mut self, directive: Directive) -> &mut Self {
+        self.directives.push(directive);
+        self
+    }
+
+    /// The request header edits, in order (handy in unit tests).
+    pub fn request_headers(&self) -> impl Iterator<Item = &HeaderEdit> {
+        self.directives.iter().filter_map(|d| match d {
+            Directive::RequestHeader(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The response header edits, in order.
+    pub fn response_headers(&self) -> impl Iterator<Item = &HeaderEdit> {
+        self.directives.iter().filter_map(|d| match d {
+            Directive::ResponseHeader(e) => Some(e),
+            _ => None,
+        })
     }
 }
 
@@ -233,13 +247,16 @@ impl Action {
     }
 }
 
-/// The annotations handed to `configure`: only the keys this plugin owns, sorted by key.
+/// What `configure` is handed: the route it configures and the settings this plugin owns,
+/// sorted by key. For an Ingress the settings are its annotations; a Gateway API route hands
+/// over its `ExtensionRef` filter's pairs under the same keys.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Annotations {
+pub struct Settings {
+    route: Option<RouteRef>,
     entries: Vec<(String, String)>,
 }
 
-impl Annotations {
+impl Settings {
     /// Wrap a list of `(key, value)` pairs (sorted here; duplicate keys keep the last value).
     pub fn new(mut entries: Vec<(String, String)>) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -251,7 +268,22 @@ impl Annotations {
                 _ => out.push((k, v)),
             }
         }
-        Annotations { entries: out }
+        Settings {
+            route: None,
+            entries: out,
+        }
+    }
+
+    /// The settings and route the host handed to `configure`.
+    pub fn from_config(config: Config) -> Self {
+        let mut settings = Self::new(config.settings);
+        settings.route = Some(config.route);
+        settings
+    }
+
+    /// The route being configured (`None` only in unit tests built with [`Settings::new`]).
+    pub fn route(&self) -> Option<&RouteRef> {
+        self.route.as_ref()
     }
 
     /// Build from borrowed pairs (handy in unit tests).
@@ -277,7 +309,7 @@ impl Annotations {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// True when no annotation was handed over.
+    /// True when no setting was handed over.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -431,7 +463,7 @@ mod tests {
 
     #[test]
     fn annotations_sorted_and_deduplicated() {
-        let a = Annotations::from_pairs(&[("b", "1"), ("a", "2"), ("b", "3")]);
+        let a = Settings::from_pairs(&[("b", "1"), ("a", "2"), ("b", "3")]);
         assert_eq!(a.get("b"), Some("3"));
         assert_eq!(a.get("a"), Some("2"));
         assert_eq!(a.get("c"), None);

@@ -28,7 +28,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::validate::check_header_name;
 use wasmgress_plugin_sdk::{
-    Annotations, Diagnostic, Diagnostics, HeaderEdit, HeaderValue, Info, Plugin, Policy,
+    Diagnostic, Diagnostics, Directive, HeaderEdit, HeaderValue, Info, Plugin, Policy, Settings,
     TemplatePart, export_plugin, info, template,
 };
 
@@ -358,15 +358,16 @@ pub fn translate(snippet: &str) -> Result<Translation, String> {
 }
 
 /// Turn the owned annotations into a policy.
-pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
+pub fn policy(annotations: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let mut policy = Policy::default();
     for key in [SERVER, CONFIGURATION] {
         if let Some(snippet) = annotations.get(key) {
             match translate(snippet) {
                 Ok(t) => {
-                    policy.request_headers.extend(t.request);
-                    policy.response_headers.extend(t.response);
+                    let request = t.request.into_iter().map(Directive::RequestHeader);
+                    let response = t.response.into_iter().map(Directive::ResponseHeader);
+                    policy.directives.extend(request.chain(response));
                     for note in t.notes {
                         diags.info(key, note);
                     }
@@ -393,7 +394,7 @@ impl Plugin for Snippet {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         policy(annotations).map(|p| (p, ()))
     }
 }
@@ -531,21 +532,21 @@ mod tests {
 
     #[test]
     fn policy_orders_server_then_location_and_names_key() {
-        let p = policy(&Annotations::from_pairs(&[
+        let p = policy(&Settings::from_pairs(&[
             (CONFIGURATION, "proxy_set_header X-A loc;"),
             (SERVER, "proxy_set_header X-A srv; add_header X-B c;"),
         ]))
         .expect("valid");
         assert_eq!(
-            p.request_headers,
+            p.request_headers().cloned().collect::<Vec<_>>(),
             vec![
                 HeaderEdit::set("X-A", HeaderValue::text("srv")),
                 HeaderEdit::set("X-A", HeaderValue::text("loc")),
             ]
         );
         assert_eq!(p.notes.len(), 1, "add_header without always is noted");
-        let e = policy(&Annotations::from_pairs(&[(CONFIGURATION, "include x;")]))
-            .expect_err("refused");
+        let e =
+            policy(&Settings::from_pairs(&[(CONFIGURATION, "include x;")])).expect_err("refused");
         assert_eq!(e[0].key, CONFIGURATION);
         assert!(e[0].message.contains("`include`"));
     }

@@ -13,7 +13,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Annotations, Diagnostic, Diagnostics, HttpVersion, Info, Plugin, Policy, export_plugin, info,
+    Diagnostic, Diagnostics, Directive, HttpVersion, Info, Plugin, Policy, Settings, export_plugin,
+    info,
 };
 
 /// `proxy-connect-timeout`
@@ -58,24 +59,30 @@ pub fn parse_http_version(value: &str) -> Result<HttpVersion, String> {
 }
 
 /// Turn the owned annotations into a policy.
-pub fn policy(annotations: &Annotations) -> Result<Policy, Vec<Diagnostic>> {
+pub fn policy(annotations: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let mut policy = Policy::default();
-    for (key, slot) in [
-        (CONNECT, &mut policy.connect_timeout_ms),
-        (READ, &mut policy.read_timeout_ms),
-        (SEND, &mut policy.send_timeout_ms),
-    ] {
+    type Timeout = fn(u32) -> Directive;
+    let timeouts: [(&str, Timeout); 3] = [
+        (CONNECT, Directive::ConnectTimeoutMs),
+        (READ, Directive::ReadTimeoutMs),
+        (SEND, Directive::SendTimeoutMs),
+    ];
+    for (key, directive) in timeouts {
         if let Some(value) = annotations.get(key) {
             match parse_seconds(value) {
-                Ok(ms) => *slot = Some(ms),
+                Ok(ms) => {
+                    policy.push(directive(ms));
+                }
                 Err(why) => diags.error(key, why),
             }
         }
     }
     if let Some(value) = annotations.get(HTTP_VERSION) {
         match parse_http_version(value) {
-            Ok(v) => policy.upstream_http_version = Some(v),
+            Ok(v) => {
+                policy.push(Directive::UpstreamHttpVersion(v));
+            }
             Err(why) => diags.error(HTTP_VERSION, why),
         }
     }
@@ -97,7 +104,7 @@ impl Plugin for Timeouts {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         policy(annotations).map(|p| (p, ()))
     }
 }
@@ -123,22 +130,27 @@ mod tests {
 
     #[test]
     fn full_policy() {
-        let p = policy(&Annotations::from_pairs(&[
+        let p = policy(&Settings::from_pairs(&[
             (CONNECT, "5"),
             (READ, "3600"),
             (SEND, "30"),
             (HTTP_VERSION, "1.0"),
         ]))
         .expect("valid");
-        assert_eq!(p.connect_timeout_ms, Some(5_000));
-        assert_eq!(p.read_timeout_ms, Some(3_600_000));
-        assert_eq!(p.send_timeout_ms, Some(30_000));
-        assert_eq!(p.upstream_http_version, Some(HttpVersion::Http10));
+        assert_eq!(
+            p.directives,
+            [
+                Directive::ConnectTimeoutMs(5_000),
+                Directive::ReadTimeoutMs(3_600_000),
+                Directive::SendTimeoutMs(30_000),
+                Directive::UpstreamHttpVersion(HttpVersion::Http10),
+            ]
+        );
     }
 
     #[test]
     fn every_bad_key_is_named() {
-        let err = policy(&Annotations::from_pairs(&[
+        let err = policy(&Settings::from_pairs(&[
             (CONNECT, "soon"),
             (HTTP_VERSION, "2"),
         ]))

@@ -22,7 +22,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::validate::is_header_name;
 use wasmgress_plugin_sdk::{
-    Action, Annotations, Diagnostic, Diagnostics, Headers, Hook, Info, Plugin, Policy, RequestHead,
+    Action, Diagnostic, Diagnostics, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings,
     export_plugin, info, parse_bool,
 };
 
@@ -44,7 +44,7 @@ pub struct Config {
 }
 
 /// Parse and validate the plugin's annotations.
-pub fn parse(annotations: &Annotations) -> Result<Config, Vec<Diagnostic>> {
+pub fn parse(annotations: &Settings) -> Result<Config, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let header = annotations.get(HEADER).unwrap_or("x-api-key").trim();
     if !is_header_name(header) {
@@ -116,7 +116,7 @@ impl Plugin for ApiKey {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, Config), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, Config), Vec<Diagnostic>> {
         let config = parse(annotations)?;
         let policy = Policy {
             hooks: alloc::vec![Hook::RequestHeaders],
@@ -151,18 +151,18 @@ mod tests {
 
     #[test]
     fn parse_defaults_and_errors() {
-        let c = parse(&Annotations::from_pairs(&[(KEYS, "a, b,,")])).expect("valid");
+        let c = parse(&Settings::from_pairs(&[(KEYS, "a, b,,")])).expect("valid");
         assert_eq!(c.header, "x-api-key");
         assert_eq!(c.keys, ["a", "b"]);
         assert!(c.strip);
-        let e = parse(&Annotations::from_pairs(&[(HEADER, "bad header")])).expect_err("invalid");
+        let e = parse(&Settings::from_pairs(&[(HEADER, "bad header")])).expect_err("invalid");
         let keys: Vec<&str> = e.iter().map(|d| d.key.as_str()).collect();
         assert_eq!(keys, [HEADER, KEYS]);
     }
 
     #[test]
     fn key_check() {
-        let c = parse(&Annotations::from_pairs(&[(KEYS, "k1,k2")])).expect("valid");
+        let c = parse(&Settings::from_pairs(&[(KEYS, "k1,k2")])).expect("valid");
         assert!(accepted(&c, Some(b"k2")));
         assert!(!accepted(&c, Some(b"k3")));
         assert!(!accepted(&c, Some(b"k")));

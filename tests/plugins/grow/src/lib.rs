@@ -6,8 +6,8 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Action, Annotations, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead,
-    export_plugin, info,
+    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings, export_plugin,
+    info,
 };
 
 struct Grow;
@@ -19,7 +19,7 @@ impl Plugin for Grow {
         info("grow", "0.1.0", &[], &[], &[Hook::RequestHeaders])
     }
 
-    fn configure(_: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(_: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         let policy = Policy {
             hooks: alloc::vec![Hook::RequestHeaders],
             ..Policy::default()

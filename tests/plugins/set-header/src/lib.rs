@@ -3,15 +3,18 @@
 //! `wasmgress.io/plugin.set-header.value`, default `wasm`, with the agent's length appended).
 //! With `wasmgress.io/plugin.set-header.response: "true"` it also hooks responses, setting
 //! `x-response-seen-by: <value>-<status>`, and answers 502 itself for upstream 5xx responses.
+//! With `wasmgress.io/plugin.set-header.route: "true"` its policy also sets the static request
+//! header `x-route: <kind> <namespace>/<name>`: the route `configure` was told about.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Action, Annotations, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead,
-    export_plugin, info,
+    Action, Diagnostic, Directive, HeaderEdit, HeaderValue, Headers, Hook, Info, Plugin, Policy,
+    RequestHead, Settings, export_plugin, info,
 };
 
 struct SetHeader;
@@ -29,7 +32,7 @@ impl Plugin for SetHeader {
         )
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, String), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, String), Vec<Diagnostic>> {
         let value = annotations
             .get("wasmgress.io/plugin.set-header.value")
             .unwrap_or("wasm")
@@ -38,10 +41,17 @@ impl Plugin for SetHeader {
         if annotations.get("wasmgress.io/plugin.set-header.response") == Some("true") {
             hooks.push(Hook::ResponseHeaders);
         }
-        let policy = Policy {
+        let mut policy = Policy {
             hooks,
             ..Policy::default()
         };
+        if annotations.get("wasmgress.io/plugin.set-header.route") == Some("true")
+            && let Some(r) = annotations.route()
+        {
+            let route = format!("{} {}/{}", r.kind, r.namespace, r.name);
+            let edit = HeaderEdit::set("x-route", HeaderValue::text(route));
+            policy.push(Directive::RequestHeader(edit));
+        }
         Ok((policy, value))
     }
 

@@ -8,8 +8,8 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Action, Annotations, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead,
-    export_plugin, info,
+    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings, export_plugin,
+    info,
 };
 
 fn spin() -> ! {
@@ -29,7 +29,7 @@ impl Plugin for Spin {
         info("spin", "0.1.0", &[], &[], &[Hook::RequestHeaders])
     }
 
-    fn configure(annotations: &Annotations) -> Result<(Policy, ()), Vec<Diagnostic>> {
+    fn configure(annotations: &Settings) -> Result<(Policy, ()), Vec<Diagnostic>> {
         if annotations.get("wasmgress.io/plugin.spin.at") == Some("configure") {
             spin();
         }
