@@ -11,6 +11,7 @@ pub mod body;
 pub mod cluster;
 pub mod compat;
 pub mod compile;
+pub mod cors;
 pub mod demo;
 pub mod diagnostic;
 pub mod metrics;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::access::Access;
+use crate::cors::Cors;
 use crate::plugin::HookChain;
 
 /// What the upstream speaks (ingress-nginx `backend-protocol`).
@@ -167,6 +168,8 @@ pub struct Policy {
     pub rewrite_target: Option<Arc<str>>,
     /// Who may reach the route (phase 4); `None` restricts nothing.
     pub access: Option<Arc<Access>>,
+    /// Cross-origin resource sharing: preflights answered, grants added to responses.
+    pub cors: Option<Arc<Cors>>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
 }
@@ -187,6 +190,7 @@ impl Default for Policy {
             app_root: None,
             rewrite_target: None,
             access: None,
+            cors: None,
             hooks: HookChain::default(),
         }
     }

@@ -112,6 +112,10 @@ pub fn compile(
                 // No mode serves a restricted route open: its last good version fails too.
                 Err(why) => error("metadata.annotations".into(), why),
             }
+            match p.cors.as_ref().map(crate::cors::Cors::new).transpose() {
+                Ok(cors) => policy.cors = cors.map(Arc::new),
+                Err(why) => error("metadata.annotations".into(), why),
+            }
         }
         Err(diagnostics) => {
             for d in diagnostics {

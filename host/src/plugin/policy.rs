@@ -61,6 +61,8 @@ pub struct PluginPolicy {
     pub body_size: Option<u64>,
     /// Who may reach the route, as the plugins stated it (Secrets still unresolved).
     pub access: AccessRules,
+    /// Cross-origin resource sharing.
+    pub cors: Option<crate::cors::CorsRule>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -170,6 +172,7 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.access.satisfy, later.access.satisfy, "satisfy", o);
+        take(&mut self.cors, later.cors, "CORS rules", o);
         self.access.allow.extend(later.access.allow);
         self.access.deny.extend(later.access.deny);
         self.request_headers.extend(later.request_headers);
@@ -447,6 +450,16 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::AllowSource(list) => out.access.allow.extend(sources(list, "allow")?),
             D::DenySource(list) => out.access.deny.extend(sources(list, "deny")?),
             D::BasicAuth(b) => out.access.basic_auth = Some(basic_auth(b)?),
+            D::Cors(c) => {
+                out.cors = Some(crate::cors::CorsRule {
+                    allow_origins: c.allow_origins,
+                    allow_methods: c.allow_methods,
+                    allow_headers: c.allow_headers,
+                    expose_headers: c.expose_headers,
+                    allow_credentials: c.allow_credentials,
+                    max_age_seconds: c.max_age_seconds,
+                })
+            }
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

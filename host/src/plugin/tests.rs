@@ -110,7 +110,8 @@ fn builtins_describe_themselves() {
             "redirect",
             "body-size",
             "ip-access",
-            "basic-auth"
+            "basic-auth",
+            "cors"
         ]
     );
     for p in registry().builtins() {

@@ -125,6 +125,13 @@ fn plain(status: StatusCode, body: String) -> Response<ProxyBody> {
     resp
 }
 
+/// An empty 204 (a CORS preflight's answer; the caller adds the CORS headers).
+pub fn no_content() -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
 /// A redirect. HTTPS upgrades use 308, which keeps the method and body (301/302 may turn a
 /// POST into a GET).
 pub fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {

@@ -181,7 +181,7 @@ impl Proxy {
     /// Phases 3 to 8 for a request with a valid view.
     async fn serve(
         &self,
-        mut parts: Parts,
+        parts: Parts,
         body: Incoming,
         view: &RequestView,
         conn: &Conn,
@@ -189,14 +189,42 @@ impl Proxy {
         stats: &mut Option<Arc<crate::metrics::RouteStats>>,
     ) -> Response<InnerBody> {
         let generation = self.generation.load_full();
-        let grpc = view.kind.grpc;
         let Some(route) = routing::find(&generation.routes, view) else {
-            return local::failure(local::NO_ROUTE, grpc, &view.request_id);
+            return local::failure(local::NO_ROUTE, view.kind.grpc, &view.request_id);
         };
         *stats = Some(route.stats.clone());
         if let Some(r) = record.as_mut() {
             r.ingress = Some(route.ingress.clone());
         }
+        let Some(cors) = route.policy.cors.as_deref() else {
+            return self
+                .serve_route(route, parts, body, view, conn, record)
+                .await;
+        };
+        // CORS wraps every answer of the route, the proxy's own included (a browser must be
+        // able to read a 401); a preflight is answered before anything else runs.
+        let grant = cors.grant(parts.headers.get(http::header::ORIGIN));
+        let mut resp = if grant.is_some() && parts.method == http::Method::OPTIONS {
+            local::no_content()
+        } else {
+            self.serve_route(route, parts, body, view, conn, record)
+                .await
+        };
+        cors.decorate(grant, resp.headers_mut());
+        resp
+    }
+
+    /// Phases 3 (route's own answers) to 8, once the route is known.
+    async fn serve_route(
+        &self,
+        route: &crate::route::Route,
+        mut parts: Parts,
+        body: Incoming,
+        view: &RequestView,
+        conn: &Conn,
+        record: &mut Option<Box<log::Record>>,
+    ) -> Response<InnerBody> {
+        let grpc = view.kind.grpc;
         if let Some(answer) = routing::answer(route, view, self.settings.redirect_https_port) {
             return answer;
         }

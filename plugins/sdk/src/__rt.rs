@@ -16,7 +16,6 @@ mod wasm {
     };
     use crate::{RequestHead, log};
     use alloc::boxed::Box;
-    use alloc::string::String;
     use alloc::vec::Vec;
     use core::any::Any;
     use core::cell::UnsafeCell;

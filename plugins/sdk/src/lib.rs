@@ -48,10 +48,10 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, AuthSecretFormat, BasicAuth, Config, Diagnostic, Directive, Fields, FixedResponse,
-    Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info, ObjectRef, Policy,
-    Redirect, RequestHead, RequestVariable, Response, RouteRef, Satisfy, Severity, StaticResponse,
-    TemplatePart, UpstreamProtocol,
+    Action, AuthSecretFormat, BasicAuth, Config, Cors, Diagnostic, Directive, Fields,
+    FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info,
+    ObjectRef, Policy, Redirect, RequestHead, RequestVariable, Response, RouteRef, Satisfy,
+    Severity, StaticResponse, TemplatePart, UpstreamProtocol,
 };
 
 pub mod template;
