@@ -18,6 +18,9 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::access::limit::Slot;
+use crate::policy::ResponseRate;
+
 /// Why a proxied body stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -50,6 +53,38 @@ pub struct Idle<B> {
     finished: bool,
     /// Data bytes passed, for the access log (only when it is on).
     counter: Option<Arc<AtomicU64>>,
+    /// Bandwidth limit (`limit-rate`); boxed: rare, and every response carries the field.
+    throttle: Option<Box<Throttle>>,
+    /// Held until the body is dropped: the request's `limit-connections` slot.
+    _slot: Option<Slot>,
+}
+
+/// nginx's `limit_rate_after` / `limit_rate` for one response: after `after` bytes, frames go
+/// out no faster than `rate` bytes per second.
+struct Throttle {
+    rate: u64,
+    after: u64,
+    sent: u64,
+    /// When the throttled part began (the first frame past `after`).
+    began: Option<Instant>,
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl Throttle {
+    /// Account for a frame of `n` bytes; arms the wait before the next frame if it is due
+    /// later.
+    fn sent(&mut self, n: usize) {
+        self.sent += n as u64;
+        let Some(over) = self.sent.checked_sub(self.after).filter(|o| *o > 0) else {
+            return;
+        };
+        let now = Instant::now();
+        let began = *self.began.get_or_insert(now);
+        let due = began + Duration::from_secs_f64(over as f64 / self.rate as f64);
+        if due > now {
+            self.wait = Some(Box::pin(tokio::time::sleep_until(due)));
+        }
+    }
 }
 
 impl<B> Idle<B> {
@@ -62,7 +97,29 @@ impl<B> Idle<B> {
             on_idle,
             finished: false,
             counter: None,
+            throttle: None,
+            _slot: None,
         }
+    }
+
+    /// Holds `slot` (a `limit-connections` count) until the body ends.
+    pub fn holding(mut self, slot: Option<Slot>) -> Self {
+        self._slot = slot;
+        self
+    }
+
+    /// Limits the bandwidth once `rate.after_bytes` have passed.
+    pub fn throttled(mut self, rate: Option<ResponseRate>) -> Self {
+        self.throttle = rate.map(|r| {
+            Box::new(Throttle {
+                rate: r.bytes_per_second.max(1),
+                after: r.after_bytes,
+                sent: 0,
+                began: None,
+                wait: None,
+            })
+        });
+        self
     }
 
     /// Counts the data bytes that pass into `counter`.
@@ -87,12 +144,25 @@ where
         if this.finished {
             return Poll::Ready(None);
         }
+        if let Some(wait) = this.throttle.as_mut().and_then(|t| t.wait.as_mut()) {
+            ready!(wait.as_mut().poll(cx));
+            if let Some(t) = this.throttle.as_mut() {
+                t.wait = None;
+            }
+            // The upstream was not read while we waited: that was not its idleness.
+            this.last = Instant::now();
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.last = Instant::now();
-            if let (Some(counter), Some(Ok(f))) = (&this.counter, &frame)
+            if let Some(Ok(f)) = &frame
                 && let Some(data) = f.data_ref()
             {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(counter) = &this.counter {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(t) = this.throttle.as_mut() {
+                    t.sent(data.len());
+                }
             }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Peer)));
         }

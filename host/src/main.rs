@@ -189,6 +189,19 @@ struct ClassArgs {
     allow_cross_namespace_resources: bool,
 }
 
+/// A 4xx or 5xx status, as nginx's `limit_req_status` accepts (400 to 599).
+fn parse_error_status(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(code) if (400..=599).contains(&code) => Ok(code),
+        _ => Err(format!("`{s}` is not a status from 400 to 599")),
+    }
+}
+
+fn status(code: u16) -> http::StatusCode {
+    // The parser admitted 400..=599 only, all valid statuses.
+    http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE)
+}
+
 /// `NAMESPACE/NAME`.
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
@@ -251,6 +264,12 @@ struct EdgeArgs {
     /// Seconds allowed between two reads of a request body from the client (then 408).
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     client_body_timeout: u64,
+    /// Status for a request over `limit-rps`/`limit-rpm` (ingress-nginx's default 503).
+    #[arg(long, default_value_t = 503, value_name = "CODE", value_parser = parse_error_status)]
+    limit_req_status_code: u16,
+    /// Status for a request over `limit-connections` (ingress-nginx's default 503).
+    #[arg(long, default_value_t = 503, value_name = "CODE", value_parser = parse_error_status)]
+    limit_conn_status_code: u16,
     /// Connections served at once over both listeners; more wait in the kernel's queue.
     #[arg(long, default_value_t = 16384, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
@@ -471,6 +490,7 @@ fn compile_options(
         default_backend_service: class.default_backend_service.clone(),
         endpoint_guard: None,
         allow_cross_namespace_resources: class.allow_cross_namespace_resources,
+        limits: wasmgress::compile::LimitsRegistry::new(),
     })
 }
 
@@ -551,6 +571,8 @@ fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptio
                 forwarded_from: edge.proxy_real_ip_cidr.clone(),
             },
             client_body_timeout: Duration::from_secs(edge.client_body_timeout),
+            limit_req_status: status(edge.limit_req_status_code),
+            limit_conn_status: status(edge.limit_conn_status_code),
         },
         limits: Limits {
             client_header_timeout: Duration::from_secs(edge.client_header_timeout),

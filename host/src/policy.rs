@@ -12,8 +12,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::access::Access;
+use crate::access::limit::Limits;
 use crate::cors::Cors;
 use crate::plugin::HookChain;
+
+/// How fast a response may go out once its first bytes have (nginx `limit_rate_after`,
+/// `limit_rate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseRate {
+    pub bytes_per_second: u64,
+    pub after_bytes: u64,
+}
 
 /// What the upstream speaks (ingress-nginx `backend-protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -170,6 +179,10 @@ pub struct Policy {
     pub access: Option<Arc<Access>>,
     /// Cross-origin resource sharing: preflights answered, grants added to responses.
     pub cors: Option<Arc<Cors>>,
+    /// Per-client request limits, shared by every route of the Ingress.
+    pub limits: Option<Arc<Limits>>,
+    /// Response bandwidth per request (`limit-rate`, `limit-rate-after`).
+    pub response_rate: Option<ResponseRate>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
 }
@@ -191,6 +204,8 @@ impl Default for Policy {
             rewrite_target: None,
             access: None,
             cors: None,
+            limits: None,
+            response_rate: None,
             hooks: HookChain::default(),
         }
     }

@@ -12,6 +12,7 @@
 //! compile time, never served open.
 
 pub mod basic;
+pub mod limit;
 mod source;
 
 use std::net::IpAddr;

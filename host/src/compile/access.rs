@@ -7,17 +7,50 @@
 //! empty rejects the route instead of serving it open. It must not touch the request path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::access::limit::{LimitRule, Limits};
 use crate::access::{Access, BasicAuth, Sources, basic::Users};
 use crate::plugin::{AccessRules, BasicAuthRule};
+
+/// Rate-limit state by Ingress, kept across generations: a reload (an endpoint change, another
+/// tenant's edit) must not hand every client a fresh burst. An Ingress whose rule changed gets
+/// new, empty limits; entries die with the last generation using them.
+#[derive(Debug, Default)]
+pub struct LimitsRegistry {
+    by_ingress: Mutex<HashMap<Arc<str>, Weak<Limits>>>,
+}
+
+impl LimitsRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The limits of Ingress `key` for `rule`: the live ones if the rule is unchanged.
+    pub fn get(&self, key: &Arc<str>, rule: &LimitRule) -> Arc<Limits> {
+        let mut map = self
+            .by_ingress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(live) = map.get(key).and_then(Weak::upgrade)
+            && live.rule() == rule
+        {
+            return live;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let limits = Limits::new(rule.clone());
+        map.insert(key.clone(), Arc::downgrade(&limits));
+        limits
+    }
+}
 
 /// What compile needs to resolve references.
 pub struct Refs<'b, 'a> {
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
     pub allow_cross_namespace: bool,
+    pub limits: &'b LimitsRegistry,
 }
 
 /// The executable rules for a route of `namespace`, `None` when nothing restricts it; `Err`

@@ -112,6 +112,7 @@ pub fn compile(
                 // No mode serves a restricted route open: its last good version fails too.
                 Err(why) => error("metadata.annotations".into(), why),
             }
+            policy.limits = p.limits.as_ref().map(|rule| cx.refs.limits.get(&key, rule));
             match p.cors.as_ref().map(crate::cors::Cors::new).transpose() {
                 Ok(cors) => policy.cors = cors.map(Arc::new),
                 Err(why) => error("metadata.annotations".into(), why),

@@ -8,6 +8,8 @@
 //! oldest creationTimestamp first, then namespace/name, and every conflict is reported.
 
 mod access;
+
+pub use access::LimitsRegistry;
 pub mod backend;
 pub mod class;
 mod ingress;
@@ -49,6 +51,8 @@ pub struct Options {
     pub endpoint_guard: Option<EndpointGuard>,
     /// Routes may reference Secrets of other namespaces (`--allow-cross-namespace-resources`).
     pub allow_cross_namespace_resources: bool,
+    /// Rate-limit state per Ingress, kept across generations.
+    pub limits: Arc<LimitsRegistry>,
 }
 
 /// One compiled generation.
@@ -112,6 +116,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
         refs: access::Refs {
             secrets: &secrets,
             allow_cross_namespace: options.allow_cross_namespace_resources,
+            limits: &options.limits,
         },
         defaults: &options.defaults,
         plugins: &options.plugins,
@@ -469,6 +474,7 @@ mod tests {
             route_stats: RouteStatsRegistry::new(),
             default_backend_service: None,
             allow_cross_namespace_resources: false,
+            limits: LimitsRegistry::new(),
             endpoint_guard: None,
         }
     }

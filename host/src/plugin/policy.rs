@@ -63,6 +63,10 @@ pub struct PluginPolicy {
     pub access: AccessRules,
     /// Cross-origin resource sharing.
     pub cors: Option<crate::cors::CorsRule>,
+    /// Per-client request limits.
+    pub limits: Option<crate::access::limit::LimitRule>,
+    /// Response bandwidth per request.
+    pub response_rate: Option<exec::ResponseRate>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -173,6 +177,13 @@ impl PluginPolicy {
         );
         take(&mut self.access.satisfy, later.access.satisfy, "satisfy", o);
         take(&mut self.cors, later.cors, "CORS rules", o);
+        take(&mut self.limits, later.limits, "rate limits", o);
+        take(
+            &mut self.response_rate,
+            later.response_rate,
+            "response rate",
+            o,
+        );
         self.access.allow.extend(later.access.allow);
         self.access.deny.extend(later.access.deny);
         self.request_headers.extend(later.request_headers);
@@ -231,6 +242,9 @@ impl PluginPolicy {
         }
         if let Some(limit) = self.body_size {
             route.body_size = limit;
+        }
+        if let Some(rate) = self.response_rate {
+            route.response_rate = Some(rate);
         }
     }
 }
@@ -458,6 +472,25 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
                     expose_headers: c.expose_headers,
                     allow_credentials: c.allow_credentials,
                     max_age_seconds: c.max_age_seconds,
+                })
+            }
+            D::RateLimit(r) => {
+                out.limits = Some(crate::access::limit::LimitRule {
+                    rps: r.rps,
+                    rpm: r.rpm,
+                    burst_multiplier: r.burst_multiplier,
+                    connections: r.connections,
+                    exempt: if r.exempt.is_empty() {
+                        Vec::new()
+                    } else {
+                        sources(r.exempt, "rate-limit exemption")?
+                    },
+                })
+            }
+            D::ResponseRate(r) => {
+                out.response_rate = (r.bytes_per_second > 0).then_some(exec::ResponseRate {
+                    bytes_per_second: r.bytes_per_second,
+                    after_bytes: r.after_bytes,
                 })
             }
             D::Satisfy(s) => {

@@ -111,7 +111,8 @@ fn builtins_describe_themselves() {
             "body-size",
             "ip-access",
             "basic-auth",
-            "cors"
+            "cors",
+            "rate-limit"
         ]
     );
     for p in registry().builtins() {

@@ -20,15 +20,60 @@ use http::{HeaderMap, Response};
 use tokio::sync::Semaphore;
 
 use super::{Exchange, InnerBody, local};
+use crate::access::limit::{Limits, Refused, Slot};
 use crate::access::{Access, Verdict};
 
-/// The access decision for this exchange: `None` lets it through.
-pub async fn check(exchange: &Exchange<'_>, headers: &HeaderMap) -> Option<Response<InnerBody>> {
-    let access = exchange.route.policy.access.as_ref()?;
+/// Admitted, or refused with the answer to send (boxed: refusals are the rare path).
+pub type Decision = Result<Option<Slot>, Box<Response<InnerBody>>>;
+
+/// The access decision for this exchange: rate limits first (nginx's pre-access phase, so a
+/// flood is refused before it costs an authentication), then the access rules. An admitted
+/// request may hold a [`Slot`] of `limit-connections`: keep it until the response ends.
+pub async fn check(exchange: &Exchange<'_>, headers: &HeaderMap) -> Decision {
+    let policy = &exchange.route.policy;
+    let slot = match &policy.limits {
+        Some(limits) => limit(exchange, limits)?,
+        None => None,
+    };
+    if let Some(access) = &policy.access
+        && let Some(refused) = rules(exchange, access, headers).await
+    {
+        return Err(Box::new(refused));
+    }
+    Ok(slot)
+}
+
+fn limit(exchange: &Exchange<'_>, limits: &Arc<Limits>) -> Decision {
+    let view = exchange.view;
+    let status = match limits.admit(view.client) {
+        Ok(slot) => return Ok(slot),
+        Err(Refused::Rate) => exchange.settings.limit_req_status,
+        Err(Refused::Connections) => exchange.settings.limit_conn_status,
+    };
+    let failure = local::Failure::new(
+        status,
+        local::GrpcCode::ResourceExhausted,
+        "too many requests",
+    );
+    Err(Box::new(local::failure(
+        failure,
+        view.kind.grpc,
+        &view.request_id,
+    )))
+}
+
+/// The access rules' answer, `None` when they admit the request.
+async fn rules(
+    exchange: &Exchange<'_>,
+    access: &Arc<Access>,
+    headers: &HeaderMap,
+) -> Option<Response<InnerBody>> {
     let view = exchange.view;
     let authorization = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
     let verdict = match access.check(view.client, authorization) {
-        Verdict::Verify => verify(access.clone(), view.client, authorization).await,
+        // Boxed: the wait for a hashing permit is rare, and would otherwise make every
+        // request's future larger.
+        Verdict::Verify => Box::pin(verify(access.clone(), view.client, authorization)).await,
         quick => quick,
     };
     let failure = match verdict {

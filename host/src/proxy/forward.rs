@@ -175,6 +175,7 @@ pub async fn tunnel(
     kind: websocket::Kind,
     endpoint: &Endpoint,
     stats: &Arc<crate::metrics::TunnelStats>,
+    request_slot: Option<crate::access::limit::Slot>,
 ) -> Response<InnerBody> {
     let (route, view) = (ex.route, ex.view);
     let policy = &route.policy;
@@ -198,7 +199,10 @@ pub async fn tunnel(
         tls: (route.client.transport == upstream::Transport::TlsHttp1).then(upstream::http1_tls),
         timeouts,
     };
-    let slot = ex.conn.slot.clone();
+    let slot = websocket::Held {
+        connection: ex.conn.slot.clone(),
+        request: request_slot,
+    };
     match websocket::open(req, kind, backend, headers, stats.clone(), slot).await {
         Ok(resp) => resp,
         Err(e) => {

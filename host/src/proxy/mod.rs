@@ -70,6 +70,10 @@ pub struct Settings {
     pub trust: view::Trust,
     /// Longest wait between two reads of a request body from the client (then 408).
     pub client_body_timeout: Duration,
+    /// Answer to a request over `limit-rps`/`limit-rpm` (`--limit-req-status-code`).
+    pub limit_req_status: http::StatusCode,
+    /// Answer to a request over `limit-connections` (`--limit-conn-status-code`).
+    pub limit_conn_status: http::StatusCode,
 }
 
 impl Default for Settings {
@@ -78,6 +82,8 @@ impl Default for Settings {
             redirect_https_port: 443,
             trust: view::Trust::default(),
             client_body_timeout: Duration::from_secs(60),
+            limit_req_status: http::StatusCode::SERVICE_UNAVAILABLE,
+            limit_conn_status: http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -235,9 +241,10 @@ impl Proxy {
             settings: &self.settings,
             record,
         };
-        if let Some(denied) = access::check(&exchange, &parts.headers).await {
-            return denied;
-        }
+        let slot = match access::check(&exchange, &parts.headers).await {
+            Ok(slot) => slot,
+            Err(refused) => return *refused,
+        };
         if let Some(answer) = hooks::on_request(&exchange, &mut parts) {
             return answer;
         }
@@ -259,11 +266,12 @@ impl Proxy {
                 kind,
                 endpoint,
                 &self.tunnels,
+                slot,
             ));
             return tunnel.await;
         }
         match forward::send(&mut exchange, parts, body, endpoint).await {
-            Ok(resp) => response::filter(&exchange, resp),
+            Ok(resp) => response::filter(&exchange, resp, slot),
             Err(failed) => failed,
         }
     }

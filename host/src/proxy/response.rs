@@ -1,18 +1,24 @@
 //! Phase 8, response: the upstream's answer on its way to the client. Hop-by-hop headers go,
 //! the route's native header edits apply, then the response hooks; the body streams on with
-//! the route's read timeout between reads.
+//! the route's read timeout between reads, its bandwidth limit (`limit-rate`), and the
+//! request's `limit-connections` slot until it ends.
 
 use http::Response;
 use http_body_util::Either;
 
 use super::{Exchange, InnerBody, hooks, view};
+use crate::access::limit::Slot;
 use crate::body::{Idle, OnIdle};
 use crate::plugin::HookOutcome;
 use crate::policy;
 use crate::upstream::ResponseBody;
 
 /// The client's response for the upstream's `resp`.
-pub fn filter(ex: &Exchange<'_>, resp: Response<ResponseBody>) -> Response<InnerBody> {
+pub fn filter(
+    ex: &Exchange<'_>,
+    resp: Response<ResponseBody>,
+    slot: Option<Slot>,
+) -> Response<InnerBody> {
     let policy = &ex.route.policy;
     let (mut parts, body) = resp.into_parts();
     // The upstream's version is its connection's business: an HTTP/1.0 backend must not turn
@@ -37,6 +43,8 @@ pub fn filter(ex: &Exchange<'_>, resp: Response<ResponseBody>) -> Response<Inner
     } else {
         OnIdle::Fail
     };
-    let body = Idle::new(body, policy.read_timeout, on_idle);
+    let body = Idle::new(body, policy.read_timeout, on_idle)
+        .holding(slot)
+        .throttled(policy.response_rate);
     Response::from_parts(parts, Either::Left(body))
 }

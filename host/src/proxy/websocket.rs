@@ -98,13 +98,20 @@ pub enum TunnelError {
 /// Forwards the handshake and, on a 101 from the backend, answers the client and spawns the
 /// tunnel. `headers` are the request headers already prepared for the upstream (hop-by-hop
 /// removed, forwarding headers set).
+/// What a tunnel keeps taken while it lasts: the client connection's slot
+/// (`--max-connections`) and the request's `limit-connections` slot.
+pub struct Held {
+    pub connection: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    pub request: Option<crate::access::limit::Slot>,
+}
+
 pub async fn open(
     mut req: Request<Incoming>,
     kind: Kind,
     backend: Backend<'_>,
     mut headers: HeaderMap,
     stats: Arc<TunnelStats>,
-    slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    slot: Held,
 ) -> Result<Response<ProxyBody>, TunnelError> {
     let Backend {
         endpoint,
@@ -215,7 +222,7 @@ pub async fn open(
     stats.open.fetch_add(1, Ordering::Relaxed);
     stats.opened.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        // The client's connection slot stays taken while the tunnel lasts.
+        // The client's connection slot and request slot stay taken while the tunnel lasts.
         let _slot = slot;
         let ended = match (client_upgrade.await, backend_upgrade.await) {
             (Ok(client), Ok(backend)) => {

@@ -294,6 +294,7 @@ pub fn judge(candidate: Candidate, view: &View) -> Verdict {
     let options = Options {
         upstreams: Upstreams::new(),
         route_stats: RouteStatsRegistry::new(),
+        limits: compile::LimitsRegistry::new(),
         ..Options::clone(&view.options)
     };
     let compiled = compile::compile(&snapshot, &options, &LastGood::default());
@@ -537,6 +538,7 @@ pub(super) mod tests {
                     route_stats: RouteStatsRegistry::new(),
                     default_backend_service: None,
                     allow_cross_namespace_resources: false,
+                    limits: compile::LimitsRegistry::new(),
                     endpoint_guard: None,
                 })
             })

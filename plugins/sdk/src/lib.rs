@@ -50,8 +50,8 @@ pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
     Action, AuthSecretFormat, BasicAuth, Config, Cors, Diagnostic, Directive, Fields,
     FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info,
-    ObjectRef, Policy, Redirect, RequestHead, RequestVariable, Response, RouteRef, Satisfy,
-    Severity, StaticResponse, TemplatePart, UpstreamProtocol,
+    ObjectRef, Policy, RateLimit, Redirect, RequestHead, RequestVariable, Response, ResponseRate,
+    RouteRef, Satisfy, Severity, StaticResponse, TemplatePart, UpstreamProtocol,
 };
 
 pub mod template;
