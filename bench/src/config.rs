@@ -5,6 +5,8 @@
 //! Routes on host [`HOST`], over HTTP/1.1 (plain port) and TLS with ALPN h2 and http/1.1:
 //! `/` to the HTTP echo backend; `/static` the same with a static request-header edit;
 //! `/plugin` (wasmgress only) the same with the `set-header` test plugin's per-request hook;
+//! `/auth` (wasmgress only) behind basic-auth (a bcrypt user); `/cors` (wasmgress only) behind
+//! an IP allow list and CORS with an origin list;
 //! `/ws` to the WebSocket echo; `/helloworld.Greeter/` to the gRPC Greeter over h2c.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,13 @@ use base64::Engine as _;
 pub const HOST: &str = "bench.test";
 /// The header the static policy and the plugin set.
 pub const SEEN_BY: &str = "x-seen-by";
+/// `Authorization` the `/auth` route's users accept: `bench:bench-password`.
+pub const AUTHORIZATION: &str = "Basic YmVuY2g6YmVuY2gtcGFzc3dvcmQ=";
+/// A fixed bcrypt hash (cost 10, `htpasswd -nbB bench bench-password`): the expensive format,
+/// so the `/auth` row shows what the verified-credentials cache saves.
+const BENCH_HTPASSWD: &str = "bench:$2y$10$6okogsznw7YCo4pIQJPa3O3M772/QZfYfKiXwBBEKVDkk/xrx05mW";
+/// The origin the `/cors` route allows and the load sends.
+pub const ORIGIN: &str = "https://app.bench.test";
 
 /// All ports on 127.0.0.1, from a base.
 #[derive(Debug, Clone, Copy)]
@@ -114,8 +123,13 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
              \x20     ready: true\nports:\n  - name: main\n    port: {port}\n    protocol: TCP\n"
         );
     }
+    y += &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-users\n  namespace: default\n\
+         data:\n  auth: {}\n",
+        b64.encode(format!("{BENCH_HTPASSWD}\n"))
+    );
     let static_edit = format!(r#"{{"set": {{"{SEEN_BY}": "static"}}}}"#);
-    let routes: [Route; 5] = [
+    let routes: [Route; 7] = [
         ("echo", "/", "echo", vec![]),
         (
             "static",
@@ -130,6 +144,29 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
             vec![
                 ("wasmgress.io/plugins", "set-header"),
                 ("wasmgress.io/plugin.set-header.value", "wasm"),
+            ],
+        ),
+        (
+            "auth",
+            "/auth",
+            "echo",
+            vec![
+                ("nginx.ingress.kubernetes.io/auth-type", "basic"),
+                ("nginx.ingress.kubernetes.io/auth-secret", "bench-users"),
+                ("nginx.ingress.kubernetes.io/auth-realm", "bench"),
+            ],
+        ),
+        (
+            "cors",
+            "/cors",
+            "echo",
+            vec![
+                (
+                    "nginx.ingress.kubernetes.io/allowlist-source-range",
+                    "127.0.0.0/8, 10.0.0.0/8",
+                ),
+                ("nginx.ingress.kubernetes.io/enable-cors", "true"),
+                ("nginx.ingress.kubernetes.io/cors-allow-origin", ORIGIN),
             ],
         ),
         (

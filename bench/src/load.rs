@@ -28,11 +28,13 @@ pub struct Run {
 /// One load-generator invocation.
 #[derive(Debug, Clone)]
 pub enum Load {
-    /// `wrk -t1 -cC -dS --latency [-H 'Host: H'] URL`.
+    /// `wrk -t1 -cC -dS --latency [-H 'Host: H'] [-H ...] URL`.
     Wrk {
         url: String,
         host: Option<String>,
         conns: usize,
+        /// More request headers, `Name: value`.
+        headers: Vec<String>,
     },
     /// `h2load -t1 -cC -mM -D S [--h1] [--connect-to A] [-d BODY -H ...] --log-file L URL`.
     H2load {
@@ -65,7 +67,12 @@ impl Load {
         scratch: &Path,
     ) -> Result<Run> {
         match self {
-            Load::Wrk { url, host, conns } => {
+            Load::Wrk {
+                url,
+                host,
+                conns,
+                headers,
+            } => {
                 let wrk = tools.wrk.as_ref().context("wrk is missing")?;
                 let mut cmd = procs::pinned(cpus, wrk);
                 cmd.args([
@@ -77,6 +84,9 @@ impl Load {
                 // wrk's default socket timeout is 2 s; a round's latency is never near it.
                 if let Some(h) = host {
                     cmd.args(["-H", &format!("Host: {h}")]);
+                }
+                for h in headers {
+                    cmd.args(["-H", h]);
                 }
                 cmd.arg(url);
                 let out = output(&mut cmd)?;

@@ -86,11 +86,11 @@ struct Opts {
     /// Do not run `cargo build --release` (use the binaries already in target/release).
     #[arg(long)]
     no_build: bool,
-    /// Scenarios to run (h1, h2, grpc, ws, plugin, idle).
+    /// Scenarios to run (h1, h2, grpc, ws, plugin, access, idle).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "h1,h2,grpc,ws,plugin,idle"
+        default_value = "h1,h2,grpc,ws,plugin,access,idle"
     )]
     scenarios: Vec<String>,
 }
@@ -380,6 +380,50 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
                  request. nginx and Envoy set the same header statically, for scale. The errors \
                  column of wasmgress rows counts failed requests only; the plugin hook calls \
                  seen on /metrics are listed below the table.",
+                opts.h1_conns
+            ),
+            "req/s",
+            specs,
+        ));
+    }
+    if want("access") {
+        let auth = format!("Authorization: {}", config::AUTHORIZATION);
+        let origin = format!("Origin: {}", config::ORIGIN);
+        let wg = ports.wg_http;
+        let specs = vec![
+            scenarios::Spec {
+                label: "wasmgress, plain route (`/`)".into(),
+                kind: Some(Kind::Wasmgress),
+                work: Work::Load(bench.h1_load(wg, "/")),
+            },
+            scenarios::Spec {
+                label: "wasmgress, basic-auth, bcrypt user, cached (`/auth`)".into(),
+                kind: Some(Kind::Wasmgress),
+                work: Work::Load(bench.h1_load_with(wg, "/auth", &[&auth])),
+            },
+            scenarios::Spec {
+                label: "wasmgress, ip-access + CORS (`/cors`)".into(),
+                kind: Some(Kind::Wasmgress),
+                work: Work::Load(bench.h1_load_with(wg, "/cors", &[&origin])),
+            },
+            scenarios::Spec {
+                label: "nginx, plain route (`/`)".into(),
+                kind: Some(Kind::Nginx),
+                work: Work::Load(bench.h1_load(ports.nginx_http, "/")),
+            },
+        ];
+        tables.push(bench.table(
+            "access",
+            "Access control: basic-auth and ip-access + CORS against the plain route",
+            format!(
+                "As the HTTP/1.1 scenario (`{h1_tool}`, {} connections), wasmgress only (nginx's \
+                 plain route for scale). `/auth` carries `auth-type: basic` over a Secret with one \
+                 bcrypt (cost 10) user and every request sends its credentials: after the first \
+                 check per minute they are answered from the verified-credentials cache (nginx \
+                 would pay bcrypt on every request). `/cors` carries `allowlist-source-range` \
+                 (the load comes from 127.0.0.1, inside it) and `enable-cors` with an origin \
+                 list; every request sends a matching `Origin`, so every response gets the CORS \
+                 headers and `Vary: Origin`.",
                 opts.h1_conns
             ),
             "req/s",

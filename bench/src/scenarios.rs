@@ -75,11 +75,18 @@ impl Bench<'_> {
 
     /// HTTP/1.1 keep-alive load on `port` and `path`: wrk, or h2load --h1 without it.
     pub fn h1_load(&self, port: u16, path: &str) -> Load {
+        self.h1_load_with(port, path, &[])
+    }
+
+    /// HTTP/1.1 load with more request headers (`Name: value`).
+    pub fn h1_load_with(&self, port: u16, path: &str, headers: &[&str]) -> Load {
+        let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
         if self.tools.wrk.is_some() {
             Load::Wrk {
                 url: format!("http://127.0.0.1:{port}{path}"),
                 host: Some(HOST.into()),
                 conns: self.params.h1_conns,
+                headers,
             }
         } else {
             Load::H2load {
@@ -89,7 +96,7 @@ impl Bench<'_> {
                 streams: 1,
                 h1: true,
                 body: None,
-                headers: vec![],
+                headers,
             }
         }
     }
