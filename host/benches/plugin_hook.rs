@@ -108,6 +108,9 @@ fn main() {
         remote: "192.0.2.7:40000".parse().expect("address literal"),
         secure: true,
         request_uri: "/cart?item=42",
+        authority: "shop.example.com",
+        method: "GET",
+        headers: None,
     };
     let head = RequestHead {
         method: "GET",

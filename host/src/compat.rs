@@ -138,10 +138,14 @@ mod tests {
     #[test]
     fn looks_up_full_keys_only() {
         assert_eq!(
-            fate("nginx.ingress.kubernetes.io/auth-url").map(|e| e.fate),
+            fate("nginx.ingress.kubernetes.io/auth-tls-secret").map(|e| e.fate),
             Some(Fate::Refused)
         );
-        assert_eq!(fate("auth-url"), None, "the prefix is part of the key");
+        assert_eq!(
+            fate("auth-tls-secret"),
+            None,
+            "the prefix is part of the key"
+        );
         assert_eq!(fate("nginx.ingress.kubernetes.io/no-such-thing"), None);
     }
 }

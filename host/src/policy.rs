@@ -58,12 +58,20 @@ pub enum Variable {
     RemoteAddr,
     Scheme,
     RequestUri,
+    /// `$escaped_request_uri`: the request URI as a query component.
+    EscapedRequestUri,
+    /// `$http_host`: host and port as sent.
+    Authority,
+    /// `$request_method`.
+    Method,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Part {
     Literal(String),
     Variable(Variable),
+    /// `$http_<name>`: a request header's value (empty without one, or without headers).
+    Header(HeaderName),
 }
 
 /// The request facts templates may use.
@@ -73,6 +81,11 @@ pub struct RequestVars<'a> {
     pub remote: SocketAddr,
     pub secure: bool,
     pub request_uri: &'a str,
+    /// Host and port as the client sent them.
+    pub authority: &'a str,
+    pub method: &'a str,
+    /// The request's headers, where a template may read them.
+    pub headers: Option<&'a HeaderMap>,
 }
 
 /// Renders template parts for one request.
@@ -87,9 +100,31 @@ pub fn render(parts: &[Part], vars: &RequestVars<'_>) -> String {
                 out.push_str(if vars.secure { "https" } else { "http" })
             }
             Part::Variable(Variable::RequestUri) => out.push_str(vars.request_uri),
+            Part::Variable(Variable::EscapedRequestUri) => {
+                escape_component(vars.request_uri, &mut out)
+            }
+            Part::Variable(Variable::Authority) => out.push_str(vars.authority),
+            Part::Variable(Variable::Method) => out.push_str(vars.method),
+            Part::Header(name) => {
+                let value = vars.headers.and_then(|h| h.get(name));
+                // Header bytes that are not text render as nothing rather than as garbage.
+                out.push_str(value.and_then(|v| v.to_str().ok()).unwrap_or(""));
+            }
         }
     }
     out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, as ngx_set_misc's
+/// `set_escape_uri` does for `$escaped_request_uri`.
+pub fn escape_component(text: &str, out: &mut String) {
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
 }
 
 /// A header value known at compile time, or a template rendered per request.
@@ -222,6 +257,9 @@ mod tests {
             remote: "192.0.2.1:4000".parse().expect("addr"),
             secure: true,
             request_uri: "/x?y=1",
+            authority: "a.test:8443",
+            method: "GET",
+            headers: None,
         };
         let name = |n: &'static str| HeaderName::from_static(n);
         let edits = [

@@ -2,8 +2,9 @@
 //!
 //! Owns the decision, from data compile resolved once per route: source-address lists
 //! ([`Sources`]: ingress-nginx `denylist-source-range`, `allowlist-source-range`), HTTP Basic
-//! authentication ([`basic`]: `auth-type: basic` over an htpasswd Secret) and how they
-//! combine ([`Satisfy`], ingress-nginx `satisfy`). It reads only the client address the
+//! authentication ([`basic`]: `auth-type: basic` over an htpasswd Secret), external
+//! authentication ([`external`]: `auth-url`) and how they combine ([`Satisfy`], ingress-nginx
+//! `satisfy`); and, run before them, per-client rate limits ([`limit`]). It reads only the client address the
 //! request view computed (after PROXY protocol and trusted forwarding headers) and the
 //! `Authorization` header; it must not build responses (the proxy phase does) nor read
 //! Kubernetes objects (compile does, and hands over parsed users).
@@ -12,12 +13,14 @@
 //! compile time, never served open.
 
 pub mod basic;
+pub mod external;
 pub mod limit;
 mod source;
 
 use std::net::IpAddr;
 
 pub use basic::BasicAuth;
+pub use external::ExternalAuth;
 pub use source::Sources;
 
 /// How the source rule and the authentication rule combine (ingress-nginx `satisfy`).
@@ -45,6 +48,7 @@ pub enum SecretFormat {
 pub struct Access {
     pub sources: Option<Sources>,
     pub basic: Option<BasicAuth>,
+    pub external: Option<ExternalAuth>,
     pub satisfy: Satisfy,
 }
 
@@ -59,11 +63,14 @@ pub enum Verdict {
     /// The credentials need a full hash check (a bcrypt computation, milliseconds of CPU):
     /// call [`Access::check_fully`] away from the request thread.
     Verify,
+    /// Every other rule admits the request (or, with `satisfy any`, none did): the external
+    /// auth service decides.
+    External,
 }
 
 impl Access {
-    /// Decide without computing a password hash; [`Verdict::Verify`] when only a hash can
-    /// tell.
+    /// Decide without computing a password hash or asking the external service;
+    /// [`Verdict::Verify`] or [`Verdict::External`] when only they can tell.
     pub fn check(&self, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
         self.decide(client, || match &self.basic {
             Some(b) => b.quick(authorization),
@@ -79,24 +86,54 @@ impl Access {
         })
     }
 
-    /// As nginx's access phase decides: with `satisfy any`, a request one rule admits passes,
-    /// and when every rule refuses, the authentication's 401 wins over the source's 403 (a
-    /// client can still log in). `authenticated` runs only when its answer matters: `None`
-    /// means it cannot tell without a hash computation.
-    fn decide(&self, client: IpAddr, authenticated: impl FnOnce() -> Option<bool>) -> Verdict {
+    /// As nginx's access phase decides. With `satisfy all` every rule present must admit the
+    /// request; with `any`, one admitting it is enough, and when every rule refuses, the
+    /// authentication's 401 wins over the source's 403 (a client can still log in). `basic`
+    /// runs only when its answer matters (`None`: it cannot tell without a hash); the
+    /// external service, being a network call, is asked last and only when its answer
+    /// decides ([`Verdict::External`]).
+    fn decide(&self, client: IpAddr, basic: impl FnOnce() -> Option<bool>) -> Verdict {
         let source = self.sources.as_ref().map(|s| s.admits(client));
-        let has_auth = self.basic.is_some();
-        let auth = |ok: Option<bool>| match ok {
-            Some(true) => Verdict::Pass,
-            Some(false) => Verdict::Unauthorized,
-            None => Verdict::Verify,
-        };
-        match (self.satisfy, source) {
-            (Satisfy::All, Some(false)) => Verdict::Forbidden,
-            (Satisfy::Any, Some(true)) => Verdict::Pass,
-            _ if has_auth => auth(authenticated()),
-            (_, Some(false)) => Verdict::Forbidden,
-            _ => Verdict::Pass,
+        let external = self.external.is_some();
+        match self.satisfy {
+            Satisfy::All => {
+                if source == Some(false) {
+                    return Verdict::Forbidden;
+                }
+                if self.basic.is_some() {
+                    match basic() {
+                        Some(true) => {}
+                        Some(false) => return Verdict::Unauthorized,
+                        None => return Verdict::Verify,
+                    }
+                }
+                if external {
+                    Verdict::External
+                } else {
+                    Verdict::Pass
+                }
+            }
+            Satisfy::Any => {
+                if source == Some(true) {
+                    return Verdict::Pass;
+                }
+                if self.basic.is_some() {
+                    match basic() {
+                        Some(true) => return Verdict::Pass,
+                        None => return Verdict::Verify,
+                        Some(false) => {}
+                    }
+                }
+                if external {
+                    Verdict::External
+                } else if self.basic.is_some() {
+                    Verdict::Unauthorized
+                } else if source == Some(false) {
+                    Verdict::Forbidden
+                } else {
+                    Verdict::Pass
+                }
+            }
         }
     }
 
@@ -115,6 +152,7 @@ mod tests {
         Access {
             sources: Some(Sources::new(nets, Vec::new())),
             basic: None,
+            external: None,
             satisfy,
         }
     }
@@ -143,6 +181,7 @@ mod tests {
         let a = Access {
             sources: None,
             basic: None,
+            external: None,
             satisfy: Satisfy::Any,
         };
         assert_eq!(

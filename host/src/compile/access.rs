@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::access::limit::{LimitRule, Limits};
-use crate::access::{Access, BasicAuth, Sources, basic::Users};
+use crate::access::{Access, BasicAuth, ExternalAuth, Sources, basic::Users, external};
 use crate::plugin::{AccessRules, BasicAuthRule};
 
 /// Rate-limit state by Ingress, kept across generations: a reload (an endpoint change, another
@@ -51,6 +51,9 @@ pub struct Refs<'b, 'a> {
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
     pub allow_cross_namespace: bool,
     pub limits: &'b LimitsRegistry,
+    /// External auth may reach loopback addresses (not in cluster mode, where loopback is the
+    /// proxy itself).
+    pub allow_loopback: bool,
 }
 
 /// The executable rules for a route of `namespace`, `None` when nothing restricts it; `Err`
@@ -59,6 +62,7 @@ pub fn build(
     rules: &AccessRules,
     namespace: &str,
     refs: &Refs<'_, '_>,
+    route: RouteFacts,
 ) -> Result<Option<Arc<Access>>, String> {
     let sources = (!rules.allow.is_empty() || !rules.deny.is_empty())
         .then(|| Sources::new(rules.allow.clone(), rules.deny.clone()));
@@ -67,12 +71,17 @@ pub fn build(
         .as_ref()
         .map(|b| basic_auth(b, namespace, refs))
         .transpose()?;
-    if sources.is_none() && basic.is_none() {
+    let external = match &rules.external {
+        Some(rule) => Some(external_auth(rule, refs, route)?),
+        None => None,
+    };
+    if sources.is_none() && basic.is_none() && external.is_none() {
         return Ok(None);
     }
     Ok(Some(Arc::new(Access {
         sources,
         basic,
+        external,
         satisfy: rules.satisfy.unwrap_or_default(),
     })))
 }
@@ -97,6 +106,40 @@ fn basic_auth(
         )
     })?;
     Ok(BasicAuth::new(&rule.realm, users))
+}
+
+/// What an access rule needs to know about its Ingress.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteFacts {
+    /// Connect plus read timeout: how long an auth subrequest may take.
+    pub auth_deadline: std::time::Duration,
+    /// Every host the Ingress routes is an exact name (no wildcard, no catch-all).
+    pub exact_hosts: bool,
+}
+
+fn external_auth(
+    rule: &external::ExternalAuthRule,
+    refs: &Refs<'_, '_>,
+    route: RouteFacts,
+) -> Result<ExternalAuth, String> {
+    match external::auth_host(rule) {
+        external::AuthHost::Literal => {}
+        external::AuthHost::RequestHost if route.exact_hosts => {}
+        external::AuthHost::RequestHost => {
+            return Err("the auth URL's host is the request's ($host), but this Ingress also routes wildcard or unnamed hosts: a client could send authentication to a server of its choosing; name the auth host".into());
+        }
+        external::AuthHost::ClientControlled => {
+            return Err("the auth URL's host comes from the request (only $host is allowed there, on Ingresses with exact hosts)".into());
+        }
+    }
+    if let Some(why) = external::check_literal(rule, refs.allow_loopback) {
+        return Err(why);
+    }
+    Ok(ExternalAuth::new(
+        rule.clone(),
+        route.auth_deadline,
+        refs.allow_loopback,
+    ))
 }
 
 /// The Secret `wanted_ns/name` (the route's namespace when `None`), if this route may read it.

@@ -107,7 +107,11 @@ pub fn compile(
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
             policy.rewrite_target = p.rewrite_target.map(Arc::from);
             policy.hooks = p.hooks;
-            match super::access::build(&p.access, namespace, &cx.refs) {
+            let route = super::access::RouteFacts {
+                auth_deadline: policy.connect_timeout + policy.read_timeout,
+                exact_hosts: exact_hosts(ingress),
+            };
+            match super::access::build(&p.access, namespace, &cx.refs, route) {
                 Ok(access) => policy.access = access,
                 // No mode serves a restricted route open: its last good version fails too.
                 Err(why) => error("metadata.annotations".into(), why),
@@ -457,6 +461,19 @@ fn bind_certificate(
 }
 
 /// A lowercase DNS name, or one with a leading `*.` wildcard label.
+/// Every rule names an exact host: no wildcard, no host-less rule, and some rule at all.
+fn exact_hosts(ingress: &Ingress) -> bool {
+    let rules = ingress.spec.as_ref().and_then(|s| s.rules.as_ref());
+    rules.is_some_and(|rules| {
+        !rules.is_empty()
+            && rules.iter().all(|r| {
+                r.host
+                    .as_deref()
+                    .is_some_and(|h| !h.is_empty() && !h.contains('*'))
+            })
+    })
+}
+
 pub fn valid_host(host: &str) -> bool {
     let name = host.strip_prefix("*.").unwrap_or(host);
     !name.is_empty()

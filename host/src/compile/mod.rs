@@ -117,6 +117,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             secrets: &secrets,
             allow_cross_namespace: options.allow_cross_namespace_resources,
             limits: &options.limits,
+            allow_loopback: options.endpoint_guard.is_none(),
         },
         defaults: &options.defaults,
         plugins: &options.plugins,

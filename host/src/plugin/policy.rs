@@ -95,8 +95,11 @@ pub struct AccessRules {
     /// Source ranges refused, checked first.
     pub deny: Vec<IpNet>,
     pub basic_auth: Option<BasicAuthRule>,
+    pub external: Option<ExternalAuthRule>,
     pub satisfy: Option<access::Satisfy>,
 }
+
+pub use crate::access::external::ExternalAuthRule;
 
 impl PluginPolicy {
     /// Merge `later` into `self` (see the module doc). Returns the names of scalar fields that
@@ -176,6 +179,12 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.access.satisfy, later.access.satisfy, "satisfy", o);
+        take(
+            &mut self.access.external,
+            later.access.external,
+            "external auth",
+            o,
+        );
         take(&mut self.cors, later.cors, "CORS rules", o);
         take(&mut self.limits, later.limits, "rate limits", o);
         take(
@@ -260,16 +269,37 @@ fn name(n: &str) -> Result<HeaderName, String> {
     Ok(name)
 }
 
-fn parts(list: Vec<wit::TemplatePart>) -> Box<[Part]> {
+/// Template parts for a header value or redirect location. `$http_*` parts are refused there:
+/// an edit may change the very headers they would read, so only external auth's templates (see
+/// [`request_template`]) may read headers.
+fn parts(list: Vec<wit::TemplatePart>) -> Result<Box<[Part]>, String> {
+    let parts = request_template(list)?;
+    if parts.iter().any(|p| matches!(p, Part::Header(_))) {
+        return Err("a header value or redirect cannot use request headers ($http_*)".into());
+    }
+    Ok(parts)
+}
+
+/// Template parts that may also read request headers.
+fn request_template(list: Vec<wit::TemplatePart>) -> Result<Box<[Part]>, String> {
     list.into_iter()
-        .map(|p| match p {
-            wit::TemplatePart::Literal(s) => Part::Literal(s),
-            wit::TemplatePart::Variable(v) => Part::Variable(match v {
-                wit::RequestVariable::Host => exec::Variable::Host,
-                wit::RequestVariable::RemoteAddr => exec::Variable::RemoteAddr,
-                wit::RequestVariable::Scheme => exec::Variable::Scheme,
-                wit::RequestVariable::RequestUri => exec::Variable::RequestUri,
-            }),
+        .map(|p| {
+            Ok(match p {
+                wit::TemplatePart::Literal(s) => Part::Literal(s),
+                wit::TemplatePart::Variable(v) => Part::Variable(match v {
+                    wit::RequestVariable::Host => exec::Variable::Host,
+                    wit::RequestVariable::RemoteAddr => exec::Variable::RemoteAddr,
+                    wit::RequestVariable::Scheme => exec::Variable::Scheme,
+                    wit::RequestVariable::RequestUri => exec::Variable::RequestUri,
+                    wit::RequestVariable::EscapedRequestUri => exec::Variable::EscapedRequestUri,
+                    wit::RequestVariable::Authority => exec::Variable::Authority,
+                    wit::RequestVariable::RequestMethod => exec::Variable::Method,
+                }),
+                wit::TemplatePart::Header(name) => Part::Header(
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("`{name}` is not a header name"))?,
+                ),
+            })
         })
         .collect()
 }
@@ -284,7 +314,7 @@ fn edit_value(name: &HeaderName, v: wit::HeaderValue) -> Result<Value, String> {
             .map(Value::Static)
             .map_err(|_| bad()),
         wit::HeaderValue::Template(list) => {
-            let ps = parts(list);
+            let ps = parts(list)?;
             // Literal parts must be valid on their own; variables are the host's own values.
             let mut literal = String::new();
             let mut only_literals = true;
@@ -292,7 +322,7 @@ fn edit_value(name: &HeaderName, v: wit::HeaderValue) -> Result<Value, String> {
                 match p {
                     Part::Literal(s) if HeaderValue::from_str(s).is_err() => return Err(bad()),
                     Part::Literal(s) => literal.push_str(s),
-                    Part::Variable(_) => only_literals = false,
+                    Part::Variable(_) | Part::Header(_) => only_literals = false,
                 }
             }
             if only_literals {
@@ -356,10 +386,10 @@ fn redirect(r: wit::Redirect) -> Result<StaticResponse, String> {
         .ok()
         .filter(|s| (300..=308).contains(&s.as_u16()))
         .ok_or_else(|| format!("redirect status {} is not 300 to 308", r.status))?;
-    let location = parts(r.location);
+    let location = parts(r.location)?;
     let literal_ok = location.iter().all(|p| match p {
         Part::Literal(s) => HeaderValue::from_str(s).is_ok(),
-        Part::Variable(_) => true,
+        Part::Variable(_) | Part::Header(_) => true,
     });
     if location.is_empty() || !literal_ok {
         return Err("redirect location is empty or not a valid header value".into());
@@ -428,6 +458,46 @@ fn basic_auth(b: wit::BasicAuth) -> Result<BasicAuthRule, String> {
     })
 }
 
+fn external_auth(a: wit::ExternalAuth) -> Result<ExternalAuthRule, String> {
+    let url = request_template(a.url)?;
+    // The scheme must be literal: a variable must never pick the protocol.
+    match url.first() {
+        Some(Part::Literal(s)) if s.starts_with("http://") || s.starts_with("https://") => {}
+        _ => return Err("the external auth URL must start with http:// or https://".into()),
+    }
+    let method = http::Method::from_bytes(a.method.as_bytes())
+        .map_err(|_| format!("`{}` is not an HTTP method", a.method))?;
+    let response_headers = a
+        .response_headers
+        .iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| format!("`{h}` is not a header name"))
+        })
+        .collect::<Result<_, _>>()?;
+    let signin = a.signin.map(request_template).transpose()?;
+    if let Some(Part::Literal(s)) = signin.as_ref().and_then(|s| s.first())
+        && !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with('/'))
+    {
+        return Err("the sign-in URL must be absolute (http://, https://) or a path".into());
+    }
+    Ok(ExternalAuthRule {
+        url,
+        method,
+        signin,
+        signin_redirect_param: a.signin_redirect_param,
+        response_headers,
+        request_redirect: a.request_redirect.map(request_template).transpose()?,
+        cache_key: a.cache_key.map(request_template).transpose()?,
+        cache_durations: a
+            .cache_durations
+            .into_iter()
+            .map(|d| (d.statuses, Duration::from_secs(u64::from(d.seconds))))
+            .collect(),
+        always_set_cookie: a.always_set_cookie,
+    })
+}
+
 /// Convert a plugin's policy (hooks excepted: `configure` binds them), applying its
 /// directives in order (within one plugin a later directive replaces an earlier one of the
 /// same kind; lists and header edits accumulate). `Err` names what was refused.
@@ -493,6 +563,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
                     after_bytes: r.after_bytes,
                 })
             }
+            D::ExternalAuth(a) => out.access.external = Some(external_auth(a)?),
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,
@@ -515,6 +586,9 @@ mod tests {
             remote: "10.0.0.1:5555".parse().expect("addr"),
             secure: true,
             request_uri: "/a?b=1",
+            authority: "example.com",
+            method: "GET",
+            headers: None,
         }
     }
 

@@ -81,6 +81,9 @@ fn vars() -> RequestVars<'static> {
         remote: "192.0.2.7:40000".parse().expect("addr"),
         secure: false,
         request_uri: "/app?x=1",
+        authority: "example.com",
+        method: "GET",
+        headers: None,
     }
 }
 
@@ -112,7 +115,8 @@ fn builtins_describe_themselves() {
             "ip-access",
             "basic-auth",
             "cors",
-            "rate-limit"
+            "rate-limit",
+            "external-auth"
         ]
     );
     for p in registry().builtins() {

@@ -16,34 +16,66 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, Response};
+use http::request::Parts;
+use http::{HeaderValue, Response, StatusCode};
 use tokio::sync::Semaphore;
 
-use super::{Exchange, InnerBody, local};
+use super::{Exchange, InnerBody, local, routing};
+use crate::access::external::{self, ExternalAuth, Facts, Outcome};
 use crate::access::limit::{Limits, Refused, Slot};
 use crate::access::{Access, Verdict};
 
 /// Admitted, or refused with the answer to send (boxed: refusals are the rare path).
-pub type Decision = Result<Option<Slot>, Box<Response<InnerBody>>>;
+pub type Decision = Result<Admitted, Box<Response<InnerBody>>>;
+
+/// What an admitted request carries on.
+#[derive(Default)]
+pub struct Admitted {
+    /// Its `limit-connections` slot: keep it until the response ends.
+    pub slot: Option<Slot>,
+    /// The external auth service's `Set-Cookie`s for the client's answer.
+    pub cookies: Option<AuthCookies>,
+}
+
+/// `Set-Cookie`s an auth service sent, and on which answers they go.
+pub struct AuthCookies {
+    values: Vec<HeaderValue>,
+    always: bool,
+}
+
+impl AuthCookies {
+    /// Adds them to `resp` when its status calls for them (nginx's `add_header`).
+    pub fn add_to(&self, resp: &mut Response<InnerBody>) {
+        let status = resp.status().as_u16();
+        let usual = matches!(
+            status,
+            200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+        );
+        if self.always || usual {
+            external::add_cookies(resp.headers_mut(), &self.values);
+        }
+    }
+}
 
 /// The access decision for this exchange: rate limits first (nginx's pre-access phase, so a
 /// flood is refused before it costs an authentication), then the access rules. An admitted
-/// request may hold a [`Slot`] of `limit-connections`: keep it until the response ends.
-pub async fn check(exchange: &Exchange<'_>, headers: &HeaderMap) -> Decision {
+/// request may have gained headers for the upstream (the external auth service's).
+pub async fn check(exchange: &Exchange<'_>, parts: &mut Parts) -> Decision {
     let policy = &exchange.route.policy;
-    let slot = match &policy.limits {
-        Some(limits) => limit(exchange, limits)?,
-        None => None,
-    };
-    if let Some(access) = &policy.access
-        && let Some(refused) = rules(exchange, access, headers).await
-    {
-        return Err(Box::new(refused));
+    let mut admitted = Admitted::default();
+    if let Some(limits) = &policy.limits {
+        admitted.slot = limit(exchange, limits)?;
     }
-    Ok(slot)
+    if let Some(access) = &policy.access {
+        admitted.cookies = rules(exchange, access, parts).await?;
+    }
+    Ok(admitted)
 }
 
-fn limit(exchange: &Exchange<'_>, limits: &Arc<Limits>) -> Decision {
+fn limit(
+    exchange: &Exchange<'_>,
+    limits: &Arc<Limits>,
+) -> Result<Option<Slot>, Box<Response<InnerBody>>> {
     let view = exchange.view;
     let status = match limits.admit(view.client) {
         Ok(slot) => return Ok(slot),
@@ -55,21 +87,22 @@ fn limit(exchange: &Exchange<'_>, limits: &Arc<Limits>) -> Decision {
         local::GrpcCode::ResourceExhausted,
         "too many requests",
     );
-    Err(Box::new(local::failure(
-        failure,
-        view.kind.grpc,
-        &view.request_id,
-    )))
+    Err(refuse(exchange, failure))
 }
 
-/// The access rules' answer, `None` when they admit the request.
+fn refuse(exchange: &Exchange<'_>, failure: local::Failure) -> Box<Response<InnerBody>> {
+    let view = exchange.view;
+    Box::new(local::failure(failure, view.kind.grpc, &view.request_id))
+}
+
+/// The access rules' decision; an admitted request may bring auth cookies along.
 async fn rules(
     exchange: &Exchange<'_>,
     access: &Arc<Access>,
-    headers: &HeaderMap,
-) -> Option<Response<InnerBody>> {
+    parts: &mut Parts,
+) -> Result<Option<AuthCookies>, Box<Response<InnerBody>>> {
     let view = exchange.view;
-    let authorization = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+    let authorization = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
     let verdict = match access.check(view.client, authorization) {
         // Boxed: the wait for a hashing permit is rare, and would otherwise make every
         // request's future larger.
@@ -77,18 +110,87 @@ async fn rules(
         quick => quick,
     };
     let failure = match verdict {
-        Verdict::Pass => return None,
+        Verdict::Pass => return Ok(None),
+        Verdict::External => match &access.external {
+            Some(auth) => return Box::pin(ask(exchange, auth, parts)).await,
+            None => local::UNAUTHORIZED,
+        },
         Verdict::Forbidden => local::FORBIDDEN,
         Verdict::Unauthorized | Verdict::Verify => local::UNAUTHORIZED,
     };
-    let mut resp = local::failure(failure, view.kind.grpc, &view.request_id);
+    let mut resp = refuse(exchange, failure);
     if failure == local::UNAUTHORIZED
         && let Some(challenge) = access.challenge()
     {
         resp.headers_mut()
             .insert(WWW_AUTHENTICATE, challenge.clone());
     }
-    Some(resp)
+    Err(resp)
+}
+
+const AUTH_SERVICE: local::Failure = local::Failure::new(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    local::GrpcCode::Internal,
+    "authentication service error",
+);
+
+/// Ask the external auth service, and apply its decision.
+async fn ask(
+    exchange: &Exchange<'_>,
+    auth: &ExternalAuth,
+    parts: &mut Parts,
+) -> Result<Option<AuthCookies>, Box<Response<InnerBody>>> {
+    let view = exchange.view;
+    let outcome = {
+        let facts = Facts {
+            vars: crate::policy::RequestVars {
+                method: parts.method.as_str(),
+                headers: Some(&parts.headers),
+                ..routing::vars(view)
+            },
+            headers: &parts.headers,
+            request_id: &view.request_id,
+        };
+        auth.check(&facts).await
+    };
+    match outcome {
+        Outcome::Allow { upstream, cookies } => {
+            for (name, value) in upstream {
+                parts.headers.insert(name, value);
+            }
+            Ok((!cookies.is_empty()).then(|| AuthCookies {
+                values: cookies,
+                always: auth.always_set_cookie(),
+            }))
+        }
+        Outcome::Deny {
+            status,
+            challenge,
+            cookies,
+        } => {
+            let failure = if status == StatusCode::FORBIDDEN {
+                local::FORBIDDEN
+            } else {
+                local::UNAUTHORIZED
+            };
+            let mut resp = refuse(exchange, failure);
+            if let Some(challenge) = challenge {
+                resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+            }
+            if auth.cookies_apply(status) {
+                external::add_cookies(resp.headers_mut(), &cookies);
+            }
+            Err(resp)
+        }
+        Outcome::SignIn { location, cookies } => {
+            // Rendered from our own template into a header value: always text.
+            let location = location.to_str().unwrap_or("/");
+            let mut resp = Box::new(local::redirect(StatusCode::FOUND, location));
+            external::add_cookies(resp.headers_mut(), &cookies);
+            Err(resp)
+        }
+        Outcome::Failed => Err(refuse(exchange, AUTH_SERVICE)),
+    }
 }
 
 /// Hash checks running at once, process-wide: one per CPU.

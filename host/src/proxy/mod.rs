@@ -230,7 +230,6 @@ impl Proxy {
         conn: &Conn,
         record: &mut Option<Box<log::Record>>,
     ) -> Response<InnerBody> {
-        let grpc = view.kind.grpc;
         if let Some(answer) = routing::answer(route, view, self.settings.redirect_https_port) {
             return answer;
         }
@@ -241,11 +240,30 @@ impl Proxy {
             settings: &self.settings,
             record,
         };
-        let slot = match access::check(&exchange, &parts.headers).await {
-            Ok(slot) => slot,
+        let admitted = match access::check(&exchange, &mut parts).await {
+            Ok(admitted) => admitted,
             Err(refused) => return *refused,
         };
-        if let Some(answer) = hooks::on_request(&exchange, &mut parts) {
+        let mut resp = self
+            .forward(&mut exchange, parts, body, admitted.slot)
+            .await;
+        if let Some(cookies) = &admitted.cookies {
+            cookies.add_to(&mut resp);
+        }
+        resp
+    }
+
+    /// Phases 5 to 8: hooks, upstream pick, forward, response.
+    async fn forward(
+        &self,
+        exchange: &mut Exchange<'_>,
+        mut parts: Parts,
+        body: Incoming,
+        slot: Option<crate::access::limit::Slot>,
+    ) -> Response<InnerBody> {
+        let (route, view) = (exchange.route, exchange.view);
+        let grpc = view.kind.grpc;
+        if let Some(answer) = hooks::on_request(exchange, &mut parts) {
             return answer;
         }
         let Some(endpoint) = forward::pick(route) else {
@@ -261,7 +279,7 @@ impl Proxy {
             // request's future (moved and copied on each request) that much bigger.
             let req = Request::from_parts(parts, body);
             let tunnel = Box::pin(forward::tunnel(
-                &exchange,
+                exchange,
                 req,
                 kind,
                 endpoint,
@@ -270,8 +288,8 @@ impl Proxy {
             ));
             return tunnel.await;
         }
-        match forward::send(&mut exchange, parts, body, endpoint).await {
-            Ok(resp) => response::filter(&exchange, resp, slot),
+        match forward::send(exchange, parts, body, endpoint).await {
+            Ok(resp) => response::filter(exchange, resp, slot),
             Err(failed) => failed,
         }
     }

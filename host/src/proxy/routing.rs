@@ -50,6 +50,10 @@ pub fn vars(view: &RequestView) -> RequestVars<'_> {
         remote: std::net::SocketAddr::new(view.client, 0),
         secure: view.secure,
         request_uri: view.request_uri(),
+        authority: view.authority(),
+        // Callers holding the request line or headers fill these in.
+        method: "",
+        headers: None,
     }
 }
 

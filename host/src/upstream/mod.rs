@@ -416,7 +416,7 @@ pub fn http1_tls() -> &'static tokio_rustls::TlsConnector {
 
 /// Upstream TLS offering one ALPN protocol, without certificate verification (see the module
 /// doc).
-fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
+pub(crate) fn tls_config(alpn: &[u8]) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -21,14 +21,18 @@ impl fmt::Display for TemplateError {
         match self {
             TemplateError::UnknownVariable(name) => write!(
                 f,
-                "variable `${name}` is not supported (only $host, $remote_addr, $scheme and $request_uri are)"
+                "variable `${name}` is not supported (only {VARIABLES} are)"
             ),
-            TemplateError::BadDollar => f.write_str(
-                "`$` must start a variable name ($host, $remote_addr, $scheme, $request_uri)",
-            ),
+            TemplateError::BadDollar => {
+                write!(f, "`$` must start a variable name ({VARIABLES})")
+            }
         }
     }
 }
+
+/// The variables the host substitutes, for error messages.
+const VARIABLES: &str =
+    "$host, $http_host, $remote_addr, $scheme, $request_uri, $escaped_request_uri, $request_method";
 
 /// The host-substituted variable called `name` (nginx spelling), if any.
 pub fn variable(name: &str) -> Option<RequestVariable> {
@@ -37,13 +41,29 @@ pub fn variable(name: &str) -> Option<RequestVariable> {
         "remote_addr" => Some(RequestVariable::RemoteAddr),
         "scheme" => Some(RequestVariable::Scheme),
         "request_uri" => Some(RequestVariable::RequestUri),
+        "escaped_request_uri" => Some(RequestVariable::EscapedRequestUri),
+        "http_host" => Some(RequestVariable::Authority),
+        "request_method" => Some(RequestVariable::RequestMethod),
         _ => None,
     }
 }
 
 /// Split `text` into literals and variables (`$name` or `${name}`; names are
-/// `[A-Za-z0-9_]+`). Adjacent literals are merged; an empty text gives no parts.
+/// `[A-Za-z0-9_]+`). Adjacent literals are merged; an empty text gives no parts. Request
+/// headers (`$http_<name>`) are refused: header edits and redirects cannot read them (see
+/// [`parse_with_headers`]).
 pub fn parse(text: &str) -> Result<Vec<TemplatePart>, TemplateError> {
+    parse_as(text, false)
+}
+
+/// As [`parse`], also accepting `$http_<name>` (a request header: `$http_x_api_key` is
+/// `x-api-key`), for templates only external authentication renders (its URL, sign-in URL,
+/// cache key).
+pub fn parse_with_headers(text: &str) -> Result<Vec<TemplatePart>, TemplateError> {
+    parse_as(text, true)
+}
+
+fn parse_as(text: &str, headers: bool) -> Result<Vec<TemplatePart>, TemplateError> {
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut rest = text;
@@ -62,11 +82,17 @@ pub fn parse(text: &str) -> Result<Vec<TemplatePart>, TemplateError> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(TemplateError::BadDollar);
         }
-        let var = variable(name).ok_or_else(|| TemplateError::UnknownVariable(name.to_string()))?;
+        let part = match (variable(name), name.strip_prefix("http_")) {
+            (Some(var), _) => TemplatePart::Variable(var),
+            (None, Some(header)) if headers && !header.is_empty() => {
+                TemplatePart::Header(header.replace('_', "-").to_ascii_lowercase())
+            }
+            _ => return Err(TemplateError::UnknownVariable(name.to_string())),
+        };
         if !literal.is_empty() {
             parts.push(TemplatePart::Literal(core::mem::take(&mut literal)));
         }
-        parts.push(TemplatePart::Variable(var));
+        parts.push(part);
         rest = tail;
     }
     literal.push_str(rest);
@@ -105,6 +131,13 @@ mod tests {
         assert_eq!(
             parse("$http_cookie"),
             Err(TemplateError::UnknownVariable("http_cookie".into()))
+        );
+        assert_eq!(
+            parse_with_headers("$http_x_api_key$http_host"),
+            Ok(alloc::vec![
+                TemplatePart::Header("x-api-key".into()),
+                TemplatePart::Variable(RequestVariable::Authority),
+            ])
         );
         assert_eq!(parse("a$"), Err(TemplateError::BadDollar));
         assert_eq!(parse("${host"), Err(TemplateError::BadDollar));
