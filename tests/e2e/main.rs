@@ -2,16 +2,19 @@
 //! real echo backends and the real `wasmgress` binary on ephemeral ports, and talks to it with
 //! real HTTP/1.1, HTTP/2 and TLS clients. Which backend answered proves where a request went.
 
+mod access;
 mod apiserver;
 mod harness;
 
 mod classes;
+mod cors;
 mod deploy;
 mod edge;
 mod errors;
 mod forwarding;
 mod grpc;
 mod kubernetes;
+mod limits;
 mod loading;
 mod observability;
 mod plugins;

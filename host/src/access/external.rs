@@ -332,8 +332,11 @@ fn client(allow_loopback: bool) -> &'static AuthClient {
         });
         http.enforce_http(false);
         http.set_nodelay(true);
+        // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a config that has it.
+        let mut tls = crate::upstream::tls_config(b"http/1.1");
+        tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::upstream::tls_config(b"http/1.1"))
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

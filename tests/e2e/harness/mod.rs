@@ -2,6 +2,7 @@
 //! TLS clients to talk to it.
 
 pub mod backend;
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod grpc;
@@ -9,6 +10,7 @@ pub mod manifests;
 pub mod process;
 pub mod raw;
 pub mod recorder;
+pub mod slow;
 pub mod yaml;
 
 pub use backend::Backend;
