@@ -59,31 +59,52 @@ pub struct Idle<B> {
     _slot: Option<Slot>,
 }
 
-/// nginx's `limit_rate_after` / `limit_rate` for one response: after `after` bytes, frames go
-/// out no faster than `rate` bytes per second.
+/// nginx's `limit_rate_after` / `limit_rate` for one response: after `after` bytes, data
+/// goes out no faster than `rate` bytes per second. A frame larger than what the budget allows
+/// is split (a cheap `Bytes` slice), so even a one-frame response is paced.
 struct Throttle {
     rate: u64,
     after: u64,
     sent: u64,
-    /// When the throttled part began (the first frame past `after`).
+    /// When the first byte went out: the budget grows from there.
     began: Option<Instant>,
+    /// Data taken from the upstream and not yet allowed out.
+    pending: Option<Bytes>,
     wait: Option<Pin<Box<Sleep>>>,
 }
 
+/// Frames smaller than this are not cut out of a held frame: waiting a little longer beats
+/// sending many tiny frames.
+const THROTTLE_CHUNK: u64 = 8 << 10;
+
 impl Throttle {
-    /// Account for a frame of `n` bytes; arms the wait before the next frame if it is due
-    /// later.
-    fn sent(&mut self, n: usize) {
-        self.sent += n as u64;
-        let Some(over) = self.sent.checked_sub(self.after).filter(|o| *o > 0) else {
-            return;
-        };
-        let now = Instant::now();
+    /// Bytes that may go out at `now`.
+    fn budget(&mut self, now: Instant) -> u64 {
         let began = *self.began.get_or_insert(now);
-        let due = began + Duration::from_secs_f64(over as f64 / self.rate as f64);
-        if due > now {
+        let earned = (now - began).as_secs_f64() * self.rate as f64;
+        (self.after + earned as u64).saturating_sub(self.sent)
+    }
+
+    /// The next piece of `pending` that may go out now, or `None` with the wait armed.
+    fn release(&mut self, now: Instant) -> Option<Bytes> {
+        let pending = self.pending.as_mut()?;
+        let want = (pending.len() as u64).min(THROTTLE_CHUNK.max(1));
+        let budget = self.budget(now);
+        if budget < want {
+            let short = (want - budget) as f64 / self.rate as f64;
+            let due = now + Duration::from_secs_f64(short);
             self.wait = Some(Box::pin(tokio::time::sleep_until(due)));
+            return None;
         }
+        let n = budget.min(self.pending.as_ref().map_or(0, |p| p.len() as u64)) as usize;
+        let pending = self.pending.as_mut()?;
+        let out = if n >= pending.len() {
+            self.pending.take()?
+        } else {
+            pending.split_to(n)
+        };
+        self.sent += out.len() as u64;
+        Some(out)
     }
 }
 
@@ -116,6 +137,7 @@ impl<B> Idle<B> {
                 after: r.after_bytes,
                 sent: 0,
                 began: None,
+                pending: None,
                 wait: None,
             })
         });
@@ -144,28 +166,49 @@ where
         if this.finished {
             return Poll::Ready(None);
         }
-        if let Some(wait) = this.throttle.as_mut().and_then(|t| t.wait.as_mut()) {
-            ready!(wait.as_mut().poll(cx));
-            if let Some(t) = this.throttle.as_mut() {
-                t.wait = None;
-            }
-            // The upstream was not read while we waited: that was not its idleness.
-            this.last = Instant::now();
+        if this.throttle.is_some() {
+            return this.poll_throttled(cx);
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.last = Instant::now();
-            if let Some(Ok(f)) = &frame
+            if let (Some(counter), Some(Ok(f))) = (&this.counter, &frame)
                 && let Some(data) = f.data_ref()
             {
-                if let Some(counter) = &this.counter {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                if let Some(t) = this.throttle.as_mut() {
-                    t.sent(data.len());
-                }
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Peer)));
         }
+        this.poll_idle(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let held = self.throttle.as_ref().is_some_and(|t| t.pending.is_some());
+        self.finished || (!held && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self
+            .throttle
+            .as_ref()
+            .and_then(|t| t.pending.as_ref())
+            .map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}
+
+impl<B> Idle<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    /// The inner body is pending: wait for its next frame or the idle timeout.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.last + this.timeout)));
@@ -187,12 +230,49 @@ where
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    /// `poll_frame` under a bandwidth limit: data is taken from the inner body one frame at a
+    /// time and let out as the budget allows.
+    fn poll_throttled(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(t) = self.throttle.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(wait) = t.wait.as_mut() {
+                ready!(wait.as_mut().poll(cx));
+                t.wait = None;
+                // The upstream was not read while we waited: that was not its idleness.
+                self.last = Instant::now();
+            }
+            if t.pending.is_some() {
+                match t.release(Instant::now()) {
+                    Some(data) => {
+                        if let Some(counter) = &self.counter {
+                            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    // The wait is armed: poll it next time round.
+                    None => continue,
+                }
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.last = Instant::now();
+                    match frame.into_data() {
+                        Ok(data) => t.pending = Some(data),
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    }
+                }
+                Poll::Ready(other) => {
+                    self.last = Instant::now();
+                    return Poll::Ready(other.map(|f| f.map_err(BodyError::Peer)));
+                }
+                Poll::Pending => return self.poll_idle(cx),
+            }
+        }
     }
 }
 
@@ -359,6 +439,36 @@ fn percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One 128 KiB frame at 32 KiB/s after 16 KiB goes out in pieces no larger than the
+    /// budget, the last one about 3.5 s in (a controllable clock: no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn throttle_paces_even_a_single_frame() {
+        let mut t = Throttle {
+            rate: 32 << 10,
+            after: 16 << 10,
+            sent: 0,
+            began: None,
+            pending: Some(Bytes::from(vec![7u8; 128 << 10])),
+            wait: None,
+        };
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut out = 0u64;
+        while t.pending.is_some() {
+            match t.release(now) {
+                Some(piece) => {
+                    out += piece.len() as u64;
+                    let allowed = (16 << 10) as f64 + (now - t0).as_secs_f64() * (32 << 10) as f64;
+                    assert!(out as f64 <= allowed + 1.0, "{out} bytes by {:?}", now - t0);
+                }
+                None => now = t.wait.take().expect("a wait is armed").deadline(),
+            }
+        }
+        assert_eq!(out, 128 << 10);
+        let took = (now - t0).as_secs_f64();
+        assert!((3.4..=3.6).contains(&took), "{took}");
+    }
 
     #[test]
     fn grpc_message_is_percent_encoded() {
