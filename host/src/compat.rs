@@ -138,11 +138,11 @@ mod tests {
     #[test]
     fn looks_up_full_keys_only() {
         assert_eq!(
-            fate("nginx.ingress.kubernetes.io/auth-tls-secret").map(|e| e.fate),
+            fate("nginx.ingress.kubernetes.io/ssl-passthrough").map(|e| e.fate),
             Some(Fate::Refused)
         );
         assert_eq!(
-            fate("auth-tls-secret"),
+            fate("ssl-passthrough"),
             None,
             "the prefix is part of the key"
         );

@@ -11,6 +11,7 @@ mod cors;
 mod deploy;
 mod edge;
 mod errors;
+mod external_auth;
 mod forwarding;
 mod grpc;
 mod kubernetes;

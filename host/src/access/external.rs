@@ -71,6 +71,13 @@ pub enum Outcome {
     Failed,
 }
 
+/// What the service said that matters: its status and the headers the outcome uses.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
 /// The request facts the subrequest carries.
 pub struct Facts<'a> {
     pub vars: RequestVars<'a>,
@@ -109,24 +116,36 @@ impl ExternalAuth {
     /// Ask the service (or the cache) about one request.
     pub async fn check(&self, facts: &Facts<'_>) -> Outcome {
         let key = self.rule.cache_key.as_ref().map(|k| render(k, &facts.vars));
-        if let (Some(cache), Some(key)) = (&self.cache, &key)
-            && let Some(hit) = cache.get(key)
-        {
-            return hit;
-        }
-        let (outcome, status) = match self.ask(facts).await {
-            Ok(answer) => answer,
-            Err(why) => {
-                tracing::warn!(id = ?facts.request_id, "external auth failed: {why}");
-                (Outcome::Failed, None)
-            }
+        let cached = match (&self.cache, &key) {
+            (Some(cache), Some(key)) => cache.get(key),
+            _ => None,
         };
-        if let (Some(cache), Some(key), Some(status)) = (&self.cache, key, status)
-            && let Some(ttl) = self.ttl(status)
-        {
-            cache.put(key, outcome.clone(), ttl);
-        }
-        outcome
+        let answer = match cached {
+            Some(answer) => answer,
+            None => match self.ask(facts).await {
+                Ok(answer) => {
+                    if let (Some(cache), Some(key), Some(ttl)) =
+                        (&self.cache, key, self.ttl(answer.status))
+                    {
+                        cache.put(key, answer.clone(), ttl);
+                    }
+                    answer
+                }
+                Err(why) => {
+                    tracing::warn!(id = ?facts.request_id, "external auth failed: {why}");
+                    return Outcome::Failed;
+                }
+            },
+        };
+        // Decided per request, also from a cached answer: a sign-in redirect names this
+        // request's URL, not the one that filled the cache.
+        self.outcome(&answer, &facts.vars)
+    }
+
+    /// The headers a client must never supply itself: every `auth-response-headers` name
+    /// (nginx sets them from the auth answer, empty when it has none).
+    pub fn copied_headers(&self) -> &[HeaderName] {
+        &self.rule.response_headers
     }
 
     fn ttl(&self, status: StatusCode) -> Option<Duration> {
@@ -137,7 +156,7 @@ impl ExternalAuth {
             .map(|(_, d)| *d)
     }
 
-    async fn ask(&self, facts: &Facts<'_>) -> Result<(Outcome, Option<StatusCode>), String> {
+    async fn ask(&self, facts: &Facts<'_>) -> Result<Answer, String> {
         let req = self.subrequest(facts)?;
         let client = client(self.allow_loopback);
         let resp = tokio::time::timeout(self.deadline, client.request(req))
@@ -146,8 +165,17 @@ impl ExternalAuth {
             .map_err(|e| format!("{e:#}"))?;
         let status = resp.status();
         // The body is not needed: dropping it lets the client close or reuse the connection.
-        let headers = resp.into_parts().0.headers;
-        Ok((self.outcome(status, &headers, &facts.vars), Some(status)))
+        let all = resp.into_parts().0.headers;
+        let mut headers = HeaderMap::new();
+        let kept = [&SET_COOKIE, &WWW_AUTHENTICATE]
+            .into_iter()
+            .chain(self.rule.response_headers.iter());
+        for name in kept {
+            for value in all.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Ok(Answer { status, headers })
     }
 
     /// The subrequest: the client's headers, no body, and what nginx's auth location sets.
@@ -209,7 +237,8 @@ impl ExternalAuth {
         Ok(req)
     }
 
-    fn outcome(&self, status: StatusCode, headers: &HeaderMap, vars: &RequestVars<'_>) -> Outcome {
+    fn outcome(&self, answer: &Answer, vars: &RequestVars<'_>) -> Outcome {
+        let (status, headers) = (answer.status, &answer.headers);
         let cookies: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
         if status.is_success() {
             let upstream = self
@@ -286,21 +315,21 @@ pub fn add_cookies(headers: &mut HeaderMap, cookies: &[HeaderValue]) {
 /// Answers by rendered cache key; bounded, expired entries go first, then the oldest.
 #[derive(Default)]
 struct AnswerCache {
-    entries: Mutex<HashMap<String, (Outcome, Instant)>>,
+    entries: Mutex<HashMap<String, (Answer, Instant)>>,
 }
 
 /// At most this many answers per route.
 const CACHE_CAPACITY: usize = 10_000;
 
 impl AnswerCache {
-    fn get(&self, key: &str) -> Option<Outcome> {
+    fn get(&self, key: &str) -> Option<Answer> {
         let map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(key)
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(o, _)| o.clone())
     }
 
-    fn put(&self, key: String, outcome: Outcome, ttl: Duration) {
+    fn put(&self, key: String, answer: Answer, ttl: Duration) {
         let now = Instant::now();
         let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= CACHE_CAPACITY {
@@ -314,7 +343,7 @@ impl AnswerCache {
                 map.remove(&k);
             }
         }
-        map.insert(key, (outcome, now + ttl));
+        map.insert(key, (answer, now + ttl));
     }
 }
 

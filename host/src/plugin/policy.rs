@@ -65,6 +65,8 @@ pub struct PluginPolicy {
     pub cors: Option<crate::cors::CorsRule>,
     /// Per-client request limits.
     pub limits: Option<crate::access::limit::LimitRule>,
+    /// Client certificates for the route's hosts.
+    pub client_tls: Option<ClientTlsRule>,
     /// Response bandwidth per request.
     pub response_rate: Option<exec::ResponseRate>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
@@ -100,6 +102,25 @@ pub struct AccessRules {
 }
 
 pub use crate::access::external::ExternalAuthRule;
+
+/// nginx's `ssl_verify_client` modes that ask for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientVerify {
+    On,
+    Optional,
+    OptionalNoCa,
+}
+
+/// Client certificate authentication as a plugin stated it (its Secret still unread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsRule {
+    pub secret: ObjectRef,
+    pub verify: ClientVerify,
+    pub depth: u32,
+    pub error_page: Option<String>,
+    pub pass_certificate: bool,
+    pub match_cn: Option<String>,
+}
 
 impl PluginPolicy {
     /// Merge `later` into `self` (see the module doc). Returns the names of scalar fields that
@@ -187,6 +208,12 @@ impl PluginPolicy {
         );
         take(&mut self.cors, later.cors, "CORS rules", o);
         take(&mut self.limits, later.limits, "rate limits", o);
+        take(
+            &mut self.client_tls,
+            later.client_tls,
+            "client certificate rules",
+            o,
+        );
         take(
             &mut self.response_rate,
             later.response_rate,
@@ -458,6 +485,33 @@ fn basic_auth(b: wit::BasicAuth) -> Result<BasicAuthRule, String> {
     })
 }
 
+fn client_tls(c: wit::ClientTls) -> Result<ClientTlsRule, String> {
+    if c.secret.name.is_empty() {
+        return Err("client-tls names no Secret".into());
+    }
+    let error_page = match c.error_page {
+        Some(page) if HeaderValue::from_str(&page).is_err() => {
+            return Err(format!("the error page `{page}` is not a valid Location"));
+        }
+        other => other,
+    };
+    Ok(ClientTlsRule {
+        secret: ObjectRef {
+            namespace: c.secret.namespace.filter(|n| !n.is_empty()),
+            name: c.secret.name,
+        },
+        verify: match c.verify {
+            wit::ClientVerify::On => ClientVerify::On,
+            wit::ClientVerify::Optional => ClientVerify::Optional,
+            wit::ClientVerify::OptionalNoCa => ClientVerify::OptionalNoCa,
+        },
+        depth: c.depth.max(1),
+        error_page,
+        pass_certificate: c.pass_certificate,
+        match_cn: c.match_cn,
+    })
+}
+
 fn external_auth(a: wit::ExternalAuth) -> Result<ExternalAuthRule, String> {
     let url = request_template(a.url)?;
     // The scheme must be literal: a variable must never pick the protocol.
@@ -564,6 +618,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
                 })
             }
             D::ExternalAuth(a) => out.access.external = Some(external_auth(a)?),
+            D::ClientTls(c) => out.client_tls = Some(client_tls(c)?),
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

@@ -116,7 +116,8 @@ fn builtins_describe_themselves() {
             "basic-auth",
             "cors",
             "rate-limit",
-            "external-auth"
+            "external-auth",
+            "client-mtls"
         ]
     );
     for p in registry().builtins() {

@@ -155,6 +155,10 @@ async fn ask(
     };
     match outcome {
         Outcome::Allow { upstream, cookies } => {
+            // A listed header is the service's word or absent, never the client's.
+            for name in auth.copied_headers() {
+                parts.headers.remove(name);
+            }
             for (name, value) in upstream {
                 parts.headers.insert(name, value);
             }

@@ -35,8 +35,9 @@ use crate::route::Endpoint;
 use h1pool::H1Pool;
 use h2pool::H2Pool;
 
-/// HTTP/2 flow-control windows, upstream and downstream: what one connection, and one stream,
-/// may have in flight unread. They bound the proxy's buffering per connection.
+/// HTTP/2 flow-control windows towards upstreams (responses from h2 and gRPC backends): what
+/// one connection, and one stream, may have in flight unread. They bound the proxy's buffering
+/// per upstream connection. (Client-facing windows are `proxy::listener`'s.)
 pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 pub const H2_STREAM_WINDOW: u32 = 2 << 20;
 
