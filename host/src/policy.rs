@@ -216,6 +216,8 @@ pub struct Policy {
     pub cors: Option<Arc<Cors>>,
     /// Per-client request limits, shared by every route of the Ingress.
     pub limits: Option<Arc<Limits>>,
+    /// Client certificates the route's requests must (or may) carry.
+    pub client_tls: Option<Arc<crate::tls::ClientTls>>,
     /// Response bandwidth per request (`limit-rate`, `limit-rate-after`).
     pub response_rate: Option<ResponseRate>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
@@ -240,6 +242,7 @@ impl Default for Policy {
             access: None,
             cors: None,
             limits: None,
+            client_tls: None,
             response_rate: None,
             hooks: HookChain::default(),
         }

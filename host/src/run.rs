@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
@@ -308,8 +307,14 @@ pub async fn run(
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
 
     let certs_from = proxy.clone();
-    let resolver = SniResolver::new(move |name| certs_from.current().certs.resolve(name));
-    let acceptor = TlsAcceptor::from(tls::server_config(Arc::new(resolver)));
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> =
+        Arc::new(SniResolver::new(move |name| {
+            certs_from.current().certs.resolve(name)
+        }));
+    let tls_setup = Arc::new(listener::TlsSetup {
+        default: tls::server_config(resolver.clone()),
+        resolver,
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
@@ -322,7 +327,7 @@ pub async fn run(
     let listeners = listener::Listeners {
         http,
         https,
-        tls: acceptor,
+        tls: tls_setup,
     };
     let server = tokio::spawn(listener::serve(listeners, shared));
 

@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::access::limit::{LimitRule, Limits};
 use crate::access::{Access, BasicAuth, ExternalAuth, Sources, basic::Users, external};
-use crate::plugin::{AccessRules, BasicAuthRule};
+use crate::plugin::{AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify};
+use crate::tls::ClientTls;
+use crate::tls::client::{ClientAuth, VerifyMode};
 
 /// Rate-limit state by Ingress, kept across generations: a reload (an endpoint change, another
 /// tenant's edit) must not hand every client a fresh burst. An Ingress whose rule changed gets
@@ -140,6 +142,50 @@ fn external_auth(
         route.auth_deadline,
         refs.allow_loopback,
     ))
+}
+
+/// A route's client certificate rules, with the CA bundle (and CRL) read from its Secret.
+pub fn client_tls(
+    rule: &ClientTlsRule,
+    namespace: &str,
+    refs: &Refs<'_, '_>,
+) -> Result<Arc<ClientTls>, String> {
+    let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
+    let name = format!(
+        "{}/{}",
+        rule.secret.namespace.as_deref().unwrap_or(namespace),
+        rule.secret.name
+    );
+    let data = secret.data.as_ref();
+    let ca = data
+        .and_then(|d| d.get("ca.crt"))
+        .ok_or_else(|| format!("Secret {name} has no ca.crt"))?;
+    let crl = data.and_then(|d| d.get("ca.crl")).map(|c| c.0.as_slice());
+    let auth =
+        ClientAuth::new(&ca.0, crl, rule.depth).map_err(|e| format!("Secret {name}: {e}"))?;
+    let match_cn = rule
+        .match_cn
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| format!("auth-tls-match-cn is not a regular expression: {e}"))?;
+    let error_page = rule
+        .error_page
+        .as_deref()
+        .map(http::HeaderValue::from_str)
+        .transpose()
+        .map_err(|_| "auth-tls-error-page is not a valid URL".to_string())?;
+    Ok(Arc::new(ClientTls {
+        auth: Arc::new(auth),
+        mode: match rule.verify {
+            ClientVerify::On => VerifyMode::On,
+            ClientVerify::Optional => VerifyMode::Optional,
+            ClientVerify::OptionalNoCa => VerifyMode::OptionalNoCa,
+        },
+        error_page,
+        pass_certificate: rule.pass_certificate,
+        match_cn,
+    }))
 }
 
 /// The Secret `wanted_ns/name` (the route's namespace when `None`), if this route may read it.

@@ -117,12 +117,14 @@ pub fn compile(
                 Err(why) => error("metadata.annotations".into(), why),
             }
             policy.limits = p.limits.as_ref().map(|rule| cx.refs.limits.get(&key, rule));
-            if p.client_tls.is_some() {
-                // Fail closed until the listener asks for and checks client certificates.
-                error(
-                    "metadata.annotations[nginx.ingress.kubernetes.io/auth-tls-secret]".into(),
-                    "client certificates are not checked yet: refused rather than served without them".into(),
-                );
+            if let Some(rule) = &p.client_tls {
+                match super::access::client_tls(rule, namespace, &cx.refs) {
+                    Ok(client_tls) => policy.client_tls = Some(client_tls),
+                    Err(why) => error(
+                        "metadata.annotations[nginx.ingress.kubernetes.io/auth-tls-secret]".into(),
+                        why,
+                    ),
+                }
             }
             match p.cors.as_ref().map(crate::cors::Cors::new).transpose() {
                 Ok(cors) => policy.cors = cors.map(Arc::new),

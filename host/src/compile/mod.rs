@@ -252,7 +252,38 @@ fn certificates(
             }
         }
     }
+    client_auth(units, &mut store, diagnostics);
     store
+}
+
+/// Hosts whose handshakes ask for a client certificate: those of Ingresses with
+/// `auth-tls-*`, oldest Ingress first. Requests are checked per route, so another Ingress on
+/// the same host is not bound by these rules (only asked for a certificate it may ignore).
+fn client_auth(units: &[Arc<Unit>], store: &mut CertStore, diagnostics: &mut Vec<Diagnostic>) {
+    for unit in units {
+        let Some(client_tls) = &unit.policy.client_tls else {
+            continue;
+        };
+        for host in &unit.hosts {
+            let name = match host {
+                HostMatch::Exact(h) => h.clone(),
+                HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
+                HostMatch::Any => continue,
+            };
+            if let Err(kept) = store.insert_client_auth(&name, client_tls.auth.clone())
+                && !Arc::ptr_eq(&kept, &client_tls.auth)
+            {
+                diagnostics.push(
+                    Diagnostic::warning(
+                        format!("Ingress {}", unit.key),
+                        "metadata.annotations[nginx.ingress.kubernetes.io/auth-tls-secret]",
+                        format!("host {name} already asks for client certificates under another Ingress's CA; that CA is the one offered in handshakes"),
+                    )
+                    .at(unit.origin.clone()),
+                );
+            }
+        }
+    }
 }
 
 /// The name routes of the controller's own default backend carry instead of an Ingress's.

@@ -84,5 +84,7 @@ pub use hooks::{BoundPlugin, HookAction, HookChain, HookOutcome, plugin_failure_
 pub use instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, RequestHead, Route, StatsSnapshot,
 };
-pub use policy::{AccessRules, BasicAuthRule, FixedResponse, ObjectRef, PluginPolicy};
+pub use policy::{
+    AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, FixedResponse, ObjectRef, PluginPolicy,
+};
 pub use registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry, all_stats};

@@ -23,10 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::task::TaskTracker;
 
-use super::{Conn, Proxy, ProxyBody, proxy_protocol};
+use super::{Conn, Proxy, ProxyBody, TlsFacts, proxy_protocol};
 
 /// A slow or silent client must not hold a handshake slot forever.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,7 +111,16 @@ struct Servers {
 pub struct Listeners {
     pub http: TcpListener,
     pub https: TcpListener,
-    pub tls: TlsAcceptor,
+    pub tls: Arc<TlsSetup>,
+}
+
+/// How a TLS handshake is configured: by the ClientHello's SNI, a host whose Ingress asks for
+/// client certificates gets a config that requests one; every other handshake the default.
+pub struct TlsSetup {
+    /// No client certificates.
+    pub default: Arc<rustls::ServerConfig>,
+    /// The certificate resolver every config shares (the current generation's certificates).
+    pub resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 }
 
 /// Serves both listeners until shutdown flips; open connections are left to the tracker.
@@ -182,7 +191,7 @@ async fn accept(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     port: u16,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsSetup>>,
     servers: &Servers,
     shared: Shared,
     permit: OwnedSemaphorePermit,
@@ -205,22 +214,22 @@ async fn accept(
     }
     let mut conn = Conn::new(remote, tls.is_some(), port);
     conn.slot = Some(Arc::new(permit));
-    let this = Arc::new(ConnShared {
-        proxy: shared.proxy.clone(),
-        conn,
-        activity: Activity::new(),
-    });
-    let service = ConnService(this.clone());
-    let Some(acceptor) = tls else {
+    let Some(setup) = tls else {
+        let this = ConnShared::new(&shared, conn);
+        let service = ConnService(this.clone());
         let connection = servers
             .auto
             .serve_connection_with_upgrades(Closing::new(stream), service);
         return drive(connection, |c| c.graceful_shutdown(), &this, shared).await;
     };
     let stats = &shared.proxy.tls;
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => {
+    let handshake = handshake(stream, &setup, &shared.proxy);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok((stream, facts))) => {
             stats.handshakes.fetch_add(1, Ordering::Relaxed);
+            conn.tls = Some(Box::new(facts));
+            let this = ConnShared::new(&shared, conn);
+            let service = ConnService(this.clone());
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             if h2 {
                 let connection = servers.h2.serve_connection(Closing::h2(stream), service);
@@ -233,13 +242,41 @@ async fn accept(
         }
         Ok(Err(e)) => {
             stats.failed_error.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(remote = %this.conn.remote, error = %e, "TLS handshake failed");
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
         }
         Err(_) => {
             stats.failed_timeout.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(remote = %this.conn.remote, "TLS handshake timed out");
+            tracing::debug!(%remote, "TLS handshake timed out");
         }
     }
+}
+
+/// The TLS handshake, configured by the ClientHello's SNI; what it established about the
+/// client comes back with the stream.
+async fn handshake(
+    stream: TcpStream,
+    setup: &TlsSetup,
+    proxy: &Proxy,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsFacts)> {
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = acceptor.await?;
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
+    let client_auth = proxy.current().certs.client_auth(sni.as_deref());
+    let config = match &client_auth {
+        Some(host) => host.server_config(&setup.resolver),
+        None => setup.default.clone(),
+    };
+    let stream = start.into_stream(config).await?;
+    // Judged once per connection: every request on it carries the same certificate.
+    let client = client_auth.map(|host| host.auth.verify(stream.get_ref().1.peer_certificates()));
+    let facts = TlsFacts {
+        sni: sni.map(String::into_boxed_str),
+        client,
+    };
+    Ok((stream, facts))
 }
 
 /// What a connection's requests share: the proxy, the connection's facts, its activity.
@@ -247,6 +284,16 @@ struct ConnShared {
     proxy: Arc<Proxy>,
     conn: Conn,
     activity: Activity,
+}
+
+impl ConnShared {
+    fn new(shared: &Shared, conn: Conn) -> Arc<Self> {
+        Arc::new(ConnShared {
+            proxy: shared.proxy.clone(),
+            conn,
+            activity: Activity::new(),
+        })
+    }
 }
 
 /// The service for one connection's requests. One reference count per request for

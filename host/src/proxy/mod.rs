@@ -3,11 +3,14 @@
 //! A request meets these phases, in this order (Pingora's `ProxyHttp` is the anchor); each is a
 //! module or a function named for it, and each either answers the request or passes it on:
 //!
-//! 1. accept and TLS ([`listener`]): connection limits and timeouts, PROXY protocol, SNI.
+//! 1. accept and TLS ([`listener`]): connection limits and timeouts, PROXY protocol, SNI
+//!    (which also decides whether the handshake asks for a client certificate).
 //! 2. read and normalise ([`view`]): the one canonical request view and header hygiene.
-//! 3. route ([`routing`]): host and path to a route; what a route answers by itself (HTTPS
-//!    redirects, static responses, `app-root`).
-//! 4. access ([`access`]): who may reach the route.
+//! 3. route ([`routing`]): host and path to a route; its client certificate rules
+//!    ([`client_tls`]); CORS preflights; what a route answers by itself (HTTPS redirects,
+//!    static responses, `app-root`).
+//! 4. access ([`access`]): rate limits, then who may reach the route (source ranges, basic
+//!    and external authentication, `satisfy`).
 //! 5. request hooks ([`hooks`]): the route's Wasm plugins, in attach order.
 //! 6. upstream pick ([`forward::pick`]): the endpoint.
 //! 7. forward ([`forward`], [`websocket`] for tunnels): the upstream request and its wait.
@@ -19,6 +22,7 @@
 //! configuration sources and never compiles anything.
 
 mod access;
+mod client_tls;
 mod forward;
 mod hooks;
 pub mod listener;
@@ -111,6 +115,17 @@ pub struct Conn {
     /// The connection's `--max-connections` slot; a WebSocket tunnel the connection becomes
     /// keeps it until the tunnel ends.
     pub slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// What the TLS handshake established; `None` on the plain listener.
+    pub tls: Option<Box<TlsFacts>>,
+}
+
+/// What a TLS handshake established about the client.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    /// The server name the client asked for (lowercase), if any.
+    pub sni: Option<Box<str>>,
+    /// The client certificate verdict, when the handshake asked for one.
+    pub client: Option<crate::tls::client::ClientCert>,
 }
 
 impl Conn {
@@ -123,6 +138,7 @@ impl Conn {
             client_ip,
             port: HeaderValue::from(port),
             slot: None,
+            tls: None,
         }
     }
 }
@@ -202,6 +218,11 @@ impl Proxy {
         if let Some(r) = record.as_mut() {
             r.ingress = Some(route.ingress.clone());
         }
+        // Before anything else the route does, as nginx checks the certificate before any
+        // location runs.
+        if let Some(refused) = client_tls::check(route, view, conn) {
+            return refused;
+        }
         let Some(cors) = route.policy.cors.as_deref() else {
             return self
                 .serve_route(route, parts, body, view, conn, record)
@@ -244,6 +265,7 @@ impl Proxy {
             Ok(admitted) => admitted,
             Err(refused) => return *refused,
         };
+        client_tls::headers(route, conn, &mut parts.headers);
         let mut resp = self
             .forward(&mut exchange, parts, body, admitted.slot)
             .await;

@@ -3,7 +3,11 @@
 //!
 //! `compile` fills a [`CertStore`] per generation; the proxy's [`SniResolver`] reads whichever
 //! generation is current at handshake time, so a rotated Secret is served from the next
-//! handshake on without touching open connections. This module never reads files or the API.
+//! handshake on without touching open connections. Hosts whose Ingresses ask for client
+//! certificates carry their trust ([`client`]) in the same store, looked up by the same SNI.
+//! This module never reads files or the API.
+
+pub mod client;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +98,50 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// Hosts whose handshakes ask for a client certificate, by name (`*.suffix` for
+    /// wildcards), as certificates are.
+    client_auth: HashMap<String, Arc<ClientAuthHost>>,
+}
+
+/// A route's client certificate rules (ingress-nginx `auth-tls-*`), checked per request by
+/// `proxy::client_tls` against what the connection's handshake established.
+#[derive(Debug)]
+pub struct ClientTls {
+    pub auth: Arc<client::ClientAuth>,
+    pub mode: client::VerifyMode,
+    /// Where refused requests are redirected (302) instead of answered 400.
+    pub error_page: Option<http::HeaderValue>,
+    /// Send the certificate upstream (`ssl-client-cert`).
+    pub pass_certificate: bool,
+    /// The subject DN must match, else 403.
+    pub match_cn: Option<regex::Regex>,
+}
+
+/// A host's client certificate trust, and the server config its handshakes use (built on the
+/// first handshake: it needs the listener's certificate resolver).
+#[derive(Debug)]
+pub struct ClientAuthHost {
+    pub auth: Arc<client::ClientAuth>,
+    config: std::sync::OnceLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ClientAuthHost {
+    pub fn new(auth: Arc<client::ClientAuth>) -> Self {
+        ClientAuthHost {
+            auth,
+            config: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The server config requesting a certificate, with the listener's `resolver`.
+    pub fn server_config(
+        &self,
+        resolver: &Arc<dyn ResolvesServerCert>,
+    ) -> Arc<rustls::ServerConfig> {
+        self.config
+            .get_or_init(|| self.auth.server_config(resolver.clone()))
+            .clone()
+    }
 }
 
 impl CertStore {
@@ -102,7 +150,39 @@ impl CertStore {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             default,
+            client_auth: HashMap::new(),
         }
+    }
+
+    /// Asks for client certificates on `host` (`*.suffix` for a wildcard). When the host
+    /// already asks, keeps that and returns it (first Ingress wins, as for certificates).
+    pub fn insert_client_auth(
+        &mut self,
+        host: &str,
+        auth: Arc<client::ClientAuth>,
+    ) -> Result<(), Arc<client::ClientAuth>> {
+        match self.client_auth.entry(host.to_ascii_lowercase()) {
+            std::collections::hash_map::Entry::Occupied(e) => Err(e.get().auth.clone()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Arc::new(ClientAuthHost::new(auth)));
+                Ok(())
+            }
+        }
+    }
+
+    /// The client certificate trust for a TLS server name: exact, then one-label wildcard.
+    pub fn client_auth(&self, server_name: Option<&str>) -> Option<Arc<ClientAuthHost>> {
+        if self.client_auth.is_empty() {
+            return None;
+        }
+        let name = server_name?.to_ascii_lowercase();
+        self.client_auth
+            .get(&name)
+            .or_else(|| {
+                let (_, suffix) = name.split_once('.')?;
+                self.client_auth.get(&format!("*.{suffix}"))
+            })
+            .cloned()
     }
 
     /// Adds a certificate for `host` (`*.suffix` for a wildcard). When the host already has one,
