@@ -341,6 +341,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line per annotation a plugin owns, so a migration shows what will be enforced and by
+/// which plugin (what is refused or ignored is among the diagnostics above).
+fn print_owned(snapshot: &wasmgress::source::Snapshot, plugins: &Registry) {
+    for ingress in &snapshot.ingresses {
+        let meta = &ingress.object.metadata;
+        let name = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or("")
+        );
+        for key in meta.annotations.iter().flatten().map(|(k, _)| k) {
+            if let Some(p) = plugins.owner(key) {
+                println!("owned: Ingress {name}: {key}: plugin {}", p.info().name);
+            }
+        }
+    }
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { dir, class } => {
@@ -350,11 +368,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("error: {p}");
             }
             let options = compile_options(&class, Policy::default(), Arc::new(plugins))?;
-            let mut source = FileSource::new(&dir);
-            let compiled = run::compile_folder(&mut source, &options, &LastGood::default())?;
+            let snapshot = FileSource::new(&dir).load()?;
+            let compiled = wasmgress::compile::compile(&snapshot, &options, &LastGood::default());
             for d in &compiled.diagnostics {
                 println!("{d}");
             }
+            print_owned(&snapshot, &options.plugins);
             let warnings = wasmgress::compile::count(&compiled.diagnostics, Severity::Warning);
             println!(
                 "{} Ingress(es) accepted, {} rejected, {warnings} warning(s)",

@@ -223,3 +223,36 @@ async fn refused_annotations_fail_validate_naming_the_annotation_and_the_reason(
         assert!(said, "{key}: no {severity}line with its reason:\n{out}");
     }
 }
+
+/// Before a migration, `validate` says which plugin will enforce each annotation it owns:
+/// the access-control annotations ingress-nginx users carry show up as owned, not refused.
+#[tokio::test]
+async fn owned_annotations_are_listed_with_their_plugin() {
+    let (_backends, mut objects) = several(&["web"]).await;
+    let nginx = |key: &str| format!("nginx.ingress.kubernetes.io/{key}");
+    objects.push(
+        Ingress::new("web")
+            .annotation(&nginx("whitelist-source-range"), "10.0.0.0/8")
+            .annotation(&nginx("enable-cors"), "true")
+            .annotation(&nginx("limit-rps"), "5")
+            .annotation(&nginx("auth-url"), "http://auth.example.com/check")
+            .rule(Some("web.example.com"), &[prefix("/", "web")])
+            .build(),
+    );
+    let m = Manifests::new();
+    m.write("web.yaml", &objects);
+    let (code, stdout, _) = validate(&m, &[]).await;
+    for (key, plugin) in [
+        ("whitelist-source-range", "ip-access"),
+        ("enable-cors", "cors"),
+        ("limit-rps", "rate-limit"),
+        ("auth-url", "external-auth"),
+    ] {
+        let line = format!(
+            "owned: Ingress default/web: {}: plugin {plugin}",
+            nginx(key)
+        );
+        assert!(stdout.contains(&line), "missing {line:?} in:\n{stdout}");
+    }
+    assert_eq!(code, 0, "nothing is rejected:\n{stdout}");
+}

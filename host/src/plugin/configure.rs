@@ -84,7 +84,7 @@ pub fn attached_plugins(annotations: &BTreeMap<String, String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn owns(info: &super::instance::PluginInfo, key: &str) -> bool {
+pub(super) fn owns(info: &super::instance::PluginInfo, key: &str) -> bool {
     info.keys.iter().any(|k| k == key)
         || info.prefixes.iter().any(|p| key.starts_with(p.as_str()))
         || key

@@ -396,6 +396,13 @@ impl Registry {
         &self.plugins
     }
 
+    /// The plugin that owns the annotation `key`, if any.
+    pub fn owner(&self, key: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins
+            .iter()
+            .find(|p| super::configure::owns(&p.info, key))
+    }
+
     /// The built-ins, in their default attach order.
     pub fn builtins(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins[..self.builtin_count]
