@@ -187,6 +187,111 @@ struct ClassArgs {
     /// ingress-nginx's option of that name; by default each reads only its own namespace.
     #[arg(long)]
     allow_cross_namespace_resources: bool,
+    #[command(flatten)]
+    global_auth: GlobalAuthArgs,
+}
+
+/// Controller-wide external authentication, ingress-nginx's `global-auth-*` ConfigMap keys:
+/// each means what the `auth-*` annotation of the same name means, for every Ingress without
+/// its own `auth-url` that does not set `enable-global-auth: "false"`.
+#[derive(Args, Debug, Clone)]
+struct GlobalAuthArgs {
+    /// The auth service for every Ingress without its own `auth-url`.
+    #[arg(long, value_name = "URL")]
+    global_auth_url: Option<String>,
+    /// Method of the auth subrequests (GET).
+    #[arg(long, value_name = "METHOD", requires = "global_auth_url")]
+    global_auth_method: Option<String>,
+    /// Where a 401 redirects instead (with `rd=` the original URL).
+    #[arg(long, value_name = "URL", requires = "global_auth_url")]
+    global_auth_signin: Option<String>,
+    /// The sign-in query parameter carrying the original URL (`rd`).
+    #[arg(long, value_name = "NAME", requires = "global_auth_url")]
+    global_auth_signin_redirect_param: Option<String>,
+    /// Auth answer headers copied onto upstream requests, comma-separated.
+    #[arg(long, value_name = "HEADERS", requires = "global_auth_url")]
+    global_auth_response_headers: Option<String>,
+    /// `X-Auth-Request-Redirect` sent to the service (default: the request URI).
+    #[arg(long, value_name = "TEMPLATE", requires = "global_auth_url")]
+    global_auth_request_redirect: Option<String>,
+    /// Cache auth answers by this key (nginx variables, e.g. `$http_authorization`).
+    #[arg(long, value_name = "TEMPLATE", requires = "global_auth_url")]
+    global_auth_cache_key: Option<String>,
+    /// How long answers are cached, by status (`200 202 401 5m`).
+    #[arg(long, value_name = "DURATIONS", requires = "global_auth_url")]
+    global_auth_cache_duration: Option<String>,
+    /// Pass the service's `Set-Cookie` on every answer.
+    #[arg(long, requires = "global_auth_url")]
+    global_auth_always_set_cookie: bool,
+    /// Path prefixes no external authentication covers, comma-separated (ACME challenges must
+    /// reach cert-manager).
+    #[arg(
+        long,
+        value_name = "PATHS",
+        default_value = "/.well-known/acme-challenge"
+    )]
+    no_auth_locations: String,
+}
+
+/// The global auth rule, made by the external-auth plugin from the flags as if they were an
+/// Ingress's annotations, so flags and annotations mean exactly the same.
+fn global_auth(
+    args: &GlobalAuthArgs,
+    plugins: &Registry,
+) -> anyhow::Result<Option<wasmgress::plugin::ExternalAuthRule>> {
+    let Some(url) = &args.global_auth_url else {
+        return Ok(None);
+    };
+    let cookie = args
+        .global_auth_always_set_cookie
+        .then(|| "true".to_string());
+    let pairs = [
+        ("auth-url", Some(url.clone())),
+        ("auth-method", args.global_auth_method.clone()),
+        ("auth-signin", args.global_auth_signin.clone()),
+        (
+            "auth-signin-redirect-param",
+            args.global_auth_signin_redirect_param.clone(),
+        ),
+        (
+            "auth-response-headers",
+            args.global_auth_response_headers.clone(),
+        ),
+        (
+            "auth-request-redirect",
+            args.global_auth_request_redirect.clone(),
+        ),
+        ("auth-cache-key", args.global_auth_cache_key.clone()),
+        (
+            "auth-cache-duration",
+            args.global_auth_cache_duration.clone(),
+        ),
+        ("auth-always-set-cookie", cookie),
+    ];
+    let settings: std::collections::BTreeMap<String, String> = pairs
+        .into_iter()
+        .filter_map(|(k, v)| Some((format!("nginx.ingress.kubernetes.io/{k}"), v?)))
+        .collect();
+    let route = wasmgress::plugin::Route {
+        kind: "Controller",
+        namespace: String::new(),
+        name: "global-auth".into(),
+    };
+    let flag = |key: &str| key.replace("nginx.ingress.kubernetes.io/auth-", "--global-auth-");
+    match wasmgress::plugin::configure_ingress(plugins, &route, &settings) {
+        Ok(c) => match c.policy.access.external {
+            Some(rule) => Ok(Some(rule)),
+            None => anyhow::bail!("--global-auth-url: the external-auth plugin is not loaded"),
+        },
+        Err(diags) => {
+            let why: Vec<String> = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| format!("{}: {}", flag(&d.key), d.message))
+                .collect();
+            anyhow::bail!("global authentication flags refused: {}", why.join("; "))
+        }
+    }
 }
 
 /// A 4xx or 5xx status, as nginx's `limit_req_status` accepts (400 to 599).
@@ -504,12 +609,21 @@ fn compile_options(
         defaults,
         default_certificate: Arc::new(default_certificate),
         upstreams: Upstreams::new(),
-        plugins,
         route_stats: wasmgress::metrics::RouteStatsRegistry::new(),
         default_backend_service: class.default_backend_service.clone(),
         endpoint_guard: None,
         allow_cross_namespace_resources: class.allow_cross_namespace_resources,
         limits: wasmgress::compile::LimitsRegistry::new(),
+        global_auth: global_auth(&class.global_auth, &plugins)?,
+        no_auth_locations: class
+            .global_auth
+            .no_auth_locations
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        plugins,
     })
 }
 

@@ -989,3 +989,42 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
         "auth-keepalive is accepted with a note:\n{stdout}"
     );
 }
+
+/// `--global-auth-url` guards every Ingress without its own `auth-url`: one that sets
+/// `enable-global-auth: "false"` is left alone, ACME challenge paths (`--no-auth-locations`'s
+/// default) are never sent for authentication, and an Ingress's own `auth-url` wins.
+#[tokio::test]
+async fn global_auth_covers_ingresses_without_their_own() {
+    let auth = AuthServer::start().await;
+    let rec = Recorder::start("app").await;
+    let own = auth.url("/forbid");
+    let mut objects = rec.objects();
+    objects.extend([
+        ingress("plain", "plain.test", &[]),
+        ingress("opted-out", "out.test", &[("enable-global-auth", "false")]),
+        ingress("own", "own.test", &[("auth-url", own.as_str())]),
+    ]);
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let global = auth.url("/oauth2/auth");
+    let gw = Wasmgress::start(&m, &["--global-auth-url", &global]).await;
+
+    assert_local(&gw.get("plain.test", "/").await, 401, "global auth applies");
+    let r = gw
+        .send(&Req::get("plain.test", "/").header("authorization", "Bearer good"))
+        .await;
+    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
+    let r = gw
+        .get("plain.test", "/.well-known/acme-challenge/token")
+        .await;
+    assert_eq!(r.backend().as_deref(), Some("app"), "ACME: {}", r.summary());
+    let r = gw.get("out.test", "/").await;
+    assert_eq!(
+        r.backend().as_deref(),
+        Some("app"),
+        "opted out: {}",
+        r.summary()
+    );
+    assert!(auth.seen_about("out.test").is_empty());
+    assert_local(&gw.get("own.test", "/").await, 403, "its own auth-url wins");
+}

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ pub struct Facts<'a> {
 /// A route's external authentication, ready to run.
 pub struct ExternalAuth {
     rule: ExternalAuthRule,
+    /// Request paths never sent for authentication (`--no-auth-locations`).
+    exempt: Arc<[String]>,
     /// Connect and answer must both happen within this.
     deadline: Duration,
     allow_loopback: bool,
@@ -103,14 +105,26 @@ impl std::fmt::Debug for ExternalAuth {
 }
 
 impl ExternalAuth {
-    pub fn new(rule: ExternalAuthRule, deadline: Duration, allow_loopback: bool) -> Self {
+    pub fn new(
+        rule: ExternalAuthRule,
+        exempt: Arc<[String]>,
+        deadline: Duration,
+        allow_loopback: bool,
+    ) -> Self {
         let cache = rule.cache_key.is_some().then(AnswerCache::default);
         ExternalAuth {
             rule,
+            exempt,
             deadline,
             allow_loopback,
             cache,
         }
+    }
+
+    /// Whether `path` (normalised) is one ingress-nginx's `no-auth-locations` exempts (by
+    /// default `/.well-known/acme-challenge`, so certificate challenges are never blocked).
+    pub fn exempts(&self, path: &str) -> bool {
+        self.exempt.iter().any(|p| path.starts_with(p.as_str()))
     }
 
     /// Ask the service (or the cache) about one request.

@@ -56,6 +56,8 @@ pub struct Refs<'b, 'a> {
     /// External auth may reach loopback addresses (not in cluster mode, where loopback is the
     /// proxy itself).
     pub allow_loopback: bool,
+    /// Paths external auth never covers (`--no-auth-locations`).
+    pub no_auth_locations: Arc<[String]>,
 }
 
 /// The executable rules for a route of `namespace`, `None` when nothing restricts it; `Err`
@@ -139,6 +141,7 @@ fn external_auth(
     }
     Ok(ExternalAuth::new(
         rule.clone(),
+        refs.no_auth_locations.clone(),
         route.auth_deadline,
         refs.allow_loopback,
     ))

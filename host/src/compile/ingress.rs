@@ -64,6 +64,8 @@ pub struct Context<'a, 'b> {
     pub resolver: &'b mut Resolver<'a>,
     pub guard: Option<&'a super::backend::EndpointGuard>,
     pub refs: super::access::Refs<'b, 'a>,
+    /// The controller-wide external authentication, if configured.
+    pub global_auth: Option<&'b crate::plugin::ExternalAuthRule>,
     pub defaults: &'b Policy,
     pub plugins: &'b plugin::Registry,
 }
@@ -111,7 +113,11 @@ pub fn compile(
                 auth_deadline: policy.connect_timeout + policy.read_timeout,
                 exact_hosts: exact_hosts(ingress),
             };
-            match super::access::build(&p.access, namespace, &cx.refs, route) {
+            let mut rules = p.access.clone();
+            if rules.external.is_none() && p.global_auth != Some(false) {
+                rules.external = cx.global_auth.cloned();
+            }
+            match super::access::build(&rules, namespace, &cx.refs, route) {
                 Ok(access) => policy.access = access,
                 // No mode serves a restricted route open: its last good version fails too.
                 Err(why) => error("metadata.annotations".into(), why),

@@ -53,6 +53,11 @@ pub struct Options {
     pub allow_cross_namespace_resources: bool,
     /// Rate-limit state per Ingress, kept across generations.
     pub limits: Arc<LimitsRegistry>,
+    /// Controller-wide external authentication (`--global-auth-url` and friends), for
+    /// Ingresses without their own that do not set `enable-global-auth: "false"`.
+    pub global_auth: Option<crate::plugin::ExternalAuthRule>,
+    /// Paths external authentication never covers (`--no-auth-locations`).
+    pub no_auth_locations: Arc<[String]>,
 }
 
 /// One compiled generation.
@@ -118,7 +123,9 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             allow_cross_namespace: options.allow_cross_namespace_resources,
             limits: &options.limits,
             allow_loopback: options.endpoint_guard.is_none(),
+            no_auth_locations: options.no_auth_locations.clone(),
         },
+        global_auth: options.global_auth.as_ref(),
         defaults: &options.defaults,
         plugins: &options.plugins,
     };
@@ -507,6 +514,8 @@ mod tests {
             default_backend_service: None,
             allow_cross_namespace_resources: false,
             limits: LimitsRegistry::new(),
+            global_auth: None,
+            no_auth_locations: Arc::from([]),
             endpoint_guard: None,
         }
     }

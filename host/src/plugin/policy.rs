@@ -67,6 +67,8 @@ pub struct PluginPolicy {
     pub limits: Option<crate::access::limit::LimitRule>,
     /// Client certificates for the route's hosts.
     pub client_tls: Option<ClientTlsRule>,
+    /// Whether the controller-wide external authentication applies (`None`: yes).
+    pub global_auth: Option<bool>,
     /// Response bandwidth per request.
     pub response_rate: Option<exec::ResponseRate>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
@@ -208,6 +210,12 @@ impl PluginPolicy {
         );
         take(&mut self.cors, later.cors, "CORS rules", o);
         take(&mut self.limits, later.limits, "rate limits", o);
+        take(
+            &mut self.global_auth,
+            later.global_auth,
+            "enable-global-auth",
+            o,
+        );
         take(
             &mut self.client_tls,
             later.client_tls,
@@ -619,6 +627,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             }
             D::ExternalAuth(a) => out.access.external = Some(external_auth(a)?),
             D::ClientTls(c) => out.client_tls = Some(client_tls(c)?),
+            D::GlobalAuth(b) => out.global_auth = Some(b),
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

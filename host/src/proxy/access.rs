@@ -141,6 +141,9 @@ async fn ask(
     parts: &mut Parts,
 ) -> Result<Option<AuthCookies>, Box<Response<InnerBody>>> {
     let view = exchange.view;
+    if auth.exempts(view.path()) {
+        return Ok(None);
+    }
     let outcome = {
         let facts = Facts {
             vars: crate::policy::RequestVars {

@@ -539,6 +539,8 @@ pub(super) mod tests {
                     default_backend_service: None,
                     allow_cross_namespace_resources: false,
                     limits: compile::LimitsRegistry::new(),
+                    global_auth: None,
+                    no_auth_locations: std::sync::Arc::from([]),
                     endpoint_guard: None,
                 })
             })

@@ -1,7 +1,9 @@
 //! Built-in plugin `external-auth`: ingress-nginx's external authentication (nginx
 //! `auth_request`): `auth-url`, `auth-method`, `auth-signin`, `auth-signin-redirect-param`,
 //! `auth-response-headers`, `auth-request-redirect`, `auth-cache-key`, `auth-cache-duration`,
-//! `auth-always-set-cookie` and the `auth-keepalive*` tuning.
+//! `auth-always-set-cookie` and the `auth-keepalive*` tuning; and `enable-global-auth`, which
+//! lets a route opt out of the controller-wide `--global-auth-url` (the host configures that
+//! with this same plugin, from its flags).
 //!
 //! Owns only these keys and only states the rule; the host sends the subrequests (pooled, so
 //! the `auth-keepalive*` keys are accepted with a note) and enforces the answers. URLs and the
@@ -39,8 +41,10 @@ pub const KEEPALIVE: &str = "nginx.ingress.kubernetes.io/auth-keepalive";
 pub const KEEPALIVE_REQUESTS: &str = "nginx.ingress.kubernetes.io/auth-keepalive-requests";
 pub const KEEPALIVE_TIMEOUT: &str = "nginx.ingress.kubernetes.io/auth-keepalive-timeout";
 pub const KEEPALIVE_SHARE_VARS: &str = "nginx.ingress.kubernetes.io/auth-keepalive-share-vars";
+pub const ENABLE_GLOBAL: &str = "nginx.ingress.kubernetes.io/enable-global-auth";
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
+    ENABLE_GLOBAL,
     URL,
     METHOD,
     SIGNIN,
@@ -173,8 +177,19 @@ fn method(settings: &Settings, diags: &mut Diagnostics) -> String {
 pub fn policy(settings: &Settings) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let mut policy = Policy::default();
+    if let Some(v) = settings.get(ENABLE_GLOBAL) {
+        // ingress-nginx reads anything but a boolean as true: the stricter reading.
+        let enabled = parse_bool(v).unwrap_or_else(|| {
+            diags.warning(
+                ENABLE_GLOBAL,
+                format!("`{v}` is not a boolean; true applies"),
+            );
+            true
+        });
+        policy.push(Directive::GlobalAuth(enabled));
+    }
     if settings.get(URL).is_none() {
-        if let Some((key, _)) = settings.iter().next() {
+        if let Some((key, _)) = settings.iter().find(|(k, _)| *k != ENABLE_GLOBAL) {
             diags.warning(key, format!("has no effect without {URL}"));
         }
         return diags.finish(policy);
@@ -314,6 +329,15 @@ mod tests {
             let e = rule(pairs).expect_err("refused");
             assert!(e.iter().any(|d| d.key == key), "{pairs:?}: {e:?}");
         }
+    }
+
+    #[test]
+    fn global_auth_can_be_turned_off_per_ingress() {
+        let p = policy(&Settings::from_pairs(&[(ENABLE_GLOBAL, "false")])).expect("valid");
+        assert_eq!(p.directives, [Directive::GlobalAuth(false)]);
+        assert!(p.notes.is_empty());
+        let p = policy(&Settings::from_pairs(&[(ENABLE_GLOBAL, "maybe")])).expect("valid");
+        assert_eq!(p.directives, [Directive::GlobalAuth(true)]);
     }
 
     #[test]
