@@ -15,6 +15,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::ToString;
 use alloc::vec::Vec;
+use wasmgress_plugin_sdk::refs::parse_object_ref;
 use wasmgress_plugin_sdk::{
     AuthSecretFormat, BasicAuth, Diagnostic, Diagnostics, Directive, Info, ObjectRef, Plugin,
     Policy, Settings, export_plugin, info,
@@ -29,29 +30,9 @@ pub const SECRET_TYPE: &str = "nginx.ingress.kubernetes.io/auth-secret-type";
 /// Sent in the challenge.
 pub const REALM: &str = "nginx.ingress.kubernetes.io/auth-realm";
 
-/// `NAME` or `NAMESPACE/NAME`, each a Kubernetes object name.
+/// `NAME` or `NAMESPACE/NAME`.
 pub fn parse_secret(value: &str) -> Result<ObjectRef, alloc::string::String> {
-    let v = value.trim();
-    let (namespace, name) = match v.split_once('/') {
-        Some((ns, name)) => (Some(ns), name),
-        None => (None, v),
-    };
-    // DNS-1123 labels/subdomains: lower-case letters, digits, `-` and `.`.
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if !valid(name) || namespace.is_some_and(|ns| !valid(ns)) {
-        return Err(format!(
-            "`{value}` is not a Secret name (NAME or NAMESPACE/NAME)"
-        ));
-    }
-    Ok(ObjectRef {
-        namespace: namespace.map(str::to_string),
-        name: name.to_string(),
-    })
+    parse_object_ref(value, "Secret")
 }
 
 fn format_of(settings: &Settings, diags: &mut Diagnostics) -> AuthSecretFormat {

@@ -17,6 +17,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use wasmgress_plugin_sdk::refs::parse_object_ref;
 use wasmgress_plugin_sdk::{
     ClientTls, ClientVerify, Diagnostic, Diagnostics, Directive, Info, ObjectRef, Plugin, Policy,
     Settings, export_plugin, info, parse_bool,
@@ -33,26 +34,7 @@ const KEYS: [&str; 6] = [SECRET, VERIFY, DEPTH, ERROR_PAGE, PASS, MATCH_CN];
 
 /// `NAME` or `NAMESPACE/NAME`.
 fn secret(value: &str) -> Result<ObjectRef, String> {
-    let v = value.trim();
-    let (namespace, name) = match v.split_once('/') {
-        Some((ns, name)) => (Some(ns), name),
-        None => (None, v),
-    };
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if !valid(name) || namespace.is_some_and(|ns| !valid(ns)) {
-        return Err(format!(
-            "`{value}` is not a Secret name (NAME or NAMESPACE/NAME)"
-        ));
-    }
-    Ok(ObjectRef {
-        namespace: namespace.map(str::to_string),
-        name: name.to_string(),
-    })
+    parse_object_ref(value, "Secret")
 }
 
 fn verify(settings: &Settings, diags: &mut Diagnostics) -> Option<ClientVerify> {

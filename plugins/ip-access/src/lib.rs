@@ -15,9 +15,9 @@
 extern crate alloc;
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
-use core::net::IpAddr;
+use wasmgress_plugin_sdk::refs::parse_address_list;
 use wasmgress_plugin_sdk::{
     Diagnostic, Diagnostics, Directive, Info, Plugin, Policy, Satisfy, Settings, export_plugin,
     info,
@@ -32,51 +32,9 @@ pub const DENY: &str = "nginx.ingress.kubernetes.io/denylist-source-range";
 /// How address lists and authentication combine.
 pub const SATISFY: &str = "nginx.ingress.kubernetes.io/satisfy";
 
-/// One entry: an address, or an address and a prefix length that fits it.
-fn valid_entry(entry: &str) -> bool {
-    let (addr, len) = match entry.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (entry, None),
-    };
-    let Ok(ip) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    match len {
-        None => true,
-        Some(l) => {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && l.len() <= 3 && {
-                l.parse::<u32>().is_ok_and(|n| n <= max)
-            }
-        }
-    }
-}
-
 /// Parse a comma-separated CIDR list; every bad entry is named.
 pub fn parse_ranges(value: &str) -> Result<Vec<String>, String> {
-    let entries: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if entries.is_empty() {
-        return Err("lists no address or CIDR".to_string());
-    }
-    let bad: Vec<&str> = entries
-        .iter()
-        .copied()
-        .filter(|e| !valid_entry(e))
-        .collect();
-    if !bad.is_empty() {
-        return Err(format!(
-            "not an IP address or CIDR: {}",
-            bad.iter()
-                .map(|b| format!("`{b}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(entries.into_iter().map(str::to_string).collect())
+    parse_address_list(value)
 }
 
 fn list(settings: &Settings, key: &str, diags: &mut Diagnostics) -> Option<Vec<String>> {
@@ -143,6 +101,7 @@ export_plugin!(IpAccess);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     fn s(pairs: &[(&str, &str)]) -> Settings {
         Settings::from_pairs(pairs)

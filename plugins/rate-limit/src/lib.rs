@@ -16,9 +16,9 @@
 extern crate alloc;
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
-use core::net::IpAddr;
+use wasmgress_plugin_sdk::refs::parse_address_list;
 use wasmgress_plugin_sdk::{
     Diagnostic, Diagnostics, Directive, Info, Plugin, Policy, RateLimit, ResponseRate, Settings,
     export_plugin, info,
@@ -59,30 +59,6 @@ fn number(settings: &Settings, key: &str, diags: &mut Diagnostics) -> Option<u32
     }
 }
 
-/// `10.0.0.0/8, 192.168.1.7`: CIDRs or addresses; every bad entry is named.
-pub fn parse_cidrs(value: &str) -> Result<Vec<String>, String> {
-    let mut good = Vec::new();
-    let mut bad = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (addr, len) = entry
-            .split_once('/')
-            .map_or((entry, None), |(a, l)| (a, Some(l)));
-        let ok = addr.parse::<IpAddr>().is_ok_and(|ip| {
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            len.is_none_or(|l| l.len() <= 3 && l.parse::<u32>().is_ok_and(|n| n <= max))
-        });
-        if ok {
-            good.push(entry.to_string());
-        } else {
-            bad.push(format!("`{entry}`"));
-        }
-    }
-    if !bad.is_empty() {
-        return Err(format!("not an IP address or CIDR: {}", bad.join(", ")));
-    }
-    Ok(good)
-}
-
 fn exempt(settings: &Settings, diags: &mut Diagnostics) -> Vec<String> {
     let key = if settings.get(ALLOWLIST).is_some() {
         if settings.get(WHITELIST).is_some() {
@@ -95,7 +71,7 @@ fn exempt(settings: &Settings, diags: &mut Diagnostics) -> Vec<String> {
     } else {
         WHITELIST
     };
-    match settings.get(key).map(parse_cidrs) {
+    match settings.get(key).map(parse_address_list) {
         None => Vec::new(),
         Some(Ok(list)) => list,
         Some(Err(why)) => {

@@ -55,6 +55,7 @@ pub use bindings::wasmgress::plugin::types::{
     TemplatePart, UpstreamProtocol,
 };
 
+pub mod refs;
 pub mod template;
 pub mod validate;
 
