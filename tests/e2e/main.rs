@@ -7,6 +7,7 @@ mod apiserver;
 mod harness;
 
 mod classes;
+mod client_tls;
 mod cors;
 mod deploy;
 mod edge;

@@ -275,7 +275,17 @@ fn client_auth(units: &[Arc<Unit>], store: &mut CertStore, diagnostics: &mut Vec
             let name = match host {
                 HostMatch::Exact(h) => h.clone(),
                 HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
-                HostMatch::Any => continue,
+                HostMatch::Any => {
+                    diagnostics.push(
+                        Diagnostic::warning(
+                            format!("Ingress {}", unit.key),
+                            "metadata.annotations[nginx.ingress.kubernetes.io/auth-tls-secret]",
+                            "a rule without a host never asks for a client certificate (no server name selects it), so its requests can only pass without one",
+                        )
+                        .at(unit.origin.clone()),
+                    );
+                    continue;
+                }
             };
             if let Err(kept) = store.insert_client_auth(&name, client_tls.auth.clone())
                 && !Arc::ptr_eq(&kept, &client_tls.auth)

@@ -219,8 +219,10 @@ impl Proxy {
             r.ingress = Some(route.ingress.clone());
         }
         // Before anything else the route does, as nginx checks the certificate before any
-        // location runs.
-        if let Some(refused) = client_tls::check(route, view, conn) {
+        // location runs; except that plain HTTP bound for HTTPS gets its redirect first (there
+        // is no handshake to check, and the client can present its certificate over HTTPS).
+        let redirecting = conn.tls.is_none() && route.policy.ssl_redirect;
+        if !redirecting && let Some(refused) = client_tls::check(route, view, conn) {
             return refused;
         }
         let Some(cors) = route.policy.cors.as_deref() else {
