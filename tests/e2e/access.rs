@@ -972,3 +972,62 @@ async fn a_plugin_built_for_abi_0_1_0_runs_beside_a_0_2_0_one() {
         "the 403 answered by legacy did not reach the backend"
     );
 }
+
+/// `auth-type: digest` over an htdigest Secret (`user:realm:HA1`), with the real `curl
+/// --digest`: the right password reaches the backend (curl answers the challenge with the
+/// nonce wasmgress issued), a wrong one or an unknown user gets 401 with a fresh `Digest`
+/// challenge, and a Secret for another realm rejects the Ingress.
+#[tokio::test]
+async fn digest_auth_with_the_real_curl() {
+    use md5::Digest as _;
+    let ha1 = |user: &str, realm: &str, password: &str| -> String {
+        let digest = md5::Md5::digest(format!("{user}:{realm}:{password}"));
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let line = |user: &str, realm: &str, password: &str| {
+        format!("{user}:{realm}:{}", ha1(user, realm, password))
+    };
+    let realm = [(AUTH_REALM, "Staff")];
+    let digest = |secret: &'static str| {
+        let mut a = vec![(AUTH_TYPE, "digest"), (AUTH_SECRET, secret)];
+        a.extend_from_slice(&realm);
+        a
+    };
+    let (rec, m) = app_with(vec![
+        auth_file_secret(NS, "digest-users", &[line("dana", "Staff", "d-secret")]),
+        auth_file_secret(NS, "other-realm", &[line("dana", "Elsewhere", "d-secret")]),
+        ingress("digest", "digest.test", "app", &digest("digest-users")),
+        ingress("wrong-realm", "wrong.test", "app", &digest("other-realm")),
+    ])
+    .await;
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    // curl -i prints the challenge and then the answer to its digest: keep the last one.
+    let last = |mut c: Curled| {
+        while c.body.starts_with("HTTP/") {
+            c = parse_curl(&c.body).expect("a second response");
+        }
+        c
+    };
+    let ok = last(curl(&gw, "digest.test", Some("dana:d-secret"), &["--digest"]).await);
+    assert_eq!(ok.status, 200, "{}", ok.summary());
+    assert_eq!(ok.backend().as_deref(), Some("app"));
+    for user in ["dana:nope", "mallory:d-secret"] {
+        let r = last(curl(&gw, "digest.test", Some(user), &["--digest"]).await);
+        assert_eq!(r.status, 401, "{user}: {}", r.summary());
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with(r#"Digest realm="Staff", nonce=""#),
+            "{user}: {challenge}"
+        );
+    }
+    let r = curl(&gw, "digest.test", None, &[]).await;
+    assert_eq!(r.status, 401, "{}", r.summary());
+    let r = last(curl(&gw, "wrong.test", Some("dana:d-secret"), &["--digest"]).await);
+    assert_eq!(r.status, 404, "a Secret for another realm: {}", r.summary());
+    assert_eq!(
+        rec.arrived(),
+        1,
+        "only the right password reached the backend"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Owns the decision, from data compile resolved once per route: source-address lists
 //! ([`Sources`]: ingress-nginx `denylist-source-range`, `allowlist-source-range`), HTTP Basic
-//! authentication ([`basic`]: `auth-type: basic` over an htpasswd Secret), external
+//! authentication ([`basic`]: `auth-type: basic` over an htpasswd Secret; [`digest`]:
+//! `auth-type: digest` over an htdigest one), external
 //! authentication ([`external`]: `auth-url`) and how they combine ([`Satisfy`], ingress-nginx
 //! `satisfy`); and, run before them, per-client rate limits ([`limit`]). It reads only the client address the
 //! request view computed (after PROXY protocol and trusted forwarding headers) and the
@@ -13,6 +14,7 @@
 //! compile time, never served open.
 
 pub mod basic;
+pub mod digest;
 pub mod external;
 pub mod limit;
 mod source;
@@ -20,6 +22,7 @@ mod source;
 use std::net::IpAddr;
 
 pub use basic::BasicAuth;
+pub use digest::DigestAuth;
 pub use external::ExternalAuth;
 pub use source::Sources;
 
@@ -48,6 +51,7 @@ pub enum SecretFormat {
 pub struct Access {
     pub sources: Option<Sources>,
     pub basic: Option<BasicAuth>,
+    pub digest: Option<DigestAuth>,
     pub external: Option<ExternalAuth>,
     pub satisfy: Satisfy,
 }
@@ -68,21 +72,40 @@ pub enum Verdict {
     External,
 }
 
+/// What a request brings to authentication.
+#[derive(Clone, Copy, Debug)]
+pub struct Credentials<'a> {
+    pub authorization: Option<&'a [u8]>,
+    pub method: &'a str,
+    /// The request target as sent (Digest responses are computed over it).
+    pub target: &'a str,
+}
+
 impl Access {
     /// Decide without computing a password hash or asking the external service;
     /// [`Verdict::Verify`] or [`Verdict::External`] when only they can tell.
-    pub fn check(&self, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
-        self.decide(client, || match &self.basic {
-            Some(b) => b.quick(authorization),
-            None => Some(false),
+    pub fn check(&self, client: IpAddr, creds: &Credentials<'_>) -> Verdict {
+        self.decide(client, || match (&self.basic, &self.digest) {
+            (Some(b), _) => b.quick(creds.authorization),
+            (None, Some(d)) => Some(
+                d.verify(creds.authorization, creds.method, creds.target)
+                    .is_ok(),
+            ),
+            (None, None) => Some(false),
         })
     }
 
     /// Decide, computing the hash if needed (may block for milliseconds). Never
     /// [`Verdict::Verify`].
-    pub fn check_fully(&self, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
+    pub fn check_fully(&self, client: IpAddr, creds: &Credentials<'_>) -> Verdict {
         self.decide(client, || {
-            Some(self.basic.as_ref().is_some_and(|b| b.verify(authorization)))
+            Some(match (&self.basic, &self.digest) {
+                (Some(b), _) => b.verify(creds.authorization),
+                (None, Some(d)) => d
+                    .verify(creds.authorization, creds.method, creds.target)
+                    .is_ok(),
+                (None, None) => false,
+            })
         })
     }
 
@@ -95,12 +118,13 @@ impl Access {
     fn decide(&self, client: IpAddr, basic: impl FnOnce() -> Option<bool>) -> Verdict {
         let source = self.sources.as_ref().map(|s| s.admits(client));
         let external = self.external.is_some();
+        let password = self.basic.is_some() || self.digest.is_some();
         match self.satisfy {
             Satisfy::All => {
                 if source == Some(false) {
                     return Verdict::Forbidden;
                 }
-                if self.basic.is_some() {
+                if password {
                     match basic() {
                         Some(true) => {}
                         Some(false) => return Verdict::Unauthorized,
@@ -117,7 +141,7 @@ impl Access {
                 if source == Some(true) {
                     return Verdict::Pass;
                 }
-                if self.basic.is_some() {
+                if password {
                     match basic() {
                         Some(true) => return Verdict::Pass,
                         None => return Verdict::Verify,
@@ -126,7 +150,7 @@ impl Access {
                 }
                 if external {
                     Verdict::External
-                } else if self.basic.is_some() {
+                } else if password {
                     Verdict::Unauthorized
                 } else if source == Some(false) {
                     Verdict::Forbidden
@@ -137,9 +161,15 @@ impl Access {
         }
     }
 
-    /// The `WWW-Authenticate` value of a 401, when authentication is a rule.
-    pub fn challenge(&self) -> Option<&http::HeaderValue> {
-        self.basic.as_ref().map(BasicAuth::challenge)
+    /// The `WWW-Authenticate` value of a 401, when a password rule refused `creds` (Digest:
+    /// a fresh nonce, `stale` when only the client's nonce expired).
+    pub fn challenge(&self, creds: &Credentials<'_>) -> Option<http::HeaderValue> {
+        if let Some(b) = &self.basic {
+            return Some(b.challenge().clone());
+        }
+        let d = self.digest.as_ref()?;
+        let stale = d.verify(creds.authorization, creds.method, creds.target) == Err(true);
+        Some(d.challenge(stale))
     }
 }
 
@@ -147,11 +177,18 @@ impl Access {
 mod tests {
     use super::*;
 
+    const NONE: Credentials<'static> = Credentials {
+        authorization: None,
+        method: "GET",
+        target: "/",
+    };
+
     fn access(allow: &[&str], satisfy: Satisfy) -> Access {
         let nets = allow.iter().map(|s| s.parse().expect("cidr")).collect();
         Access {
             sources: Some(Sources::new(nets, Vec::new())),
             basic: None,
+            digest: None,
             external: None,
             satisfy,
         }
@@ -161,17 +198,17 @@ mod tests {
     fn source_rule_alone() {
         let a = access(&["10.0.0.0/8"], Satisfy::All);
         assert_eq!(
-            a.check("10.1.2.3".parse().expect("ip"), None),
+            a.check("10.1.2.3".parse().expect("ip"), &NONE),
             Verdict::Pass
         );
         assert_eq!(
-            a.check("192.0.2.1".parse().expect("ip"), None),
+            a.check("192.0.2.1".parse().expect("ip"), &NONE),
             Verdict::Forbidden
         );
         // `satisfy any` with only a source rule still needs the source rule.
         let a = access(&["10.0.0.0/8"], Satisfy::Any);
         assert_eq!(
-            a.check("192.0.2.1".parse().expect("ip"), None),
+            a.check("192.0.2.1".parse().expect("ip"), &NONE),
             Verdict::Forbidden
         );
     }
@@ -181,11 +218,12 @@ mod tests {
         let a = Access {
             sources: None,
             basic: None,
+            digest: None,
             external: None,
             satisfy: Satisfy::Any,
         };
         assert_eq!(
-            a.check("192.0.2.1".parse().expect("ip"), None),
+            a.check("192.0.2.1".parse().expect("ip"), &NONE),
             Verdict::Pass
         );
     }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::access::limit::{LimitRule, Limits};
-use crate::access::{Access, BasicAuth, ExternalAuth, Sources, basic::Users, external};
-use crate::plugin::{AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify};
+use crate::access::{Access, BasicAuth, DigestAuth, ExternalAuth, Sources, basic::Users, external};
+use crate::plugin::{AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, DigestAuthRule};
 use crate::tls::ClientTls;
 use crate::tls::client::{ClientAuth, VerifyMode};
 
@@ -75,16 +75,22 @@ pub fn build(
         .as_ref()
         .map(|b| basic_auth(b, namespace, refs))
         .transpose()?;
+    let digest = rules
+        .digest_auth
+        .as_ref()
+        .map(|d| digest_auth(d, namespace, refs))
+        .transpose()?;
     let external = match &rules.external {
         Some(rule) => Some(external_auth(rule, refs, route)?),
         None => None,
     };
-    if sources.is_none() && basic.is_none() && external.is_none() {
+    if sources.is_none() && basic.is_none() && digest.is_none() && external.is_none() {
         return Ok(None);
     }
     Ok(Some(Arc::new(Access {
         sources,
         basic,
+        digest,
         external,
         satisfy: rules.satisfy.unwrap_or_default(),
     })))
@@ -96,12 +102,7 @@ fn basic_auth(
     refs: &Refs<'_, '_>,
 ) -> Result<BasicAuth, String> {
     let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
+    let data = secret_data(secret);
     let users = Users::parse(rule.format, &data).map_err(|e| {
         format!(
             "basic-auth Secret {}/{}: {e}",
@@ -110,6 +111,32 @@ fn basic_auth(
         )
     })?;
     Ok(BasicAuth::new(&rule.realm, users))
+}
+
+fn digest_auth(
+    rule: &DigestAuthRule,
+    namespace: &str,
+    refs: &Refs<'_, '_>,
+) -> Result<DigestAuth, String> {
+    let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
+    let data = secret_data(secret);
+    DigestAuth::new(&rule.realm, &data).map_err(|e| {
+        format!(
+            "digest-auth Secret {}/{}: {e}",
+            rule.secret.namespace.as_deref().unwrap_or(namespace),
+            rule.secret.name
+        )
+    })
+}
+
+/// A Secret's data as plain bytes by key.
+fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
 }
 
 /// What an access rule needs to know about its Ingress.

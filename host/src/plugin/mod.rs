@@ -85,7 +85,7 @@ pub use instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, RequestHead, Route, StatsSnapshot,
 };
 pub use policy::{
-    AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, ExternalAuthRule, FixedResponse,
-    ObjectRef, PluginPolicy,
+    AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, DigestAuthRule, ExternalAuthRule,
+    FixedResponse, ObjectRef, PluginPolicy,
 };
 pub use registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry, all_stats};

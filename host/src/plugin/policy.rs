@@ -90,6 +90,13 @@ pub struct BasicAuthRule {
     pub format: access::SecretFormat,
 }
 
+/// HTTP Digest authentication against a Secret's htdigest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestAuthRule {
+    pub realm: String,
+    pub secret: ObjectRef,
+}
+
 /// Access rules before compile resolves what they reference ([`crate::access`] executes
 /// them). Empty lists and `None`s restrict nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +106,7 @@ pub struct AccessRules {
     /// Source ranges refused, checked first.
     pub deny: Vec<IpNet>,
     pub basic_auth: Option<BasicAuthRule>,
+    pub digest_auth: Option<DigestAuthRule>,
     pub external: Option<ExternalAuthRule>,
     pub satisfy: Option<access::Satisfy>,
 }
@@ -202,6 +210,12 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.access.satisfy, later.access.satisfy, "satisfy", o);
+        take(
+            &mut self.access.digest_auth,
+            later.access.digest_auth,
+            "digest-auth",
+            o,
+        );
         take(
             &mut self.access.external,
             later.access.external,
@@ -596,6 +610,18 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::AllowSource(list) => out.access.allow.extend(sources(list, "allow")?),
             D::DenySource(list) => out.access.deny.extend(sources(list, "deny")?),
             D::BasicAuth(b) => out.access.basic_auth = Some(basic_auth(b)?),
+            D::DigestAuth(d) => {
+                if d.secret.name.is_empty() {
+                    return Err("digest-auth names no Secret".into());
+                }
+                out.access.digest_auth = Some(DigestAuthRule {
+                    realm: d.realm,
+                    secret: ObjectRef {
+                        namespace: d.secret.namespace.filter(|n| !n.is_empty()),
+                        name: d.secret.name,
+                    },
+                })
+            }
             D::Cors(c) => {
                 out.cors = Some(crate::cors::CorsRule {
                     allow_origins: c.allow_origins,

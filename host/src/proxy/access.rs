@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use super::{Exchange, InnerBody, local, routing};
 use crate::access::external::{self, ExternalAuth, Facts, Outcome};
 use crate::access::limit::{Limits, Refused, Slot};
-use crate::access::{Access, Verdict};
+use crate::access::{Access, Credentials, Verdict};
 
 /// Admitted, or refused with the answer to send (boxed: refusals are the rare path).
 pub type Decision = Result<Admitted, Box<Response<InnerBody>>>;
@@ -102,11 +102,15 @@ async fn rules(
     parts: &mut Parts,
 ) -> Result<Option<AuthCookies>, Box<Response<InnerBody>>> {
     let view = exchange.view;
-    let authorization = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-    let verdict = match access.check(view.client, authorization) {
+    let creds = Credentials {
+        authorization: parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
+        method: parts.method.as_str(),
+        target: view.uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
+    let verdict = match access.check(view.client, &creds) {
         // Boxed: the wait for a hashing permit is rare, and would otherwise make every
         // request's future larger.
-        Verdict::Verify => Box::pin(verify(access.clone(), view.client, authorization)).await,
+        Verdict::Verify => Box::pin(verify(access.clone(), view.client, creds.authorization)).await,
         quick => quick,
     };
     let failure = match verdict {
@@ -120,10 +124,9 @@ async fn rules(
     };
     let mut resp = refuse(exchange, failure);
     if failure == local::UNAUTHORIZED
-        && let Some(challenge) = access.challenge()
+        && let Some(challenge) = access.challenge(&creds)
     {
-        resp.headers_mut()
-            .insert(WWW_AUTHENTICATE, challenge.clone());
+        resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
     }
     Err(resp)
 }
@@ -215,7 +218,14 @@ async fn verify(access: Arc<Access>, client: IpAddr, authorization: Option<&[u8]
         return Verdict::Unauthorized;
     };
     let authorization = authorization.map(<[u8]>::to_vec);
-    let checked =
-        tokio::task::spawn_blocking(move || access.check_fully(client, authorization.as_deref()));
+    let checked = tokio::task::spawn_blocking(move || {
+        // Only basic-auth hashes are slow; digest never asks for this (no method needed).
+        let creds = Credentials {
+            authorization: authorization.as_deref(),
+            method: "",
+            target: "",
+        };
+        access.check_fully(client, &creds)
+    });
     checked.await.unwrap_or(Verdict::Unauthorized)
 }

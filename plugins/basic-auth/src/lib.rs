@@ -1,13 +1,13 @@
-//! Built-in plugin `basic-auth`: ingress-nginx's HTTP Basic authentication annotations:
-//! `auth-type` (`basic`), `auth-secret` (`NAME` or `NAMESPACE/NAME`), `auth-secret-type`
-//! (`auth-file`, the default: key `auth` holds an htpasswd file; `auth-map`: one key per
-//! user) and `auth-realm`.
+//! Built-in plugin `basic-auth`: ingress-nginx's HTTP Basic and Digest authentication
+//! annotations: `auth-type` (`basic` or `digest`), `auth-secret` (`NAME` or
+//! `NAMESPACE/NAME`), `auth-secret-type` (`auth-file`, the default: key `auth` holds an
+//! htpasswd file, or for digest an htdigest file; `auth-map`: one key per user, basic only)
+//! and `auth-realm`.
 //!
 //! Owns only these keys and only names the Secret: the host reads it (the plugin never sees a
 //! hash), verifies the hashes `htpasswd` writes and answers 401 with `WWW-Authenticate`.
 //! Where ingress-nginx would quietly serve an Ingress without authentication (an
-//! `auth-secret` without `auth-type`), this plugin refuses it instead; `auth-type: digest`
-//! is refused until the host verifies digest credentials.
+//! `auth-secret` without `auth-type`), this plugin refuses it instead.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -17,11 +17,11 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::refs::parse_object_ref;
 use wasmgress_plugin_sdk::{
-    AuthSecretFormat, BasicAuth, Diagnostic, Diagnostics, Directive, Info, ObjectRef, Plugin,
-    Policy, Settings, export_plugin, info,
+    AuthSecretFormat, BasicAuth, Diagnostic, Diagnostics, DigestAuth, Directive, Info, ObjectRef,
+    Plugin, Policy, Settings, export_plugin, info,
 };
 
-/// `basic` (or `digest`, refused for now).
+/// `basic` or `digest`.
 pub const TYPE: &str = "nginx.ingress.kubernetes.io/auth-type";
 /// The Secret holding the users.
 pub const SECRET: &str = "nginx.ingress.kubernetes.io/auth-secret";
@@ -63,14 +63,14 @@ pub fn policy(settings: &Settings) -> Result<Policy, Vec<Diagnostic>> {
         }
         return diags.finish(policy);
     };
-    match kind {
-        "basic" => {}
-        "digest" => diags.error(
-            TYPE,
-            "digest authentication is not supported yet (refused rather than served open); use basic",
-        ),
-        other => diags.error(TYPE, format!("`{other}` is neither basic nor digest")),
-    }
+    let digest = match kind {
+        "basic" => false,
+        "digest" => true,
+        other => {
+            diags.error(TYPE, format!("`{other}` is neither basic nor digest"));
+            false
+        }
+    };
     let format = format_of(settings, &mut diags);
     let secret = match settings.get(SECRET).map(parse_secret) {
         Some(Ok(secret)) => Some(secret),
@@ -86,13 +86,25 @@ pub fn policy(settings: &Settings) -> Result<Policy, Vec<Diagnostic>> {
             None
         }
     };
-    if let Some(secret) = secret {
-        let realm = settings.get(REALM).unwrap_or("").to_string();
-        policy.push(Directive::BasicAuth(BasicAuth {
-            realm,
-            secret,
-            format,
-        }));
+    let realm = settings.get(REALM).unwrap_or("").to_string();
+    match secret {
+        Some(secret) if digest => {
+            if format != AuthSecretFormat::AuthFile {
+                diags.error(
+                    SECRET_TYPE,
+                    "digest users come from an htdigest file (auth-file)",
+                );
+            }
+            policy.push(Directive::DigestAuth(DigestAuth { realm, secret }));
+        }
+        Some(secret) => {
+            policy.push(Directive::BasicAuth(BasicAuth {
+                realm,
+                secret,
+                format,
+            }));
+        }
+        None => {}
     }
     diags.finish(policy)
 }
@@ -154,7 +166,14 @@ mod tests {
         for (pairs, key) in [
             (&[(SECRET, "users")][..], SECRET),
             (&[(TYPE, "basic")][..], TYPE),
-            (&[(TYPE, "digest"), (SECRET, "users")][..], TYPE),
+            (
+                &[
+                    (TYPE, "digest"),
+                    (SECRET, "users"),
+                    (SECRET_TYPE, "auth-map"),
+                ][..],
+                SECRET_TYPE,
+            ),
             (&[(TYPE, "ntlm"), (SECRET, "users")][..], TYPE),
             (&[(TYPE, "basic"), (SECRET, "Bad_Name")][..], SECRET),
             (&[(TYPE, "basic"), (SECRET, "a/b/c")][..], SECRET),

@@ -49,10 +49,10 @@ pub mod bindings {
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
     Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, ClientTls, ClientVerify, Config, Cors,
-    Diagnostic, Directive, ExternalAuth, Fields, FixedResponse, Header, HeaderEdit, HeaderError,
-    HeaderValue, Hook, HttpVersion, Info, ObjectRef, Policy, RateLimit, Redirect, RequestHead,
-    RequestVariable, Response, ResponseRate, RouteRef, Satisfy, Severity, StaticResponse,
-    TemplatePart, UpstreamProtocol,
+    Diagnostic, DigestAuth, Directive, ExternalAuth, Fields, FixedResponse, Header, HeaderEdit,
+    HeaderError, HeaderValue, Hook, HttpVersion, Info, ObjectRef, Policy, RateLimit, Redirect,
+    RequestHead, RequestVariable, Response, ResponseRate, RouteRef, Satisfy, Severity,
+    StaticResponse, TemplatePart, UpstreamProtocol,
 };
 
 pub mod refs;
