@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -1027,4 +1027,74 @@ async fn global_auth_covers_ingresses_without_their_own() {
     );
     assert!(auth.seen_about("out.test").is_empty());
     assert_local(&gw.get("own.test", "/").await, 403, "its own auth-url wins");
+}
+
+/// `auth-proxy-set-headers` names a ConfigMap whose entries go on every subrequest (the
+/// client's own value of such a header is replaced); a missing ConfigMap, or one in another
+/// namespace, rejects the Ingress rather than asking the service without its headers.
+#[tokio::test]
+async fn auth_proxy_set_headers_come_from_a_config_map() {
+    let auth = AuthServer::start().await;
+    let rec = Recorder::start("app").await;
+    let url = auth.url("/oauth2/auth");
+    let config_map = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": "auth-headers", "namespace": "default" },
+        "data": { "X-Tenant": "blue", "X-Auth-Mode": "strict" },
+    });
+    let mut objects = rec.objects();
+    objects.extend([
+        config_map,
+        ingress(
+            "with",
+            "with.test",
+            &[
+                ("auth-url", url.as_str()),
+                ("auth-proxy-set-headers", "auth-headers"),
+            ],
+        ),
+        ingress(
+            "missing",
+            "missing.test",
+            &[
+                ("auth-url", url.as_str()),
+                ("auth-proxy-set-headers", "nope"),
+            ],
+        ),
+        ingress(
+            "elsewhere",
+            "elsewhere.test",
+            &[
+                ("auth-url", url.as_str()),
+                ("auth-proxy-set-headers", "other/auth-headers"),
+            ],
+        ),
+    ]);
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+    let gw = Wasmgress::start(&m, &[]).await;
+
+    let r = gw
+        .send(
+            &Req::get("with.test", "/")
+                .header("authorization", "Bearer good")
+                .header("x-tenant", "red"),
+        )
+        .await;
+    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.summary());
+    let sub = only(&auth.seen_about("with.test"), "with.test");
+    assert_eq!(
+        sub.header("x-tenant"),
+        Some("blue"),
+        "the ConfigMap's value, not the client's"
+    );
+    assert_eq!(sub.header("x-auth-mode"), Some("strict"));
+    for host in ["missing.test", "elsewhere.test"] {
+        let r = gw
+            .send(&Req::get(host, "/").header("authorization", "Bearer good"))
+            .await;
+        assert_eq!(r.status, 404, "{host}: {}", r.summary());
+        assert!(r.backend().is_none(), "{host} must not be served");
+    }
 }

@@ -90,6 +90,8 @@ pub struct ExternalAuth {
     rule: ExternalAuthRule,
     /// Request paths never sent for authentication (`--no-auth-locations`).
     exempt: Arc<[String]>,
+    /// Set on every subrequest (`auth-proxy-set-headers`).
+    set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Connect and answer must both happen within this.
     deadline: Duration,
     allow_loopback: bool,
@@ -115,10 +117,17 @@ impl ExternalAuth {
         ExternalAuth {
             rule,
             exempt,
+            set_headers: Vec::new(),
             deadline,
             allow_loopback,
             cache,
         }
+    }
+
+    /// Also sets these headers on every subrequest (`auth-proxy-set-headers`).
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.set_headers = headers;
+        self
     }
 
     /// Whether `path` (normalised) is one ingress-nginx's `no-auth-locations` exempts (by
@@ -241,6 +250,9 @@ impl ExternalAuth {
             }
             let scheme = if v.secure { "https" } else { "http" };
             headers.insert("x-scheme", HeaderValue::from_static(scheme));
+        }
+        for (name, value) in &self.set_headers {
+            headers.insert(name.clone(), value.clone());
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
         headers.insert(HOST, host);

@@ -9,11 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::access::limit::{LimitRule, Limits};
 use crate::access::{Access, BasicAuth, DigestAuth, ExternalAuth, Sources, basic::Users, external};
-use crate::plugin::{AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, DigestAuthRule};
+use crate::plugin::{
+    AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, DigestAuthRule, ObjectRef,
+};
 use crate::tls::ClientTls;
 use crate::tls::client::{ClientAuth, VerifyMode};
 
@@ -51,6 +53,7 @@ impl LimitsRegistry {
 /// What compile needs to resolve references.
 pub struct Refs<'b, 'a> {
     pub secrets: &'b HashMap<(&'a str, &'a str), &'a Secret>,
+    pub config_maps: &'b HashMap<(&'a str, &'a str), &'a ConfigMap>,
     pub allow_cross_namespace: bool,
     pub limits: &'b LimitsRegistry,
     /// External auth may reach loopback addresses (not in cluster mode, where loopback is the
@@ -81,7 +84,13 @@ pub fn build(
         .map(|d| digest_auth(d, namespace, refs))
         .transpose()?;
     let external = match &rules.external {
-        Some(rule) => Some(external_auth(rule, refs, route)?),
+        Some(rule) => {
+            let headers = match &rules.external_headers {
+                Some(cm) => proxy_set_headers(cm, namespace, refs)?,
+                None => Vec::new(),
+            };
+            Some(external_auth(rule, refs, route)?.with_headers(headers))
+        }
         None => None,
     };
     if sources.is_none() && basic.is_none() && digest.is_none() && external.is_none() {
@@ -127,6 +136,38 @@ fn digest_auth(
             rule.secret.name
         )
     })
+}
+
+/// `auth-proxy-set-headers`: every entry of the ConfigMap is a header for the subrequests.
+/// Values are literal (nginx variables in them are not substituted).
+fn proxy_set_headers(
+    cm: &ObjectRef,
+    namespace: &str,
+    refs: &Refs<'_, '_>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    let ns = cm.namespace.as_deref().unwrap_or(namespace);
+    let name = &cm.name;
+    if ns != namespace && !refs.allow_cross_namespace {
+        return Err(format!(
+            "ConfigMap {ns}/{name} is in another namespace; routes read ConfigMaps of their own namespace only (--allow-cross-namespace-resources lifts this)"
+        ));
+    }
+    let map = refs
+        .config_maps
+        .get(&(ns, name.as_str()))
+        .ok_or_else(|| format!("ConfigMap {ns}/{name} (auth-proxy-set-headers) not found"))?;
+    map.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            let header = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("ConfigMap {ns}/{name}: `{k}` is not a header name"))?;
+            let value = http::HeaderValue::from_str(v.trim()).map_err(|_| {
+                format!("ConfigMap {ns}/{name}: the value of `{k}` is not a header value")
+            })?;
+            Ok((header, value))
+        })
+        .collect()
 }
 
 /// A Secret's data as plain bytes by key.

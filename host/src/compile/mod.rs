@@ -98,28 +98,35 @@ impl Compiled {
     }
 }
 
+/// Objects by (namespace, name), for the references routes make.
+fn by_name<K>(objects: &[crate::source::Sourced<K>]) -> HashMap<(&str, &str), &K>
+where
+    K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    objects
+        .iter()
+        .map(|o| {
+            let m = o.object.metadata();
+            let key = (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or(""),
+            );
+            (key, &o.object)
+        })
+        .collect()
+}
+
 pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> Compiled {
     let mut diagnostics = snapshot.problems.clone();
     let mut resolver = backend::Resolver::new(snapshot, options.endpoint_guard.as_ref());
-    let secrets = snapshot
-        .secrets
-        .iter()
-        .map(|s| {
-            let m = &s.object.metadata;
-            (
-                (
-                    m.namespace.as_deref().unwrap_or("default"),
-                    m.name.as_deref().unwrap_or(""),
-                ),
-                &s.object,
-            )
-        })
-        .collect();
+    let secrets = by_name(&snapshot.secrets);
+    let config_maps = by_name(&snapshot.config_maps);
     let mut cx = ingress::Context {
         resolver: &mut resolver,
         guard: options.endpoint_guard.as_ref(),
         refs: access::Refs {
             secrets: &secrets,
+            config_maps: &config_maps,
             allow_cross_namespace: options.allow_cross_namespace_resources,
             limits: &options.limits,
             allow_loopback: options.endpoint_guard.is_none(),

@@ -108,6 +108,8 @@ pub struct AccessRules {
     pub basic_auth: Option<BasicAuthRule>,
     pub digest_auth: Option<DigestAuthRule>,
     pub external: Option<ExternalAuthRule>,
+    /// The ConfigMap of headers for the external auth subrequests.
+    pub external_headers: Option<ObjectRef>,
     pub satisfy: Option<access::Satisfy>,
 }
 
@@ -220,6 +222,12 @@ impl PluginPolicy {
             &mut self.access.external,
             later.access.external,
             "external auth",
+            o,
+        );
+        take(
+            &mut self.access.external_headers,
+            later.access.external_headers,
+            "external auth headers",
             o,
         );
         take(&mut self.cors, later.cors, "CORS rules", o);
@@ -651,7 +659,13 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
                     after_bytes: r.after_bytes,
                 })
             }
-            D::ExternalAuth(a) => out.access.external = Some(external_auth(a)?),
+            D::ExternalAuth(mut a) => {
+                out.access.external_headers = a.proxy_set_headers.take().map(|r| ObjectRef {
+                    namespace: r.namespace.filter(|n| !n.is_empty()),
+                    name: r.name,
+                });
+                out.access.external = Some(external_auth(a)?);
+            }
             D::ClientTls(c) => out.client_tls = Some(client_tls(c)?),
             D::GlobalAuth(b) => out.global_auth = Some(b),
             D::Satisfy(s) => {

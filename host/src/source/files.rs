@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -48,6 +48,7 @@ enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Endpoints(Box<Endpoints>),
     Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 /// A folder of manifests, remembering each file's last good parse.
@@ -207,6 +208,7 @@ fn push(snapshot: &mut Snapshot, origin: Arc<str>, object: Object) {
             .push(Sourced { origin, object: *o }),
         Object::Endpoints(o) => snapshot.endpoints.push(Sourced { origin, object: *o }),
         Object::Secret(o) => snapshot.secrets.push(Sourced { origin, object: *o }),
+        Object::ConfigMap(o) => snapshot.config_maps.push(Sourced { origin, object: *o }),
     }
 }
 
@@ -307,7 +309,13 @@ fn parse_object(
             .map(|o| Object::Endpoints(Box::new(defaulted(o)))),
         ("v1", "Secret") => typed::<Secret>(value, origin, &label, problems)
             .map(|o| Object::Secret(Box::new(merge_string_data(defaulted(o))))),
-        (_, "Ingress" | "IngressClass" | "Service" | "EndpointSlice" | "Endpoints" | "Secret") => {
+        ("v1", "ConfigMap") => typed::<ConfigMap>(value, origin, &label, problems)
+            .map(|o| Object::ConfigMap(Box::new(defaulted(o)))),
+        (
+            _,
+            "Ingress" | "IngressClass" | "Service" | "EndpointSlice" | "Endpoints" | "Secret"
+            | "ConfigMap",
+        ) => {
             problems.push(
                 Diagnostic::warning(
                     label,

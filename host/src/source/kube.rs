@@ -50,6 +50,7 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
+    config_maps: Store<ConfigMap>,
     plugins: Store<ConfigMap>,
 }
 
@@ -62,6 +63,7 @@ impl Stores {
             endpoint_slices: copy(&self.slices),
             endpoints: Vec::new(),
             secrets: copy(&self.secrets),
+            config_maps: copy(&self.config_maps),
             plugin_config_maps: copy(&self.plugins),
             problems: Vec::new(),
         }
@@ -121,6 +123,10 @@ pub fn start(client: Client, options: KubeOptions) -> (Snapshots, JoinSet<()>) {
             }
         };
     let (ingresses, services, slices, secrets) = scoped(&client);
+    let config_maps: Api<ConfigMap> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let plain = watcher::Config::default;
     let stores = Stores {
         ingresses: reflect(&mut tasks, "Ingress", ingresses, plain(), &signal_tx),
@@ -134,9 +140,10 @@ pub fn start(client: Client, options: KubeOptions) -> (Snapshots, JoinSet<()>) {
         services: reflect(&mut tasks, "Service", services, plain(), &signal_tx),
         slices: reflect(&mut tasks, "EndpointSlice", slices, plain(), &signal_tx),
         secrets: reflect(&mut tasks, "Secret", secrets, plain(), &signal_tx),
+        config_maps: reflect(&mut tasks, "ConfigMap", config_maps, plain(), &signal_tx),
         plugins: reflect(
             &mut tasks,
-            "ConfigMap",
+            "ConfigMap (plugins)",
             Api::namespaced(client, &options.plugin_namespace),
             plain().labels(PLUGIN_LABEL),
             &signal_tx,
@@ -148,7 +155,7 @@ pub fn start(client: Client, options: KubeOptions) -> (Snapshots, JoinSet<()>) {
 }
 
 /// Kinds a snapshot waits for.
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 /// One reflector: keeps `Store<K>` current and reports to the batcher. Watch errors are
 /// logged; `default_backoff` spaces the retries and the watcher relists after 410 Gone.

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
     pub endpoints: Vec<Sourced<Endpoints>>,
     pub secrets: Vec<Sourced<Secret>>,
+    /// Every ConfigMap in scope, for the objects routes name (`auth-proxy-set-headers`).
+    pub config_maps: Vec<Sourced<ConfigMap>>,
     /// ConfigMaps carrying plugins (labelled `wasmgress.io/plugin`); compile ignores them, the
     /// run loop turns them into the plugin registry compile uses.
     pub plugin_config_maps: Vec<Sourced<ConfigMap>>,

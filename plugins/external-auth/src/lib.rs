@@ -10,9 +10,9 @@
 //! cache key take nginx variables the host substitutes (`$host`, `$http_host`, `$scheme`,
 //! `$request_uri`, `$escaped_request_uri`, `$request_method`, `$remote_addr`, and request
 //! headers as `$http_<name>`); any other variable is an error rather than a literal.
-//! `auth-proxy-set-headers` (a ConfigMap of headers for the subrequest) is refused until the
-//! host reads ConfigMaps: the auth service may depend on those headers. `auth-snippet` is not
-//! owned (nginx text is never executed).
+//! `auth-proxy-set-headers` names a ConfigMap (`NAME` or `NS/NAME`) whose entries the host
+//! sets as headers on every subrequest. `auth-snippet` is not owned (nginx text is never
+//! executed).
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -20,6 +20,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use wasmgress_plugin_sdk::refs::parse_object_ref;
 use wasmgress_plugin_sdk::template::parse_with_headers;
 use wasmgress_plugin_sdk::validate::check_header_name;
 use wasmgress_plugin_sdk::{
@@ -194,12 +195,11 @@ pub fn policy(settings: &Settings) -> Result<Policy, Vec<Diagnostic>> {
         }
         return diags.finish(policy);
     }
-    if settings.get(PROXY_SET_HEADERS).is_some() {
-        diags.error(
-            PROXY_SET_HEADERS,
-            "names a ConfigMap of subrequest headers, which wasmgress does not read yet; refused rather than sending the auth service requests without them",
-        );
-    }
+    let proxy_set_headers = settings.get(PROXY_SET_HEADERS).and_then(|v| {
+        parse_object_ref(v, "ConfigMap")
+            .map_err(|why| diags.error(PROXY_SET_HEADERS, why))
+            .ok()
+    });
     for key in [
         KEEPALIVE,
         KEEPALIVE_REQUESTS,
@@ -242,6 +242,7 @@ pub fn policy(settings: &Settings) -> Result<Policy, Vec<Diagnostic>> {
         cache_key: template(settings, CACHE_KEY, &mut diags).filter(|k| !k.is_empty()),
         cache_durations,
         always_set_cookie,
+        proxy_set_headers,
     };
     policy.push(Directive::ExternalAuth(rule));
     diags.finish(policy)
