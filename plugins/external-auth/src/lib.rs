@@ -323,7 +323,7 @@ mod tests {
                 RESPONSE_HEADERS,
             ),
             (
-                &[(URL, "http://auth"), (PROXY_SET_HEADERS, "ns/cm")][..],
+                &[(URL, "http://auth"), (PROXY_SET_HEADERS, "Bad/Name")][..],
                 PROXY_SET_HEADERS,
             ),
         ] {
