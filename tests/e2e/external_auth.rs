@@ -1098,3 +1098,40 @@ async fn auth_proxy_set_headers_come_from_a_config_map() {
         assert!(r.backend().is_none(), "{host} must not be served");
     }
 }
+
+/// The auth cache is per host, as ingress-nginx keys it with the server name: an answer for
+/// one host of an Ingress never stands for another of its hosts.
+#[tokio::test]
+async fn the_auth_cache_is_per_host() {
+    let auth = AuthServer::start().await;
+    let rec = Recorder::start("app").await;
+    let url = auth.url("/oauth2/auth");
+    let two_hosts = annotated(
+        Ingress::new("shared"),
+        &[
+            ("auth-url", &url),
+            ("auth-cache-key", "$http_authorization"),
+        ],
+    )
+    .rule(Some("one.test"), &[prefix("/", "app")])
+    .rule(Some("two.test"), &[prefix("/", "app")])
+    .build();
+    let (_m, gw) = serve(&rec, vec![two_hosts]).await;
+    for host in ["one.test", "two.test", "one.test", "two.test"] {
+        let r = gw
+            .send(&Req::get(host, "/").header("authorization", "Bearer good"))
+            .await;
+        assert_eq!(
+            r.backend().as_deref(),
+            Some("app"),
+            "{host}: {}",
+            r.summary()
+        );
+    }
+    assert_eq!(auth.seen_about("one.test").len(), 1, "one.test asked once");
+    assert_eq!(
+        auth.seen_about("two.test").len(),
+        1,
+        "two.test asked on its own"
+    );
+}

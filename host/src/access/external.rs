@@ -138,7 +138,14 @@ impl ExternalAuth {
 
     /// Ask the service (or the cache) about one request.
     pub async fn check(&self, facts: &Facts<'_>) -> Outcome {
-        let key = self.rule.cache_key.as_ref().map(|k| render(k, &facts.vars));
+        // Per host, as ingress-nginx prefixes the key with the server name: one host's answer
+        // must never stand for another's.
+        let key = self.rule.cache_key.as_ref().map(|k| {
+            let mut key = String::from(facts.vars.host);
+            key.push('\0');
+            key.push_str(&render(k, &facts.vars));
+            key
+        });
         let cached = match (&self.cache, &key) {
             (Some(cache), Some(key)) => cache.get(key),
             _ => None,
