@@ -212,6 +212,8 @@ pub struct Policy {
     pub rewrite_target: Option<Arc<str>>,
     /// Who may reach the route (phase 4); `None` restricts nothing.
     pub access: Option<Arc<Access>>,
+    /// The route's Ingress path is under `--no-auth-locations`: external auth does not apply.
+    pub skip_external_auth: bool,
     /// Cross-origin resource sharing: preflights answered, grants added to responses.
     pub cors: Option<Arc<Cors>>,
     /// Per-client request limits, shared by every route of the Ingress.
@@ -240,6 +242,7 @@ impl Default for Policy {
             app_root: None,
             rewrite_target: None,
             access: None,
+            skip_external_auth: false,
             cors: None,
             limits: None,
             client_tls: None,

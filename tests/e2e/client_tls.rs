@@ -938,3 +938,64 @@ async fn plain_http_to_an_mtls_host_is_redirected_or_refused() {
         );
     }
 }
+
+/// Behind a TLS-terminating load balancer whose `X-Forwarded-Proto: https` is trusted, a
+/// plain connection is not redirected, so the certificate rules still apply: with no
+/// handshake there is no certificate, and `on` refuses (never forwards with `NONE`).
+#[tokio::test]
+async fn a_trusted_forwarded_proto_does_not_skip_the_certificate_check() {
+    let ca = ClientCa::new("Client CA");
+    let mut site = Site::new().await;
+    site.objects
+        .push(opaque_secret(NS, "client-ca", &[("ca.crt", &ca.pem())]));
+    site.ingress("on", "on.mtls.test", &[(SECRET, "client-ca")]);
+    let trust = [
+        "--use-forwarded-headers",
+        "--proxy-real-ip-cidr",
+        "127.0.0.1/32",
+    ];
+    let (_m, gw) = site.start(&trust).await;
+    let req = Req::get("on.mtls.test", "/").header("x-forwarded-proto", "https");
+    refused(&site, "plain HTTP claiming https", 400, gw.send(&req)).await;
+}
+
+/// Two Ingresses on one host with different CAs: the handshake asks under the older one's,
+/// so a connection with that CA's certificate serves the older Ingress's paths and gets 421
+/// on the other's (whose CA never judged it), instead of being let through.
+#[tokio::test]
+async fn a_certificate_passes_only_the_routes_of_the_ca_that_judged_it() {
+    let (ca_a, ca_b) = (ClientCa::new("CA A"), ClientCa::new("CA B"));
+    let alice = ca_a.client("alice", 10);
+    let mut site = Site::new().await;
+    site.objects
+        .push(opaque_secret(NS, "ca-a", &[("ca.crt", &ca_a.pem())]));
+    site.objects
+        .push(opaque_secret(NS, "ca-b", &[("ca.crt", &ca_b.pem())]));
+    site.ingress("a-first", "shared.mtls.test", &[(SECRET, "ca-a")]);
+    site.objects.push(
+        Ingress::new("b-second")
+            .annotation(SECRET, "ca-b")
+            .tls(&["shared.mtls.test"], "server-tls")
+            .rule(Some("shared.mtls.test"), &[prefix("/b", "app")])
+            .build(),
+    );
+    let (_m, gw) = site.start(&[]).await;
+    let config = site.client(Some(&alice), &[H1], BOTH_VERSIONS);
+    let mut conn = open(&gw, "shared.mtls.test", config).await;
+    let get = |path: &'static str| Req::get("shared.mtls.test", path).scheme("https");
+    let r = conn.send(&get("/")).await.expect("GET /");
+    assert_eq!(r.status, 200, "CA A's route: {}", r.summary());
+    let before = site.rec.arrived();
+    let r = conn.send(&get("/b")).await.expect("GET /b");
+    assert_eq!(
+        r.status,
+        421,
+        "CA B's route on a CA A connection: {}",
+        r.summary()
+    );
+    assert_eq!(
+        site.rec.arrived(),
+        before,
+        "the backend must not be reached"
+    );
+}

@@ -903,6 +903,18 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
                 "meta.test",
                 &[("auth-url", "http://169.254.169.254/latest/meta-data/")],
             ),
+            // `u@` would make a naive host check read `u@169.254.169.254` as a name.
+            ingress(
+                "userinfo",
+                "userinfo.test",
+                &[("auth-url", "http://u@169.254.169.254/latest/meta-data/")],
+            ),
+            // `$http_host` carries the client's port: the client would pick the auth port.
+            ingress(
+                "client-port",
+                "port.test",
+                &[("auth-url", "http://$http_host/oauth2/auth")],
+            ),
             ingress(
                 "set-headers",
                 "set.test",
@@ -925,6 +937,8 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
         ("named.test", "/", "404"),
         ("anything.test", "/", "404"),
         ("meta.test", "/", "404"),
+        ("userinfo.test", "/", "404"),
+        ("port.test", "/", "404"),
         ("set.test", "/", "404"),
     ])
     .await;
@@ -933,7 +947,14 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
         auth.seen().is_empty(),
         "a rejected Ingress asked the service"
     );
-    for name in ["wild", "catch-all", "metadata", "set-headers"] {
+    for name in [
+        "wild",
+        "catch-all",
+        "metadata",
+        "userinfo",
+        "client-port",
+        "set-headers",
+    ] {
         assert!(
             gw.stderr_mentions(&format!("Ingress {NS}/{name}")).await,
             "no diagnostic on stderr names the rejected Ingress {name}"
@@ -971,6 +992,8 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
         ("wild", "$host"),
         ("catch-all", "$host"),
         ("metadata", "169.254.169.254"),
+        ("userinfo", "userinfo"),
+        ("client-port", "$host"),
         ("set-headers", "auth-proxy-set-headers"),
     ] {
         assert!(
@@ -992,7 +1015,9 @@ async fn an_auth_host_a_client_could_steer_rejects_the_ingress() {
 
 /// `--global-auth-url` guards every Ingress without its own `auth-url`: one that sets
 /// `enable-global-auth: "false"` is left alone, ACME challenge paths (`--no-auth-locations`'s
-/// default) are never sent for authentication, and an Ingress's own `auth-url` wins.
+/// default) are never sent for authentication, and an Ingress's own `auth-url` wins. The
+/// exemption is by the Ingress's path (cert-manager's solver Ingress), never by the request's:
+/// a request for `/.well-known/acme-challenge...` on a `/` Ingress still needs authentication.
 #[tokio::test]
 async fn global_auth_covers_ingresses_without_their_own() {
     let auth = AuthServer::start().await;
@@ -1003,6 +1028,12 @@ async fn global_auth_covers_ingresses_without_their_own() {
         ingress("plain", "plain.test", &[]),
         ingress("opted-out", "out.test", &[("enable-global-auth", "false")]),
         ingress("own", "own.test", &[("auth-url", own.as_str())]),
+        Ingress::new("acme-solver")
+            .rule(
+                Some("plain.test"),
+                &[prefix("/.well-known/acme-challenge", "app")],
+            )
+            .build(),
     ]);
     let m = Manifests::new();
     m.write("all.yaml", &objects);
@@ -1018,6 +1049,13 @@ async fn global_auth_covers_ingresses_without_their_own() {
         .get("plain.test", "/.well-known/acme-challenge/token")
         .await;
     assert_eq!(r.backend().as_deref(), Some("app"), "ACME: {}", r.summary());
+    // Not under the solver's path: the `/` Ingress answers, with its authentication.
+    for path in [
+        "/.well-known/acme-challengeXYZ",
+        "/x/../.well-known/acme-challengez",
+    ] {
+        assert_local(&gw.get("plain.test", path).await, 401, path);
+    }
     let r = gw.get("out.test", "/").await;
     assert_eq!(
         r.backend().as_deref(),

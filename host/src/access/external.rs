@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,6 @@ pub struct Facts<'a> {
 /// A route's external authentication, ready to run.
 pub struct ExternalAuth {
     rule: ExternalAuthRule,
-    /// Request paths never sent for authentication (`--no-auth-locations`).
-    exempt: Arc<[String]>,
     /// Set on every subrequest (`auth-proxy-set-headers`).
     set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Connect and answer must both happen within this.
@@ -107,16 +105,10 @@ impl std::fmt::Debug for ExternalAuth {
 }
 
 impl ExternalAuth {
-    pub fn new(
-        rule: ExternalAuthRule,
-        exempt: Arc<[String]>,
-        deadline: Duration,
-        allow_loopback: bool,
-    ) -> Self {
+    pub fn new(rule: ExternalAuthRule, deadline: Duration, allow_loopback: bool) -> Self {
         let cache = rule.cache_key.is_some().then(AnswerCache::default);
         ExternalAuth {
             rule,
-            exempt,
             set_headers: Vec::new(),
             deadline,
             allow_loopback,
@@ -128,12 +120,6 @@ impl ExternalAuth {
     pub fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
         self.set_headers = headers;
         self
-    }
-
-    /// Whether `path` (normalised) is one ingress-nginx's `no-auth-locations` exempts (by
-    /// default `/.well-known/acme-challenge`, so certificate challenges are never blocked).
-    pub fn exempts(&self, path: &str) -> bool {
-        self.exempt.iter().any(|p| path.starts_with(p.as_str()))
     }
 
     /// Ask the service (or the cache) about one request.
@@ -214,6 +200,7 @@ impl ExternalAuth {
         let uri: Uri = url
             .parse()
             .map_err(|_| format!("the rendered auth URL `{url}` is not a URL"))?;
+        dialable(&uri, self.allow_loopback)?;
         let authority = uri
             .authority()
             .ok_or_else(|| format!("the auth URL `{url}` has no host"))?
@@ -345,10 +332,18 @@ pub fn add_cookies(headers: &mut HeaderMap, cookies: &[HeaderValue]) {
     }
 }
 
-/// Answers by rendered cache key; bounded, expired entries go first, then the oldest.
+/// Answers by a SHA-256 of the rendered key (a client-chosen key, such as a huge
+/// `Authorization`, costs 32 bytes); bounded, expired entries go first, then the oldest.
 #[derive(Default)]
 struct AnswerCache {
-    entries: Mutex<HashMap<String, (Answer, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (Answer, Instant)>>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// At most this many answers per route.
@@ -356,22 +351,21 @@ const CACHE_CAPACITY: usize = 10_000;
 
 impl AnswerCache {
     fn get(&self, key: &str) -> Option<Answer> {
+        let key = digest(key);
         let map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(key)
+        map.get(&key)
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(o, _)| o.clone())
     }
 
     fn put(&self, key: String, answer: Answer, ttl: Duration) {
+        let key = digest(&key);
         let now = Instant::now();
         let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= CACHE_CAPACITY {
             map.retain(|_, (_, until)| *until > now);
             if map.len() >= CACHE_CAPACITY
-                && let Some(k) = map
-                    .iter()
-                    .min_by_key(|(_, (_, u))| *u)
-                    .map(|(k, _)| k.clone())
+                && let Some(k) = map.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
             {
                 map.remove(&k);
             }
@@ -415,13 +409,42 @@ struct Guarded {
     allow_loopback: bool,
 }
 
+/// Cloud metadata services outside the link-local ranges (AWS's IPv6 one, Alibaba's).
+const METADATA: [IpAddr; 2] = [
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+];
+
 fn reachable(ip: IpAddr, allow_loopback: bool) -> bool {
     let ip = ip.to_canonical();
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    !link_local && !ip.is_unspecified() && (allow_loopback || !ip.is_loopback())
+    !link_local
+        && !ip.is_unspecified()
+        && !METADATA.contains(&ip)
+        && (allow_loopback || !ip.is_loopback())
+}
+
+/// The auth URL as it will be dialled: no userinfo (`http://a@b/` dials `b`), and a literal
+/// address host must be reachable (literals never reach the resolver that filters names).
+fn dialable(uri: &Uri, allow_loopback: bool) -> Result<(), String> {
+    let authority = uri.authority().ok_or("the auth URL has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("the auth URL carries userinfo".into());
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.parse::<IpAddr>() {
+        Ok(ip) if !reachable(ip, allow_loopback) => {
+            Err(format!("the auth URL's address {ip} may not be reached"))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl tower_service::Service<Name> for Guarded {
@@ -480,34 +503,48 @@ pub fn auth_host(rule: &ExternalAuthRule) -> AuthHost {
                     break;
                 }
             }
-            Part::Variable(crate::policy::Variable::Host | crate::policy::Variable::Authority) => {
-                kind = AuthHost::RequestHost;
-            }
+            // `$host` only: `$http_host` also carries the client's port.
+            Part::Variable(crate::policy::Variable::Host) => kind = AuthHost::RequestHost,
             Part::Variable(_) | Part::Header(_) => return AuthHost::ClientControlled,
         }
     }
     kind
 }
 
-/// An auth URL whose host is a literal address the client must not reach; `None` if fine.
+/// An auth URL whose literal part already names something the client must not reach
+/// (userinfo, an unreachable address); `None` if fine. Rendered URLs are checked again per
+/// request.
 pub fn check_literal(rule: &ExternalAuthRule, allow_loopback: bool) -> Option<String> {
     let Some(Part::Literal(first)) = rule.url.first() else {
         return None;
     };
+    // Only a URL whose whole authority is literal can be judged now.
     let rest = first.split_once("://")?.1;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    let ip: IpAddr = host.parse().ok()?;
-    (!reachable(ip, allow_loopback))
-        .then(|| format!("the auth URL's address {ip} may not be reached by auth requests"))
+    if !rest.contains(['/', '?', '#']) && rule.url.len() > 1 {
+        return None;
+    }
+    let uri: Uri = first.parse().ok()?;
+    dialable(&uri, allow_loopback).err()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_and_metadata_literals_are_refused() {
+        for bad in [
+            "http://u@169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/",
+            "http://100.100.100.200/",
+            "http://169.254.169.254:80/",
+        ] {
+            let uri: Uri = bad.parse().expect("a URI");
+            assert!(dialable(&uri, true).is_err(), "{bad}");
+        }
+        let ok: Uri = "http://auth.example.com:8080/check".parse().expect("a URI");
+        assert!(dialable(&ok, false).is_ok());
+    }
 
     #[test]
     fn metadata_and_unspecified_addresses_are_unreachable() {
@@ -519,6 +556,8 @@ mod tests {
             ("::ffff:127.0.0.1", false, false),
             ("127.0.0.1", true, true),
             ("10.0.0.5", false, true),
+            ("fd00:ec2::254", true, false),
+            ("100.100.100.200", true, false),
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert_eq!(reachable(ip, loopback_ok), want, "{ip} {loopback_ok}");

@@ -79,26 +79,30 @@ pub struct Credentials<'a> {
     pub method: &'a str,
     /// The request target as sent (Digest responses are computed over it).
     pub target: &'a str,
+    /// External auth applies to this route (false under `--no-auth-locations`).
+    pub external: bool,
 }
 
 impl Access {
     /// Decide without computing a password hash or asking the external service;
     /// [`Verdict::Verify`] or [`Verdict::External`] when only they can tell.
     pub fn check(&self, client: IpAddr, creds: &Credentials<'_>) -> Verdict {
-        self.decide(client, || match (&self.basic, &self.digest) {
-            (Some(b), _) => b.quick(creds.authorization),
-            (None, Some(d)) => Some(
-                d.verify(creds.authorization, creds.method, creds.target)
-                    .is_ok(),
-            ),
-            (None, None) => Some(false),
+        self.decide(client, creds.external, || {
+            match (&self.basic, &self.digest) {
+                (Some(b), _) => b.quick(creds.authorization),
+                (None, Some(d)) => Some(
+                    d.verify(creds.authorization, creds.method, creds.target)
+                        .is_ok(),
+                ),
+                (None, None) => Some(false),
+            }
         })
     }
 
     /// Decide, computing the hash if needed (may block for milliseconds). Never
     /// [`Verdict::Verify`].
     pub fn check_fully(&self, client: IpAddr, creds: &Credentials<'_>) -> Verdict {
-        self.decide(client, || {
+        self.decide(client, creds.external, || {
             Some(match (&self.basic, &self.digest) {
                 (Some(b), _) => b.verify(creds.authorization),
                 (None, Some(d)) => d
@@ -115,9 +119,14 @@ impl Access {
     /// runs only when its answer matters (`None`: it cannot tell without a hash); the
     /// external service, being a network call, is asked last and only when its answer
     /// decides ([`Verdict::External`]).
-    fn decide(&self, client: IpAddr, basic: impl FnOnce() -> Option<bool>) -> Verdict {
+    fn decide(
+        &self,
+        client: IpAddr,
+        external: bool,
+        basic: impl FnOnce() -> Option<bool>,
+    ) -> Verdict {
         let source = self.sources.as_ref().map(|s| s.admits(client));
-        let external = self.external.is_some();
+        let external = external && self.external.is_some();
         let password = self.basic.is_some() || self.digest.is_some();
         match self.satisfy {
             Satisfy::All => {
@@ -181,6 +190,7 @@ mod tests {
         authorization: None,
         method: "GET",
         target: "/",
+        external: true,
     };
 
     fn access(allow: &[&str], satisfy: Satisfy) -> Access {

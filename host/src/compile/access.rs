@@ -59,8 +59,6 @@ pub struct Refs<'b, 'a> {
     /// External auth may reach loopback addresses (not in cluster mode, where loopback is the
     /// proxy itself).
     pub allow_loopback: bool,
-    /// Paths external auth never covers (`--no-auth-locations`).
-    pub no_auth_locations: Arc<[String]>,
 }
 
 /// The executable rules for a route of `namespace`, `None` when nothing restricts it; `Err`
@@ -209,7 +207,6 @@ fn external_auth(
     }
     Ok(ExternalAuth::new(
         rule.clone(),
-        refs.no_auth_locations.clone(),
         route.auth_deadline,
         refs.allow_loopback,
     ))
@@ -232,8 +229,7 @@ pub fn client_tls(
         .and_then(|d| d.get("ca.crt"))
         .ok_or_else(|| format!("Secret {name} has no ca.crt"))?;
     let crl = data.and_then(|d| d.get("ca.crl")).map(|c| c.0.as_slice());
-    let auth =
-        ClientAuth::new(&ca.0, crl, rule.depth).map_err(|e| format!("Secret {name}: {e}"))?;
+    let auth = client_auth(&ca.0, crl, rule.depth).map_err(|e| format!("Secret {name}: {e}"))?;
     let match_cn = rule
         .match_cn
         .as_deref()
@@ -247,7 +243,7 @@ pub fn client_tls(
         .transpose()
         .map_err(|_| "auth-tls-error-page is not a valid URL".to_string())?;
     Ok(Arc::new(ClientTls {
-        auth: Arc::new(auth),
+        auth,
         mode: match rule.verify {
             ClientVerify::On => VerifyMode::On,
             ClientVerify::Optional => VerifyMode::Optional,
@@ -257,6 +253,37 @@ pub fn client_tls(
         pass_certificate: rule.pass_certificate,
         match_cn,
     }))
+}
+
+/// The trust for a CA bundle, CRL and depth: the same `Arc` as long as they are unchanged,
+/// across generations. Connections judged under it stay valid through reloads (a route only
+/// accepts a verdict made under its own trust, by identity); a changed CA or CRL is new trust,
+/// so connections judged under the old one must reconnect.
+fn client_auth(
+    ca: &[u8],
+    crl: Option<&[u8]>,
+    depth: u32,
+) -> Result<Arc<ClientAuth>, crate::tls::client::ClientAuthError> {
+    static LIVE: std::sync::OnceLock<Mutex<HashMap<[u8; 32], Weak<ClientAuth>>>> =
+        std::sync::OnceLock::new();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [ca, crl.unwrap_or_default(), &depth.to_be_bytes()] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    let mut live = LIVE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(auth) = live.get(&key).and_then(Weak::upgrade) {
+        return Ok(auth);
+    }
+    live.retain(|_, w| w.strong_count() > 0);
+    let auth = Arc::new(ClientAuth::new(ca, crl, depth)?);
+    live.insert(key, Arc::downgrade(&auth));
+    Ok(auth)
 }
 
 /// The Secret `wanted_ns/name` (the route's namespace when `None`), if this route may read it.

@@ -130,7 +130,6 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             allow_cross_namespace: options.allow_cross_namespace_resources,
             limits: &options.limits,
             allow_loopback: options.endpoint_guard.is_none(),
-            no_auth_locations: options.no_auth_locations.clone(),
         },
         global_auth: options.global_auth.as_ref(),
         defaults: &options.defaults,
@@ -447,6 +446,12 @@ fn routes(
                 HostMatch::Any => false,
             };
             policy.ssl_redirect = unit.force_ssl_redirect || (policy.ssl_redirect && has_tls);
+            // ingress-nginx's no-auth-locations match the Ingress's path (its location), never
+            // the request's: a request cannot talk its way out of authentication.
+            policy.skip_external_auth = options
+                .no_auth_locations
+                .iter()
+                .any(|l| p.path.starts_with(l.as_str()));
             let route = route(
                 unit,
                 &p.backend,

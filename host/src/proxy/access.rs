@@ -106,11 +106,20 @@ async fn rules(
         authorization: parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
         method: parts.method.as_str(),
         target: view.uri.path_and_query().map_or("/", |p| p.as_str()),
+        external: !exchange.route.policy.skip_external_auth,
     };
     let verdict = match access.check(view.client, &creds) {
         // Boxed: the wait for a hashing permit is rare, and would otherwise make every
         // request's future larger.
-        Verdict::Verify => Box::pin(verify(access.clone(), view.client, creds.authorization)).await,
+        Verdict::Verify => {
+            let checking = verify(
+                access.clone(),
+                view.client,
+                creds.authorization,
+                creds.external,
+            );
+            Box::pin(checking).await
+        }
         quick => quick,
     };
     let failure = match verdict {
@@ -144,9 +153,6 @@ async fn ask(
     parts: &mut Parts,
 ) -> Result<Option<AuthCookies>, Box<Response<InnerBody>>> {
     let view = exchange.view;
-    if auth.exempts(view.path()) {
-        return Ok(None);
-    }
     let outcome = {
         let facts = Facts {
             vars: crate::policy::RequestVars {
@@ -213,7 +219,12 @@ fn hashing() -> &'static Semaphore {
 }
 
 /// The full check, on the blocking pool. Anything going wrong there refuses (fails closed).
-async fn verify(access: Arc<Access>, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
+async fn verify(
+    access: Arc<Access>,
+    client: IpAddr,
+    authorization: Option<&[u8]>,
+    external: bool,
+) -> Verdict {
     let Ok(_permit) = hashing().acquire().await else {
         return Verdict::Unauthorized;
     };
@@ -224,6 +235,7 @@ async fn verify(access: Arc<Access>, client: IpAddr, authorization: Option<&[u8]
             authorization: authorization.as_deref(),
             method: "",
             target: "",
+            external,
         };
         access.check_fully(client, &creds)
     });

@@ -6,8 +6,10 @@
 //! does not match `auth-tls-match-cn` answers 403; and the `ssl-client-verify`,
 //! `ssl-client-subject-dn`, `ssl-client-issuer-dn` (and `ssl-client-cert`) request headers are
 //! the proxy's, never the client's. Beyond nginx: a request for a host with such rules on a
-//! connection negotiated for another server name (HTTP/2 connection reuse) answers 421, so
-//! the certificate check cannot be skipped by coalescing. It must not touch the handshake.
+//! connection negotiated for another server name (HTTP/2 connection reuse), or whose
+//! certificate was judged under other trust (another Ingress's CA for the host, or the
+//! route's CA before it changed), answers 421, so the check cannot be skipped by coalescing
+//! or outlived by a kept-alive connection. It must not touch the handshake.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
@@ -52,10 +54,17 @@ fn verdict(conn: &Conn) -> Option<&ClientCert> {
 pub fn check(route: &Route, view: &RequestView, conn: &Conn) -> Option<Response<InnerBody>> {
     let rules = route.policy.client_tls.as_deref()?;
     let refuse = |failure| Some(refusal(rules, failure, view));
-    if let Some(tls) = &conn.tls
-        && tls.sni.as_deref() != Some(view.host())
-    {
-        return refuse(MISDIRECTED);
+    if let Some(tls) = &conn.tls {
+        // Another name's connection, or one whose certificate was judged under other trust
+        // (another Ingress's CA on this host, or this route's CA before a rotation): the
+        // client must open a connection whose handshake asks under this route's rules.
+        let same_trust = tls
+            .client_auth
+            .as_ref()
+            .is_some_and(|a| std::sync::Arc::ptr_eq(a, &rules.auth));
+        if tls.sni.as_deref() != Some(view.host()) || !same_trust {
+            return refuse(MISDIRECTED);
+        }
     }
     match verdict(conn) {
         None if rules.mode == VerifyMode::On => return refuse(NO_CERTIFICATE),

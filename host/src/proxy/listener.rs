@@ -271,10 +271,13 @@ async fn handshake(
     };
     let stream = start.into_stream(config).await?;
     // Judged once per connection: every request on it carries the same certificate.
-    let client = client_auth.map(|host| host.auth.verify(stream.get_ref().1.peer_certificates()));
+    let client = client_auth
+        .as_ref()
+        .map(|host| host.auth.verify(stream.get_ref().1.peer_certificates()));
     let facts = TlsFacts {
         sni: sni.map(String::into_boxed_str),
         client,
+        client_auth: client_auth.map(|host| host.auth.clone()),
     };
     Ok((stream, facts))
 }

@@ -126,6 +126,9 @@ pub struct TlsFacts {
     pub sni: Option<Box<str>>,
     /// The client certificate verdict, when the handshake asked for one.
     pub client: Option<crate::tls::client::ClientCert>,
+    /// The trust the handshake asked under: a route requiring another (another Ingress's CA
+    /// on the same host, or a CA rotated since) must not accept this connection's verdict.
+    pub client_auth: Option<Arc<crate::tls::client::ClientAuth>>,
 }
 
 impl Conn {
@@ -221,7 +224,7 @@ impl Proxy {
         // Before anything else the route does, as nginx checks the certificate before any
         // location runs; except that plain HTTP bound for HTTPS gets its redirect first (there
         // is no handshake to check, and the client can present its certificate over HTTPS).
-        let redirecting = conn.tls.is_none() && route.policy.ssl_redirect;
+        let redirecting = !view.secure && route.policy.ssl_redirect;
         if !redirecting && let Some(refused) = client_tls::check(route, view, conn) {
             return refused;
         }
