@@ -325,6 +325,16 @@ impl ExternalAuth {
     }
 }
 
+/// `Set-Cookie` values go on the client's answer: on the statuses nginx's `add_header` adds
+/// to, or on every answer with `auth-always-set-cookie` (`add_header ... always`).
+pub fn cookies_go_on(status: StatusCode, always: bool) -> bool {
+    always
+        || matches!(
+            status.as_u16(),
+            200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+        )
+}
+
 /// Add the service's cookies to an answer.
 pub fn add_cookies(headers: &mut HeaderMap, cookies: &[HeaderValue]) {
     for c in cookies {

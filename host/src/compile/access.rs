@@ -108,15 +108,9 @@ fn basic_auth(
     namespace: &str,
     refs: &Refs<'_, '_>,
 ) -> Result<BasicAuth, String> {
-    let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
-    let data = secret_data(secret);
-    let users = Users::parse(rule.format, &data).map_err(|e| {
-        format!(
-            "basic-auth Secret {}/{}: {e}",
-            rule.secret.namespace.as_deref().unwrap_or(namespace),
-            rule.secret.name
-        )
-    })?;
+    let (secret, name) = referenced("Secret", refs.secrets, &rule.secret, namespace, refs)?;
+    let users = Users::parse(rule.format, &secret_data(secret))
+        .map_err(|e| format!("basic-auth Secret {name}: {e}"))?;
     Ok(BasicAuth::new(&rule.realm, users))
 }
 
@@ -125,15 +119,9 @@ fn digest_auth(
     namespace: &str,
     refs: &Refs<'_, '_>,
 ) -> Result<DigestAuth, String> {
-    let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
-    let data = secret_data(secret);
-    DigestAuth::new(&rule.realm, &data).map_err(|e| {
-        format!(
-            "digest-auth Secret {}/{}: {e}",
-            rule.secret.namespace.as_deref().unwrap_or(namespace),
-            rule.secret.name
-        )
-    })
+    let (secret, name) = referenced("Secret", refs.secrets, &rule.secret, namespace, refs)?;
+    DigestAuth::new(&rule.realm, &secret_data(secret))
+        .map_err(|e| format!("digest-auth Secret {name}: {e}"))
 }
 
 /// `auth-proxy-set-headers`: every entry of the ConfigMap is a header for the subrequests.
@@ -143,25 +131,16 @@ fn proxy_set_headers(
     namespace: &str,
     refs: &Refs<'_, '_>,
 ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
-    let ns = cm.namespace.as_deref().unwrap_or(namespace);
-    let name = &cm.name;
-    if ns != namespace && !refs.allow_cross_namespace {
-        return Err(format!(
-            "ConfigMap {ns}/{name} is in another namespace; routes read ConfigMaps of their own namespace only (--allow-cross-namespace-resources lifts this)"
-        ));
-    }
-    let map = refs
-        .config_maps
-        .get(&(ns, name.as_str()))
-        .ok_or_else(|| format!("ConfigMap {ns}/{name} (auth-proxy-set-headers) not found"))?;
+    let (map, name) = referenced("ConfigMap", refs.config_maps, cm, namespace, refs)
+        .map_err(|why| format!("auth-proxy-set-headers: {why}"))?;
     map.data
         .iter()
         .flatten()
         .map(|(k, v)| {
             let header = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("ConfigMap {ns}/{name}: `{k}` is not a header name"))?;
+                .map_err(|_| format!("ConfigMap {name}: `{k}` is not a header name"))?;
             let value = http::HeaderValue::from_str(v.trim()).map_err(|_| {
-                format!("ConfigMap {ns}/{name}: the value of `{k}` is not a header value")
+                format!("ConfigMap {name}: the value of `{k}` is not a header value")
             })?;
             Ok((header, value))
         })
@@ -218,12 +197,7 @@ pub fn client_tls(
     namespace: &str,
     refs: &Refs<'_, '_>,
 ) -> Result<Arc<ClientTls>, String> {
-    let secret = secret(&rule.secret.namespace, &rule.secret.name, namespace, refs)?;
-    let name = format!(
-        "{}/{}",
-        rule.secret.namespace.as_deref().unwrap_or(namespace),
-        rule.secret.name
-    );
+    let (secret, name) = referenced("Secret", refs.secrets, &rule.secret, namespace, refs)?;
     let data = secret.data.as_ref();
     let ca = data
         .and_then(|d| d.get("ca.crt"))
@@ -286,21 +260,25 @@ fn client_auth(
     Ok(auth)
 }
 
-/// The Secret `wanted_ns/name` (the route's namespace when `None`), if this route may read it.
-fn secret<'a>(
-    wanted_ns: &Option<String>,
-    name: &str,
+/// The object `r` names of kind `kind` (the route's `namespace` when `r` names none), if the
+/// route may read it, with its `NS/NAME` for messages.
+fn referenced<'a, K>(
+    kind: &str,
+    objects: &HashMap<(&str, &str), &'a K>,
+    r: &ObjectRef,
     namespace: &str,
-    refs: &Refs<'_, 'a>,
-) -> Result<&'a Secret, String> {
-    let ns = wanted_ns.as_deref().unwrap_or(namespace);
+    refs: &Refs<'_, '_>,
+) -> Result<(&'a K, String), String> {
+    let ns = r.namespace.as_deref().unwrap_or(namespace);
+    let full = format!("{ns}/{}", r.name);
     if ns != namespace && !refs.allow_cross_namespace {
         return Err(format!(
-            "Secret {ns}/{name} is in another namespace; routes read Secrets of their own namespace only (--allow-cross-namespace-resources lifts this)"
+            "{kind} {full} is in another namespace; routes read {kind}s of their own namespace only (--allow-cross-namespace-resources lifts this)"
         ));
     }
-    refs.secrets
-        .get(&(ns, name))
+    let object = objects
+        .get(&(ns, r.name.as_str()))
         .copied()
-        .ok_or_else(|| format!("Secret {ns}/{name} not found"))
+        .ok_or_else(|| format!("{kind} {full} not found"))?;
+    Ok((object, full))
 }

@@ -46,12 +46,7 @@ pub struct AuthCookies {
 impl AuthCookies {
     /// Adds them to `resp` when its status calls for them (nginx's `add_header`).
     pub fn add_to(&self, resp: &mut Response<InnerBody>) {
-        let status = resp.status().as_u16();
-        let usual = matches!(
-            status,
-            200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
-        );
-        if self.always || usual {
+        if external::cookies_go_on(resp.status(), self.always) {
             external::add_cookies(resp.headers_mut(), &self.values);
         }
     }
