@@ -35,10 +35,14 @@ const PLUGINS: &[(&str, &str, bool)] = &[
     ("external-auth", "wasmgress_plugin_external_auth", true),
     ("client-mtls", "wasmgress_plugin_client_mtls", true),
     ("api-key", "wasmgress_plugin_api_key", false),
+    ("key-rate-limit", "wasmgress_plugin_key_rate_limit", false),
+    ("jwt", "wasmgress_plugin_jwt", false),
+    ("ws-guard", "wasmgress_plugin_ws_guard", false),
     ("spin", "wasmgress_test_plugin_spin", false),
     ("trap", "wasmgress_test_plugin_trap", false),
     ("grow", "wasmgress_test_plugin_grow", false),
     ("set-header", "wasmgress_test_plugin_set_header", false),
+    ("caps", "wasmgress_test_plugin_caps", false),
     ("legacy", "wasmgress_test_plugin_legacy", false),
 ];
 
@@ -58,10 +62,14 @@ const CRATE_DIRS: &[&str] = &[
     "plugins/external-auth",
     "plugins/client-mtls",
     "examples/plugins/api-key",
+    "examples/plugins/key-rate-limit",
+    "examples/plugins/jwt",
+    "examples/plugins/ws-guard",
     "tests/plugins/spin",
     "tests/plugins/trap",
     "tests/plugins/grow",
     "tests/plugins/set-header",
+    "tests/plugins/caps",
     "tests/plugins/legacy",
 ];
 

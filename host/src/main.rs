@@ -1,4 +1,4 @@
-//! The `wasmgress` command line: `run`, `validate`, `webhook`, `demo`.
+//! The `wasmgress` command line: `run`, `validate`, `webhook`, `demo`, `plugin new|check`.
 //!
 //! Only argument parsing, logging setup and exit codes live here; everything else is in the
 //! library so tests and future front-ends share it.
@@ -86,6 +86,32 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         proxy: ProxyArgs,
+    },
+    /// For plugin authors: start a plugin project, check a built plugin.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Write a new plugin project (a Rust crate with the SDK vendored), ready to build with
+    /// `cargo build --release --target wasm32-wasip2`.
+    New {
+        /// The plugin's name, as Ingresses attach it: lower-case letters, digits and `-`,
+        /// starting with a letter.
+        name: String,
+        /// The project folder to create (default: ./NAME); it must not exist.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Load a plugin component as `--plugin-dir` does and print what the host sees: name,
+    /// version, ABI, SHA-256, owned annotations, hooks, metrics and capabilities. Exit 1 if it
+    /// would not load.
+    Check {
+        /// The component (`*.wasm`).
+        file: PathBuf,
     },
 }
 
@@ -278,7 +304,12 @@ fn global_auth(
         name: "global-auth".into(),
     };
     let flag = |key: &str| key.replace("nginx.ingress.kubernetes.io/auth-", "--global-auth-");
-    match wasmgress::plugin::configure_ingress(plugins, &route, &settings) {
+    match wasmgress::plugin::configure_ingress(
+        plugins,
+        &route,
+        &settings,
+        &wasmgress::plugin::NoSecrets,
+    ) {
         Ok(c) => match c.policy.access.external {
             Some(rule) => Ok(Some(rule)),
             None => anyhow::bail!("--global-auth-url: the external-auth plugin is not loaded"),
@@ -466,6 +497,7 @@ fn print_owned(snapshot: &wasmgress::source::Snapshot, plugins: &Registry) {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Plugin { cmd } => plugin_command(cmd),
         Command::Validate { dir, class } => {
             let builtins = builtin_plugins()?;
             let (plugins, problems) = run::load_plugins(&builtins, class.plugin_dir.as_deref());
@@ -572,6 +604,34 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 run::run(options, shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn plugin_command(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
+    use wasmgress::plugin::scaffold;
+    match cmd {
+        PluginCommand::New { name, dir } => {
+            let root = scaffold::new_project(&name, dir.as_deref())?;
+            let wasm = format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                scaffold::component_stem(&name)
+            );
+            println!(
+                "created {} (plugin `{name}`, SDK for wasmgress:plugin@{}); next:",
+                root.display(),
+                scaffold::sdk_abi()
+            );
+            println!("  cd {}", root.display());
+            println!("  rustup target add wasm32-wasip2   # once");
+            println!("  cargo test && {}", scaffold::BUILD_COMMAND);
+            println!("  wasmgress plugin check {wasm}");
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Check { file } => {
+            let report = scaffold::check(&file)?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
     }

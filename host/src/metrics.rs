@@ -321,6 +321,49 @@ impl Process {
     }
 }
 
+/// The metrics plugins declared: `wasmgress_plugin_<plugin>_<name>`, labelled `plugin`,
+/// `namespace` and the metric's own label.
+fn encode_plugin_metrics(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    use plugin::metrics::Series;
+    use prometheus_client::metrics::MetricType;
+    for pm in plugin::metrics::all() {
+        let prefix = format!("wasmgress_plugin_{}_", pm.plugin.replace('-', "_"));
+        for (i, decl) in pm.decls.iter().enumerate() {
+            let kind = match decl.buckets {
+                None => MetricType::Counter,
+                Some(_) => MetricType::Histogram,
+            };
+            let name = format!("{prefix}{}", decl.name);
+            let mut family = encoder.encode_descriptor(&name, &decl.help, None, kind)?;
+            for (namespace, value, series) in pm.snapshot(i) {
+                let mut labels = vec![
+                    ("plugin".to_string(), pm.plugin.clone()),
+                    ("namespace".to_string(), namespace.to_string()),
+                ];
+                if !decl.label.is_empty() {
+                    labels.push((decl.label.clone(), value.to_string()));
+                }
+                let mut metric = family.encode_family(&labels)?;
+                match (series, &decl.buckets) {
+                    (Series::Counter(n), _) => ConstCounter::new(n).encode(metric)?,
+                    (Series::Histogram { sum, count, counts }, Some(bounds)) => {
+                        let buckets: Vec<(f64, u64)> = bounds
+                            .iter()
+                            .copied()
+                            .chain([f64::INFINITY])
+                            .zip(counts)
+                            .collect();
+                        metric
+                            .encode_histogram::<Vec<(String, String)>>(sum, count, &buckets, None)?
+                    }
+                    (Series::Histogram { .. }, None) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -415,6 +458,7 @@ impl Collector for Process {
             "Plugin calls that hit the memory cap.",
             &per_plugin(|s| s.memory_failures),
         )?;
+        encode_plugin_metrics(&mut encoder)?;
 
         self.encode_routes(&mut encoder)?;
         let tls = &self.tls;

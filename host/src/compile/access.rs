@@ -262,6 +262,24 @@ fn client_auth(
 
 /// The object `r` names of kind `kind` (the route's `namespace` when `r` names none), if the
 /// route may read it, with its `NS/NAME` for messages.
+/// The Secrets a plugin's `capabilities` grant names, read with the same namespace rule as
+/// every other reference.
+pub struct PluginSecrets<'r, 'b, 'a> {
+    pub refs: &'r Refs<'b, 'a>,
+    pub namespace: &'r str,
+}
+
+impl crate::plugin::SecretSource for PluginSecrets<'_, '_, '_> {
+    fn secret(&self, name: &str) -> Result<crate::plugin::SecretData, String> {
+        let r = ObjectRef {
+            namespace: None,
+            name: name.to_string(),
+        };
+        let (secret, _) = referenced("Secret", self.refs.secrets, &r, self.namespace, self.refs)?;
+        Ok(Arc::new(secret_data(secret)))
+    }
+}
+
 fn referenced<'a, K>(
     kind: &str,
     objects: &HashMap<(&str, &str), &'a K>,

@@ -94,7 +94,11 @@ pub fn compile(
     let mut policy = cx.defaults.clone();
     let (mut ssl_redirect, mut force_ssl_redirect, mut regex_paths) = (true, false, false);
     let route = plugin::Route::ingress(namespace, name);
-    match plugin::configure_ingress(cx.plugins, &route, &annotations) {
+    let secrets = super::access::PluginSecrets {
+        refs: &cx.refs,
+        namespace,
+    };
+    match plugin::configure_ingress(cx.plugins, &route, &annotations, &secrets) {
         Ok(configured) => {
             notes.extend(
                 configured

@@ -345,11 +345,14 @@ fn route(
 fn routed(
     ingress: Arc<str>,
     backend: &Arc<Backend>,
-    policy: Policy,
+    mut policy: Policy,
     options: &Options,
     stats: Arc<crate::metrics::RouteStats>,
     path_regex: Option<regex::Regex>,
 ) -> Arc<Route> {
+    if !policy.hooks.is_empty() {
+        policy.hooks.set_route(hook_route(&ingress, &backend.name));
+    }
     let upstreams = &options.upstreams;
     let transport = match policy.protocol {
         Protocol::Http | Protocol::AutoHttp => Transport::Http1,
@@ -368,6 +371,19 @@ fn routed(
         path_regex,
         stats,
     })
+}
+
+/// What hooks are told about their route: the Ingress `namespace/name` and the backend
+/// `namespace/service:port`.
+fn hook_route(ingress: &str, backend: &str) -> crate::plugin::RouteInfo {
+    let (namespace, name) = ingress.split_once('/').unwrap_or(("", ingress));
+    let service = backend.split_once('/').map_or(backend, |(_, s)| s);
+    crate::plugin::RouteInfo {
+        kind: "Ingress",
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        service: service.to_string(),
+    }
 }
 
 /// An Ingress's `spec.defaultBackend`: for the hosts of its own rules, or, for an Ingress

@@ -2,13 +2,14 @@
 //!
 //! Owns attachment (which plugins run for an Ingress, in which order), annotation routing
 //! (each plugin sees only the keys it owns), the host-owned per-plugin keys (`sha256` pins,
-//! `fail-open`), the merge, and the warnings for keys nobody owns. Each plugin's `configure`
+//! `fail-open`, `capabilities` grants), the merge, and the warnings for keys nobody owns. Each plugin's `configure`
 //! runs on a fresh instance; when its policy asks for hooks, that instance becomes the first
 //! of the Ingress's free list. This module must not touch routes or the proxy.
 
 use super::bindings::wit;
+use super::capability::{Grant, Granted, SecretSource, grants_key};
 use super::error::CallError;
-use super::hooks::BoundPlugin;
+use super::hooks::{Attachment, BoundPlugin};
 use super::instance::{HookSet, LoadedPlugin, Route};
 use super::policy::{PluginPolicy, from_wit};
 use super::registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry};
@@ -99,6 +100,7 @@ fn host_setting(plugin: &str, key: &str) -> Option<&'static str> {
     match rest {
         ".sha256" => Some("sha256"),
         ".fail-open" => Some("fail-open"),
+        ".capabilities" => Some("capabilities"),
         _ => None,
     }
 }
@@ -121,6 +123,7 @@ pub fn configure_ingress(
     registry: &Registry,
     route: &Route,
     annotations: &BTreeMap<String, String>,
+    secrets: &dyn SecretSource,
 ) -> Result<Configured, Vec<PluginDiagnostic>> {
     let mut diags = Vec::new();
     let mut order: Vec<Arc<LoadedPlugin>> = Vec::new();
@@ -161,6 +164,7 @@ pub fn configure_ingress(
         let mut owned: Vec<(String, String)> = Vec::new();
         let mut fail_open = false;
         let mut pin_ok = true;
+        let mut grant = Grant::default();
         for (k, v) in annotations {
             match host_setting(name, k) {
                 Some("sha256") if !v.trim().eq_ignore_ascii_case(&plugin.sha256_hex()) => {
@@ -177,6 +181,13 @@ pub fn configure_ingress(
                     ));
                 }
                 Some("sha256") => {}
+                Some("capabilities") => match Grant::parse(v) {
+                    Ok(g) => grant = g,
+                    Err(why) => {
+                        pin_ok = false;
+                        diags.push(plugin_diag(Severity::Error, k, why));
+                    }
+                },
                 Some(_) => match v.trim() {
                     "true" => fail_open = true,
                     "false" => fail_open = false,
@@ -191,10 +202,17 @@ pub fn configure_ingress(
             }
         }
         if !pin_ok {
-            // Never run a binary the Ingress did not ask for.
+            // Never run a binary the Ingress did not ask for, nor one it could not grant.
             continue;
         }
-        let result = plugin.instantiate(config).and_then(|mut inst| {
+        let granted = match grant_for(plugin, &grant, route, secrets) {
+            Ok(granted) => granted,
+            Err((key, why)) => {
+                diags.push(plugin_diag(Severity::Error, &key, why));
+                continue;
+            }
+        };
+        let result = plugin.instantiate(config, &granted).and_then(|mut inst| {
             inst.configure(route, &owned, config.compile_deadline)
                 .map(|r| (inst, r))
         });
@@ -246,12 +264,16 @@ pub fn configure_ingress(
             }
         };
         if !hooks.is_empty() {
-            native.hooks.push(Arc::new(BoundPlugin::new(
-                plugin.clone(),
-                route.clone(),
-                owned,
+            let attached = Attachment {
+                route: route.clone(),
+                settings: owned,
                 hooks,
                 fail_open,
+                granted,
+            };
+            native.hooks.push(Arc::new(BoundPlugin::new(
+                plugin.clone(),
+                attached,
                 *config,
                 inst,
             )));
@@ -333,6 +355,24 @@ fn unowned(registry: &Registry, key: &str) -> PluginDiagnostic {
         ),
     };
     PluginDiagnostic::new(severity, key, None, message)
+}
+
+/// What `plugin` may reach on `route` under `grant`, or the annotation and reason it may not
+/// attach: it imports a capability the route does not grant, or a granted Secret cannot be
+/// read.
+fn grant_for(
+    plugin: &LoadedPlugin,
+    grant: &Grant,
+    route: &Route,
+    secrets: &dyn SecretSource,
+) -> Result<Arc<Granted>, (String, String)> {
+    let name = plugin.info.name.as_str();
+    if let Some(why) = grant.refusal(name, plugin.capabilities()) {
+        return Err((grants_key(name), why));
+    }
+    Granted::resolve(grant, name, &route.namespace, secrets)
+        .map(Arc::new)
+        .map_err(|why| (grants_key(name), why))
 }
 
 fn call_failed(e: &CallError, plugin: &str) -> PluginDiagnostic {

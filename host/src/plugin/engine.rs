@@ -6,7 +6,10 @@
 //! run for a while; calls hold a [`Running`] guard, which wakes it. Deadlines are expressed in ticks of
 //! [`EPOCH_TICK`]. This module must not know about plugins, policies or registries.
 
+use super::capability::Granted;
 use super::error::LoadError;
+use super::metrics::PluginMetrics;
+use super::request::HookRequest;
 use http::HeaderMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -211,6 +214,12 @@ pub(crate) struct StoreState {
     /// The header map of the hook call in progress (moved in for the call, then back out);
     /// empty outside hook calls.
     pub(crate) headers: HeaderMap,
+    /// The request of the hook call in progress (lent like `headers`); `None` outside them.
+    pub(crate) request: Option<Box<HookRequest>>,
+    /// What the instance's route granted (fixed for the instance's life: it serves one route).
+    pub(crate) granted: Arc<Granted>,
+    /// The plugin's declared metrics.
+    pub(crate) metrics: Arc<PluginMetrics>,
     /// Plugin name, for log lines.
     pub(crate) plugin: Arc<str>,
     /// Log lines emitted during the current call.
@@ -219,9 +228,17 @@ pub(crate) struct StoreState {
 }
 
 impl StoreState {
-    pub(crate) fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        memory_limit: usize,
+        granted: Arc<Granted>,
+        metrics: Arc<PluginMetrics>,
+    ) -> Self {
         StoreState {
             headers: HeaderMap::new(),
+            request: None,
+            granted,
+            metrics,
             plugin,
             log_lines: 0,
             limiter: Limiter::new(memory_limit),

@@ -10,10 +10,12 @@
 //! This module must not interpret policies; it only runs hooks and reports what they decided.
 
 use super::bindings::wit;
+use super::capability::Granted;
 use super::engine::RuntimeConfig;
 use super::error::{CallError, CallErrorKind};
-use super::instance::{HookSet, LoadedPlugin, PluginInstance, RequestHead, Route};
+use super::instance::{HookSet, LoadedPlugin, PluginInstance, Route};
 use super::policy::{FixedResponse, fixed_response};
+use super::request::{HookRequest, RouteInfo};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +29,8 @@ pub struct BoundPlugin {
     hooks: HookSet,
     fail_open: bool,
     config: RuntimeConfig,
+    /// What the route granted; every instance gets the same.
+    granted: Arc<Granted>,
     idle: Mutex<Vec<PluginInstance>>,
 }
 
@@ -40,6 +44,15 @@ impl std::fmt::Debug for BoundPlugin {
     }
 }
 
+/// How a plugin is attached to a route: what it was configured with and what it may do.
+pub(crate) struct Attachment {
+    pub route: Route,
+    pub settings: Vec<(String, String)>,
+    pub hooks: HookSet,
+    pub fail_open: bool,
+    pub granted: Arc<Granted>,
+}
+
 /// What a hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookAction {
@@ -50,13 +63,17 @@ pub enum HookAction {
 impl BoundPlugin {
     pub(crate) fn new(
         plugin: Arc<LoadedPlugin>,
-        route: Route,
-        settings: Vec<(String, String)>,
-        hooks: HookSet,
-        fail_open: bool,
+        attached: Attachment,
         config: RuntimeConfig,
         configured: PluginInstance,
     ) -> Self {
+        let Attachment {
+            route,
+            settings,
+            hooks,
+            fail_open,
+            granted,
+        } = attached;
         BoundPlugin {
             plugin,
             route,
@@ -64,6 +81,7 @@ impl BoundPlugin {
             hooks,
             fail_open,
             config,
+            granted,
             idle: Mutex::new(vec![configured]),
         }
     }
@@ -101,7 +119,7 @@ impl BoundPlugin {
         {
             return Ok(inst);
         }
-        let mut inst = self.plugin.instantiate(&self.config)?;
+        let mut inst = self.plugin.instantiate(&self.config, &self.granted)?;
         match inst.configure(&self.route, &self.settings, self.config.compile_deadline)? {
             Ok(_) => Ok(inst),
             // `configure` is meant to be pure; one that now refuses what it accepted before
@@ -153,28 +171,82 @@ impl BoundPlugin {
         }
     }
 
-    /// Run `on-request-headers`; the guest edits `headers` in place.
+    /// Run `on-request-headers`; the guest edits `headers` and the request in place.
     pub fn on_request_headers(
         &self,
-        head: &RequestHead<'_>,
+        request: &mut Option<Box<HookRequest>>,
         headers: &mut HeaderMap,
     ) -> Result<HookAction, CallError> {
         let mut inst = self.checkout()?;
-        let r = inst.on_request_headers(head, headers, self.config.request_deadline);
+        let r = inst.on_request_headers(request, headers, self.config.request_deadline);
         self.finish(inst, "on-request-headers", r)
+    }
+
+    /// Run `on-websocket-message` over one message.
+    pub fn on_websocket_message(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        direction: Direction,
+        message: &Message,
+    ) -> Result<wit::MessageAction, CallError> {
+        let mut inst = self.checkout()?;
+        let direction = match direction {
+            Direction::ToUpstream => wit::Direction::ToUpstream,
+            Direction::ToClient => wit::Direction::ToClient,
+        };
+        let kind = if message.text {
+            wit::MessageKind::Text
+        } else {
+            wit::MessageKind::Binary
+        };
+        let deadline = message_deadline(self.config.request_deadline, message.payload.len());
+        let r = inst.on_websocket_message(request, direction, kind, &message.payload, deadline);
+        // A failed instance is dropped here (never checked in): its state is unknown.
+        let action = r?;
+        self.checkin(inst);
+        Ok(action)
     }
 
     /// Run `on-response-headers`; the guest edits `headers` in place.
     pub fn on_response_headers(
         &self,
+        request: &mut Option<Box<HookRequest>>,
         status: StatusCode,
         headers: &mut HeaderMap,
     ) -> Result<HookAction, CallError> {
         let mut inst = self.checkout()?;
-        let r = inst.on_response_headers(status.as_u16(), headers, self.config.request_deadline);
+        let deadline = self.config.request_deadline;
+        let r = inst.on_response_headers(request, status.as_u16(), headers, deadline);
         self.finish(inst, "on-response-headers", r)
     }
 }
+
+/// Which way a WebSocket message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToUpstream,
+    ToClient,
+}
+
+/// A WebSocket data message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Text (UTF-8) or binary.
+    pub text: bool,
+    pub payload: Bytes,
+}
+
+/// What becomes of a WebSocket message after the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    Forward(Message),
+    Drop,
+    /// Close both sides with this code and reason.
+    Close(u16, String),
+}
+
+/// The close code when a message hook fails fail-closed (1011: internal error).
+pub const HOOK_FAILED_CLOSE: u16 = 1011;
 
 /// What the proxy does after running a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,10 +257,12 @@ pub enum HookOutcome {
     Respond(FixedResponse),
 }
 
-/// The hooks of one Ingress, in attach order. Cheap to clone (shared instances).
+/// The hooks of one route, in attach order, and what they are told about the route. Cheap to
+/// clone (shared instances).
 #[derive(Debug, Clone, Default)]
 pub struct HookChain {
     plugins: Vec<Arc<BoundPlugin>>,
+    route: Option<Arc<RouteInfo>>,
 }
 
 impl HookChain {
@@ -200,9 +274,24 @@ impl HookChain {
         self.plugins.extend(other.plugins);
     }
 
+    /// Tells the hooks which route they run for (`request.route()`).
+    pub fn set_route(&mut self, route: RouteInfo) {
+        self.route = Some(Arc::new(route));
+    }
+
+    /// The route the hooks run for.
+    pub fn route(&self) -> Option<&Arc<RouteInfo>> {
+        self.route.as_ref()
+    }
+
     /// No hook at all: requests cost zero Wasm calls.
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
+    }
+
+    /// True when some plugin hooks requests.
+    pub fn has_request_hooks(&self) -> bool {
+        self.plugins.iter().any(|p| p.hooks().request_headers)
     }
 
     /// True when some plugin hooks responses.
@@ -210,16 +299,94 @@ impl HookChain {
         self.plugins.iter().any(|p| p.hooks().response_headers)
     }
 
+    /// True when some plugin hooks WebSocket messages (the tunnel then parses frames).
+    pub fn has_message_hooks(&self) -> bool {
+        self.plugins.iter().any(|p| p.hooks().websocket_message)
+    }
+
+    /// Run the message hooks over one message: in attach order towards the upstream, reverse
+    /// attach order towards the client. A replacement is what the next hook sees; a drop or a
+    /// close ends the chain. A failing fail-closed plugin closes the tunnel (1011); a
+    /// fail-open one is skipped.
+    pub fn run_message(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        direction: Direction,
+        mut message: Message,
+    ) -> MessageOutcome {
+        let order: Box<dyn Iterator<Item = (usize, &Arc<BoundPlugin>)>> = match direction {
+            Direction::ToUpstream => Box::new(self.plugins.iter().enumerate()),
+            Direction::ToClient => Box::new(self.plugins.iter().enumerate().rev()),
+        };
+        for (i, p) in order {
+            if !p.hooks().websocket_message {
+                continue;
+            }
+            if let Some(r) = request.as_deref_mut() {
+                r.current = slot(i);
+                r.open = false;
+            }
+            match p.on_websocket_message(request, direction, &message) {
+                Ok(wit::MessageAction::Forward) => {}
+                Ok(wit::MessageAction::Replace(payload)) => {
+                    if message.text && std::str::from_utf8(&payload).is_err() {
+                        tracing::warn!(
+                            plugin = p.name(),
+                            "plugin replaced a text message with invalid UTF-8; closing"
+                        );
+                        return MessageOutcome::Close(HOOK_FAILED_CLOSE, String::new());
+                    }
+                    message.payload = Bytes::from(payload);
+                }
+                Ok(wit::MessageAction::Drop) => return MessageOutcome::Drop,
+                Ok(wit::MessageAction::Close((code, reason))) => return close(code, reason),
+                Err(e) => {
+                    if p.fail_open() {
+                        tracing::warn!(plugin = p.name(), error = %e, "plugin failed; forwarding the message (fail-open)");
+                    } else {
+                        tracing::error!(plugin = p.name(), error = %e, "plugin failed; closing the WebSocket (1011)");
+                        return MessageOutcome::Close(HOOK_FAILED_CLOSE, String::new());
+                    }
+                }
+            }
+        }
+        MessageOutcome::Forward(message)
+    }
+
     /// The bound plugins, in order.
     pub fn plugins(&self) -> &[Arc<BoundPlugin>] {
         &self.plugins
     }
 
-    /// Run every request hook in order until one answers. A failing plugin answers 500, or is
-    /// skipped if the Ingress marked it fail-open; either way the failure is logged.
-    pub fn run_request(&self, head: &RequestHead<'_>, headers: &mut HeaderMap) -> HookOutcome {
-        for p in self.plugins.iter().filter(|p| p.hooks().request_headers) {
-            match p.on_request_headers(head, headers) {
+    /// Run every request hook in attach order until one answers. A failing plugin answers
+    /// 500, or is skipped if the route marked it fail-open; either way the failure is logged.
+    /// Changes to the method, path and query are accepted only during these calls.
+    pub fn run_request(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+    ) -> HookOutcome {
+        let outcome = self.run_request_hooks(request, headers);
+        if let Some(r) = request.as_deref_mut() {
+            r.open = false;
+        }
+        outcome
+    }
+
+    fn run_request_hooks(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+    ) -> HookOutcome {
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !p.hooks().request_headers {
+                continue;
+            }
+            if let Some(r) = request.as_deref_mut() {
+                r.current = slot(i);
+                r.open = true;
+            }
+            match p.on_request_headers(request, headers) {
                 Ok(HookAction::Continue) => {}
                 Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
                 Err(e) => {
@@ -232,22 +399,70 @@ impl HookChain {
         HookOutcome::Continue
     }
 
-    /// Run every response hook in order until one answers (its response replaces the
-    /// upstream's). Failures as in [`HookChain::run_request`].
-    pub fn run_response(&self, status: StatusCode, headers: &mut HeaderMap) -> HookOutcome {
-        for p in self.plugins.iter().filter(|p| p.hooks().response_headers) {
-            match p.on_response_headers(status, headers) {
-                Ok(HookAction::Continue) => {}
-                Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
-                Err(e) => {
-                    if let Some(outcome) = failed(p, &e) {
-                        return outcome;
-                    }
-                }
+    /// Run every response hook in reverse attach order. A hook that answers replaces the
+    /// response in hand (`status`, `headers` and the returned body), and the hooks after it
+    /// see the replacement. Failures as in [`HookChain::run_request`]: a fail-closed failure
+    /// replaces the response with the 500 and the remaining hooks still see it.
+    pub fn run_response(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+    ) -> Option<FixedResponse> {
+        let mut replaced: Option<FixedResponse> = None;
+        for (i, p) in self.plugins.iter().enumerate().rev() {
+            if !p.hooks().response_headers {
+                continue;
             }
+            if let Some(r) = request.as_deref_mut() {
+                r.current = slot(i);
+                r.open = false;
+            }
+            let mut answer = match p.on_response_headers(request, *status, headers) {
+                Ok(HookAction::Continue) => continue,
+                Ok(HookAction::Respond(r)) => r,
+                Err(e) => match failed(p, &e) {
+                    Some(HookOutcome::Respond(r)) => r,
+                    _ => continue,
+                },
+            };
+            *status = answer.status;
+            *headers = std::mem::take(&mut answer.headers);
+            replaced = Some(answer);
         }
-        HookOutcome::Continue
+        replaced.map(|mut r| {
+            // The last replacement's head, as later hooks edited it.
+            r.status = *status;
+            r.headers = std::mem::take(headers);
+            r
+        })
     }
+}
+
+/// A plugin's close, with the code and reason made valid for a close frame: a code an
+/// endpoint may send (1000 to 1003, 1007 to 1011, RFC 6455 section 7.4.1) or an application
+/// code (3000 to 4999), otherwise 1008 (policy violation); the reason cut to 123 bytes on a
+/// character boundary.
+fn close(code: u16, mut reason: String) -> MessageOutcome {
+    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    let code = if sendable { code } else { 1008 };
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    MessageOutcome::Close(code, reason)
+}
+
+/// A message hook's deadline: the request deadline plus 1 ms per 64 KiB of payload, since a
+/// plugin must at least read what it is handed (21 ms for a 1 MiB message by default).
+fn message_deadline(base: std::time::Duration, len: usize) -> std::time::Duration {
+    base + std::time::Duration::from_micros(u64::try_from(len / 64).unwrap_or(u64::MAX))
+}
+
+/// A plugin's place in its chain, as the request's values are keyed.
+fn slot(i: usize) -> u16 {
+    u16::try_from(i).unwrap_or(u16::MAX)
 }
 
 fn failed(p: &BoundPlugin, e: &CallError) -> Option<HookOutcome> {

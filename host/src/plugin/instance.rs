@@ -7,9 +7,13 @@
 //! instance is never reused: its memory may be in any state). This module does not decide
 //! which instance serves which Ingress; `hooks` and `configure` do.
 
-use super::bindings::{FIELDS_REP, FieldsHandle, upgrade, v0_1, v0_2, wit};
+use super::bindings::{
+    FIELDS_REP, FieldsHandle, REQUEST_REP, RequestHandle, upgrade, v0_1, v0_2, wit,
+};
+use super::capability::{Capabilities, Granted};
 use super::engine::{Running, RuntimeConfig, StoreState, running, ticks};
 use super::error::{CallError, CallErrorKind};
+use super::request::HookRequest;
 use http::HeaderMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +86,7 @@ impl std::fmt::Display for PluginOrigin {
 pub struct HookSet {
     pub request_headers: bool,
     pub response_headers: bool,
+    pub websocket_message: bool,
 }
 
 impl HookSet {
@@ -91,6 +96,7 @@ impl HookSet {
             match h {
                 wit::Hook::RequestHeaders => set.request_headers = true,
                 wit::Hook::ResponseHeaders => set.response_headers = true,
+                wit::Hook::WebsocketMessage => set.websocket_message = true,
             }
         }
         set
@@ -98,18 +104,19 @@ impl HookSet {
 
     /// True when no hook is used.
     pub fn is_empty(&self) -> bool {
-        !self.request_headers && !self.response_headers
+        !self.request_headers && !self.response_headers && !self.websocket_message
     }
 
     /// True when every hook in `self` is also in `other`.
     pub fn is_subset_of(&self, other: &HookSet) -> bool {
         (!self.request_headers || other.request_headers)
             && (!self.response_headers || other.response_headers)
+            && (!self.websocket_message || other.websocket_message)
     }
 }
 
 /// What a plugin says about itself (`describe`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -119,6 +126,8 @@ pub struct PluginInfo {
     pub prefixes: Vec<String>,
     /// Hooks the plugin may ask for.
     pub hooks: HookSet,
+    /// Metrics the plugin declared.
+    pub metrics: Vec<super::metrics::MetricDecl>,
 }
 
 /// A pre-linked component, in the ABI version it was built against.
@@ -156,6 +165,10 @@ pub struct LoadedPlugin {
     pub(crate) name: Arc<str>,
     pub(crate) origin: PluginOrigin,
     pub(crate) sha256: [u8; 32],
+    /// The capability interfaces the component imports.
+    pub(crate) capabilities: Capabilities,
+    /// The series of its declared metrics.
+    pub(crate) metrics: Arc<super::metrics::PluginMetrics>,
     pub(crate) pre: Pre,
     pub(crate) stats: Arc<PluginStats>,
 }
@@ -196,12 +209,26 @@ impl LoadedPlugin {
         self.pre.abi()
     }
 
-    /// A fresh instance.
-    pub(crate) fn instantiate(&self, config: &RuntimeConfig) -> Result<PluginInstance, CallError> {
+    /// The capabilities the component imports (each must be granted where it is attached).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// A fresh instance, reaching what `granted` allows.
+    pub(crate) fn instantiate(
+        &self,
+        config: &RuntimeConfig,
+        granted: &Arc<Granted>,
+    ) -> Result<PluginInstance, CallError> {
         self.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(self.name.clone(), config.memory_limit),
+            StoreState::new(
+                self.name.clone(),
+                config.memory_limit,
+                granted.clone(),
+                self.metrics.clone(),
+            ),
         );
         store.limiter(|s| &mut s.limiter);
         // Instantiation runs the component's start-up code: bound it like a compile-time call.
@@ -227,17 +254,6 @@ impl LoadedPlugin {
             }),
         }
     }
-}
-
-/// The request line handed to `on-request-headers`.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestHead<'a> {
-    pub method: &'a str,
-    /// `http` or `https`.
-    pub scheme: &'a str,
-    pub authority: &'a str,
-    /// Path and query.
-    pub path: &'a str,
 }
 
 /// The route a plugin is configured for, as `configure` is told (0.2.0 and later).
@@ -351,44 +367,50 @@ impl PluginInstance {
     /// Run `on-request-headers` over `headers` (edited in place by the guest).
     pub(crate) fn on_request_headers(
         &mut self,
-        head: &RequestHead<'_>,
+        request: &mut Option<Box<HookRequest>>,
         headers: &mut HeaderMap,
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
         let running = self.begin(deadline);
         let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
-        // Lend the map to the store for this call only; it comes back even if the call fails.
-        self.store.data_mut().headers = std::mem::take(headers);
         let r = match &self.filter {
             Bindings::V0_1(f) => {
-                let head = v0_1::wasmgress::plugin::types::RequestHead {
-                    method: head.method,
-                    scheme: head.scheme,
-                    authority: head.authority,
-                    path: head.path,
+                // 0.1.0 gets the request line by value, as it was built to.
+                let Some(req) = request.as_deref() else {
+                    drop(running);
+                    return Err(no_request(&self.store, "on-request-headers", deadline));
                 };
-                f.call_on_request_headers(&mut self.store, head, fields)
-                    .map(upgrade::action)
+                let target = req.path().as_str();
+                let head = v0_1::wasmgress::plugin::types::RequestHead {
+                    method: req.method().as_str(),
+                    scheme: req.scheme(),
+                    authority: req.authority(),
+                    path: target,
+                };
+                self.store.data_mut().headers = std::mem::take(headers);
+                let r = f
+                    .call_on_request_headers(&mut self.store, head, fields)
+                    .map(upgrade::action);
+                *headers = std::mem::take(&mut self.store.data_mut().headers);
+                r
             }
             Bindings::V0_2(f) => {
-                let head = wit::RequestHead {
-                    method: head.method,
-                    scheme: head.scheme,
-                    authority: head.authority,
-                    path: head.path,
-                };
-                f.call_on_request_headers(&mut self.store, head, fields)
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                lend(&mut self.store, request, headers);
+                let r = f.call_on_request_headers(&mut self.store, handle, fields);
+                take_back(&mut self.store, request, headers);
+                r
             }
         };
         drop(running);
-        *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-request-headers", deadline))
     }
 
     /// Run `on-response-headers` over `headers` (edited in place by the guest).
     pub(crate) fn on_response_headers(
         &mut self,
+        request: &mut Option<Box<HookRequest>>,
         status: u16,
         headers: &mut HeaderMap,
         deadline: Duration,
@@ -396,15 +418,83 @@ impl PluginInstance {
         self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
         let running = self.begin(deadline);
         let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
-        self.store.data_mut().headers = std::mem::take(headers);
         let r = match &self.filter {
-            Bindings::V0_1(f) => f
-                .call_on_response_headers(&mut self.store, status, fields)
-                .map(upgrade::action),
-            Bindings::V0_2(f) => f.call_on_response_headers(&mut self.store, status, fields),
+            Bindings::V0_1(f) => {
+                self.store.data_mut().headers = std::mem::take(headers);
+                let r = f
+                    .call_on_response_headers(&mut self.store, status, fields)
+                    .map(upgrade::action);
+                *headers = std::mem::take(&mut self.store.data_mut().headers);
+                r
+            }
+            Bindings::V0_2(f) => {
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                lend(&mut self.store, request, headers);
+                let r = f.call_on_response_headers(&mut self.store, handle, status, fields);
+                take_back(&mut self.store, request, headers);
+                r
+            }
         };
         drop(running);
-        *headers = std::mem::take(&mut self.store.data_mut().headers);
         r.map_err(|e| self.fail(e, "on-response-headers", deadline))
+    }
+
+    /// Run `on-websocket-message` over one message (0.2.0 and later; 0.1.0 components cannot
+    /// ask for the hook).
+    pub(crate) fn on_websocket_message(
+        &mut self,
+        request: &mut Option<Box<HookRequest>>,
+        direction: wit::Direction,
+        kind: wit::MessageKind,
+        payload: &[u8],
+        deadline: Duration,
+    ) -> Result<wit::MessageAction, CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        let running = self.begin(deadline);
+        let r = match &self.filter {
+            Bindings::V0_1(_) => Ok(wit::MessageAction::Forward),
+            Bindings::V0_2(f) => {
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                self.store.data_mut().request = request.take();
+                let r =
+                    f.call_on_websocket_message(&mut self.store, handle, direction, kind, payload);
+                *request = self.store.data_mut().request.take();
+                r
+            }
+        };
+        drop(running);
+        r.map_err(|e| self.fail(e, "on-websocket-message", deadline))
+    }
+}
+
+/// Lends the request and its headers to the store for one hook call.
+fn lend(
+    store: &mut Store<StoreState>,
+    request: &mut Option<Box<HookRequest>>,
+    headers: &mut HeaderMap,
+) {
+    let state = store.data_mut();
+    state.headers = std::mem::take(headers);
+    state.request = request.take();
+}
+
+/// Takes back what [`lend`] lent, whether the call succeeded or not.
+fn take_back(
+    store: &mut Store<StoreState>,
+    request: &mut Option<Box<HookRequest>>,
+    headers: &mut HeaderMap,
+) {
+    let state = store.data_mut();
+    *headers = std::mem::take(&mut state.headers);
+    *request = state.request.take();
+}
+
+fn no_request(store: &Store<StoreState>, call: &'static str, deadline: Duration) -> CallError {
+    CallError {
+        plugin: store.data().plugin.to_string(),
+        call,
+        kind: CallErrorKind::InvalidOutput,
+        deadline,
+        detail: "no request to hand to the hook".into(),
     }
 }

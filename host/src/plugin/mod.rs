@@ -14,7 +14,9 @@
 //! # Sandbox
 //!
 //! One [`wasmtime::Engine`] per process (pooling allocator, epoch interruption, no WASI: a
-//! plugin imports only `wasmgress:plugin/types` and `log`, checked at load). One ticker thread
+//! plugin imports only `wasmgress:plugin/types`, `log`, `metrics` and the capabilities
+//! `clock`, `random`, `counters`, `secrets`, checked at load; each capability must also be
+//! granted by the route that attaches the plugin, checked at attach ([`capability`])). One ticker thread
 //! advances the epoch every [`EPOCH_TICK`]; each call sets its own deadline (default 5 ms at
 //! request time, 100 ms at compile time). A store's memory is capped (default 16 MiB) by
 //! `StoreLimits`, and growth past it traps. A trap, deadline or memory failure fails that call
@@ -57,6 +59,16 @@
 //! number at most (Ingresses with hooks) x (worker threads). An instantiation that finds the
 //! pool exhausted fails that call like a trap would.
 //!
+//! # Per request
+//!
+//! On a route with hooks the proxy builds one [`HookRequest`] per request ([`request`]): the
+//! facts hooks read through the `request` handle (line, id, client, TLS, route), the values
+//! each plugin keeps between its hooks, and the method, path and query changes request hooks
+//! ask for. Request hooks run in attach order; response hooks in reverse attach order over
+//! every answer of the route; WebSocket message hooks per message ([`HookChain::run_message`]).
+//! Counters ([`counters`]) and plugin metrics ([`metrics`]) are shared per plugin and
+//! namespace, bounded, and kept across reloads.
+//!
 //! # Policies
 //!
 //! [`PluginPolicy`] is data. Merge rule for several plugins, in attach order (built-ins that own a
@@ -66,26 +78,36 @@
 //! attached plugin owns produce a warning each.
 
 mod bindings;
+pub mod capability;
 mod configure;
+pub mod counters;
 mod engine;
 mod error;
 mod hooks;
 mod instance;
+pub mod metrics;
 mod policy;
 mod registry;
+pub mod request;
+pub mod scaffold;
 
 #[cfg(test)]
 mod tests;
 
+pub use capability::{Capabilities, Capability, NoSecrets, SecretData, SecretSource};
 pub use configure::{Configured, PluginDiagnostic, attached_plugins, configure_ingress};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_LIMIT, RuntimeConfig};
 pub use error::{CallError, CallErrorKind, DirError, LoadError};
-pub use hooks::{BoundPlugin, HookAction, HookChain, HookOutcome, plugin_failure_response};
+pub use hooks::{
+    BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome, Message,
+    MessageOutcome, plugin_failure_response,
+};
 pub use instance::{
-    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, RequestHead, Route, StatsSnapshot,
+    HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Route, StatsSnapshot,
 };
 pub use policy::{
     AccessRules, BasicAuthRule, ClientTlsRule, ClientVerify, DigestAuthRule, ExternalAuthRule,
     FixedResponse, ObjectRef, PluginPolicy,
 };
 pub use registry::{PLUGIN_PREFIX, PLUGINS_ANNOTATION, Registry, all_stats};
+pub use request::{HookRequest, RequestFacts, RouteInfo, TlsInfo};

@@ -9,11 +9,13 @@
 //! plugins for Ingresses (`configure` does).
 
 use super::bindings::{v0_1, v0_2, wit};
+use super::capability::Capabilities;
 use super::engine::{RuntimeConfig, StoreState, engine};
 use super::error::{DirError, LoadError};
 use super::instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Pre, StatsSnapshot,
 };
+use super::metrics::{self, MetricDecl};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -24,14 +26,23 @@ include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
 /// The ABI versions the host links, and the only imports a plugin built against each may have:
 /// the filter world's own interfaces, no WASI. A component imports from exactly one version.
-const ABI_IMPORTS: &[(&str, [&str; 2])] = &[
+const ABI_IMPORTS: &[(&str, &[&str])] = &[
     (
         "0.2.0",
-        ["wasmgress:plugin/types@0.2.0", "wasmgress:plugin/log@0.2.0"],
+        &[
+            "wasmgress:plugin/types@0.2.0",
+            "wasmgress:plugin/log@0.2.0",
+            "wasmgress:plugin/metrics@0.2.0",
+            // Capabilities: each must also be granted by the route that attaches the plugin.
+            "wasmgress:plugin/clock@0.2.0",
+            "wasmgress:plugin/random@0.2.0",
+            "wasmgress:plugin/counters@0.2.0",
+            "wasmgress:plugin/secrets@0.2.0",
+        ],
     ),
     (
         "0.1.0",
-        ["wasmgress:plugin/types@0.1.0", "wasmgress:plugin/log@0.1.0"],
+        &["wasmgress:plugin/types@0.1.0", "wasmgress:plugin/log@0.1.0"],
     ),
 ];
 
@@ -119,6 +130,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn check_info(info: &PluginInfo) -> Result<(), String> {
+    metrics::check(&info.metrics)?;
     if !valid_name(&info.name) {
         return Err(format!(
             "its name `{}` is not a valid plugin name (lower-case letters, digits and `-`)",
@@ -229,6 +241,16 @@ fn info_from_wit(info: wit::Info) -> PluginInfo {
         version: info.version,
         keys: info.keys,
         prefixes: info.prefixes,
+        metrics: info
+            .metrics
+            .into_iter()
+            .map(|m| MetricDecl {
+                name: m.name,
+                help: m.help,
+                buckets: (m.kind == wit::MetricKind::Histogram).then_some(m.buckets),
+                label: m.label,
+            })
+            .collect(),
     }
 }
 
@@ -267,21 +289,25 @@ fn load(
             keys: Vec::new(),
             prefixes: Vec::new(),
             hooks: HookSet::default(),
+            metrics: Vec::new(),
         },
         name: Arc::from("(loading)"),
         origin,
         sha256: sha,
+        capabilities: Capabilities::of_component(&component),
+        metrics: metrics::for_plugin("(loading)", Vec::new()),
         pre,
         stats: Arc::new(PluginStats::default()),
     };
     let info = plugin
-        .instantiate(config)
+        .instantiate(config, &Arc::default())
         .and_then(|mut inst| inst.describe(config.compile_deadline))
         .map_err(|e| LoadError::new(&label, format!("describe failed: {e}")))?;
     let info = info_from_wit(info);
     check_info(&info).map_err(|why| LoadError::new(&label, why))?;
     plugin.name = Arc::from(info.name.as_str());
     plugin.stats = stats_for(&info.name);
+    plugin.metrics = metrics::for_plugin(&info.name, info.metrics.clone());
     plugin.info = info;
     Ok(plugin)
 }
@@ -425,6 +451,7 @@ mod tests {
             keys: keys.iter().map(|s| s.to_string()).collect(),
             prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
             hooks: HookSet::default(),
+            metrics: Vec::new(),
         }
     }
 

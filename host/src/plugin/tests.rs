@@ -62,14 +62,14 @@ fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn ok(pairs: &[(&str, &str)]) -> Configured {
-    match configure_ingress(registry(), &route(), &ann(pairs)) {
+    match configure_ingress(registry(), &route(), &ann(pairs), &NoSecrets) {
         Ok(c) => c,
         Err(d) => panic!("expected the Ingress to be accepted, got {d:#?}"),
     }
 }
 
 fn rejected(pairs: &[(&str, &str)]) -> Vec<PluginDiagnostic> {
-    match configure_ingress(registry(), &route(), &ann(pairs)) {
+    match configure_ingress(registry(), &route(), &ann(pairs), &NoSecrets) {
         Ok(c) => panic!("expected a rejection, got {:#?}", c.policy),
         Err(d) => d,
     }
@@ -87,13 +87,17 @@ fn vars() -> RequestVars<'static> {
     }
 }
 
-fn head() -> RequestHead<'static> {
-    RequestHead {
-        method: "GET",
+fn head() -> Option<Box<HookRequest>> {
+    let facts = RequestFacts {
+        method: &http::Method::GET,
         scheme: "http",
-        authority: "example.com",
-        path: "/app?x=1",
-    }
+        authority: Some(http::HeaderValue::from_static("example.com")),
+        path: http::uri::PathAndQuery::from_static("/app?x=1"),
+        id: http::HeaderValue::from_static("req-1"),
+        client: std::net::IpAddr::from([192, 0, 2, 1]),
+        tls: None,
+    };
+    Some(Box::new(HookRequest::new(facts, None)))
 }
 
 #[test]
@@ -403,7 +407,7 @@ fn api_key_hook_on_a_real_header_map() {
 
     let mut headers = HeaderMap::new();
     headers.insert("accept", HeaderValue::from_static("*/*"));
-    let HookOutcome::Respond(r) = chain.run_request(&head(), &mut headers) else {
+    let HookOutcome::Respond(r) = chain.run_request(&mut head(), &mut headers) else {
         panic!("expected 401 without a key")
     };
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -412,13 +416,13 @@ fn api_key_hook_on_a_real_header_map() {
 
     headers.insert("x-api-key", HeaderValue::from_static("wrong"));
     assert!(matches!(
-        chain.run_request(&head(), &mut headers),
+        chain.run_request(&mut head(), &mut headers),
         HookOutcome::Respond(r) if r.status == StatusCode::UNAUTHORIZED
     ));
 
     headers.insert("X-Api-Key", HeaderValue::from_static("s3cret"));
     assert_eq!(
-        chain.run_request(&head(), &mut headers),
+        chain.run_request(&mut head(), &mut headers),
         HookOutcome::Continue
     );
     assert!(
@@ -441,7 +445,7 @@ fn api_key_custom_header_without_strip() {
     let mut headers = HeaderMap::new();
     headers.insert("authorization-key", HeaderValue::from_static("other"));
     assert_eq!(
-        chain.run_request(&head(), &mut headers),
+        chain.run_request(&mut head(), &mut headers),
         HookOutcome::Continue
     );
     assert_eq!(headers["authorization-key"], "other");
@@ -461,13 +465,13 @@ fn instances_are_per_ingress_and_created_under_load() {
     let mut with_a = HeaderMap::new();
     with_a.insert("x-api-key", HeaderValue::from_static("s3cret"));
     assert!(matches!(
-        b.run_request(&head(), &mut with_a),
+        b.run_request(&mut head(), &mut with_a),
         HookOutcome::Respond(_)
     ));
     let mut with_b = HeaderMap::new();
     with_b.insert("x-api-key", HeaderValue::from_static("only-for-b"));
     assert!(matches!(
-        a.run_request(&head(), &mut with_b),
+        a.run_request(&mut head(), &mut with_b),
         HookOutcome::Respond(_)
     ));
 
@@ -478,7 +482,7 @@ fn instances_are_per_ingress_and_created_under_load() {
                 for _ in 0..20 {
                     let mut h = HeaderMap::new();
                     h.insert("x-api-key", HeaderValue::from_static("s3cret"));
-                    assert_eq!(a.run_request(&head(), &mut h), HookOutcome::Continue);
+                    assert_eq!(a.run_request(&mut head(), &mut h), HookOutcome::Continue);
                 }
             });
         }
@@ -499,16 +503,20 @@ fn response_hooks_edit_or_replace_the_response() {
     assert!(chain.has_response_hooks());
     let mut req = HeaderMap::new();
     req.insert("user-agent", HeaderValue::from_static("curl/8"));
-    assert_eq!(chain.run_request(&head(), &mut req), HookOutcome::Continue);
-    assert_eq!(req["x-seen-by"], "edge-6");
-    let mut resp = HeaderMap::new();
     assert_eq!(
-        chain.run_response(StatusCode::OK, &mut resp),
+        chain.run_request(&mut head(), &mut req),
         HookOutcome::Continue
     );
+    assert_eq!(req["x-seen-by"], "edge-6");
+    let mut resp = HeaderMap::new();
+    let mut status = StatusCode::OK;
+    assert_eq!(
+        chain.run_response(&mut head(), &mut status, &mut resp),
+        None
+    );
     assert_eq!(resp["x-response-seen-by"], "edge-200");
-    let HookOutcome::Respond(r) = chain.run_response(StatusCode::SERVICE_UNAVAILABLE, &mut resp)
-    else {
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    let Some(r) = chain.run_response(&mut head(), &mut status, &mut resp) else {
         panic!("5xx is replaced")
     };
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -527,7 +535,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
         ("wasmgress.io/plugins", name),
         (&fail_open_key, if fail_open { "true" } else { "false" }),
     ]);
-    let chain = match configure_ingress(registry, &route(), &pairs) {
+    let chain = match configure_ingress(registry, &route(), &pairs, &NoSecrets) {
         Ok(c) => c.policy.hooks,
         Err(d) => panic!("{name} should configure: {d:#?}"),
     };
@@ -536,7 +544,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
     headers.insert("x-keep", HeaderValue::from_static("1"));
     let started = Instant::now();
     let err = bound
-        .on_request_headers(&head(), &mut headers)
+        .on_request_headers(&mut head(), &mut headers)
         .expect_err("the call fails");
     let took = started.elapsed();
     assert_eq!(
@@ -550,7 +558,7 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
     );
 
     // The chain answers 500 (fail-closed) or continues (fail-open), on a new instance.
-    let outcome = chain.run_request(&head(), &mut headers);
+    let outcome = chain.run_request(&mut head(), &mut headers);
     if fail_open {
         assert_eq!(outcome, HookOutcome::Continue);
     } else {
@@ -568,12 +576,13 @@ fn misbehave(registry: &Registry, name: &str, fail_open: bool) -> (CallError, Du
             ("wasmgress.io/plugins", "api-key"),
             ("wasmgress.io/plugin.api-key.keys", "k"),
         ]),
+        &NoSecrets,
     )
     .expect("api-key configures");
     let mut ok_headers = HeaderMap::new();
     ok_headers.insert("x-api-key", HeaderValue::from_static("k"));
     assert_eq!(
-        c.policy.hooks.run_request(&head(), &mut ok_headers),
+        c.policy.hooks.run_request(&mut head(), &mut ok_headers),
         HookOutcome::Continue
     );
     (err, took)
@@ -659,7 +668,7 @@ fn static_policies_make_no_hook_calls() {
     ]);
     let mut h = HeaderMap::new();
     assert_eq!(
-        c.policy.hooks.run_request(&head(), &mut h),
+        c.policy.hooks.run_request(&mut head(), &mut h),
         HookOutcome::Continue
     );
     let after: Vec<u64> = registry()
@@ -722,12 +731,12 @@ fn abi_0_1_component_still_loads_and_runs() {
     apply_edits(&c.policy.request_headers, &mut headers, &vars());
     assert_eq!(headers["x-legacy-static"], "1");
     assert_eq!(
-        c.policy.hooks.run_request(&head(), &mut headers),
+        c.policy.hooks.run_request(&mut head(), &mut headers),
         HookOutcome::Continue
     );
     assert_eq!(headers["x-legacy-hook"], "GET /app?x=1");
     headers.insert("x-legacy-deny", HeaderValue::from_static("1"));
-    let HookOutcome::Respond(r) = c.policy.hooks.run_request(&head(), &mut headers) else {
+    let HookOutcome::Respond(r) = c.policy.hooks.run_request(&mut head(), &mut headers) else {
         panic!("the legacy hook answers")
     };
     assert_eq!(r.status, StatusCode::FORBIDDEN);

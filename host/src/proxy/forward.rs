@@ -117,7 +117,10 @@ fn prepare(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
+    if let Some(chosen) = super::hooks::changed_path(ex) {
+        // A request hook's path replaces the client's, `rewrite-target` included.
+        uri.path_and_query = Some(chosen);
+    } else if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
         && let Some(rewritten) = rewrite(re, target, &view.target())
     {
         uri.path_and_query = Some(rewritten);
@@ -170,7 +173,7 @@ fn failed(
 
 /// Phase 7 for WebSocket requests: the handshake with the backend, then the tunnel.
 pub async fn tunnel(
-    ex: &Exchange<'_>,
+    ex: &mut Exchange<'_>,
     mut req: Request<Incoming>,
     kind: websocket::Kind,
     endpoint: &Endpoint,
@@ -203,7 +206,12 @@ pub async fn tunnel(
         connection: ex.conn.slot.clone(),
         request: request_slot,
     };
-    match websocket::open(req, kind, backend, headers, stats.clone(), slot).await {
+    let hooks = &route.policy.hooks;
+    let hooked = hooks.has_message_hooks().then(|| websocket::Hooked {
+        hooks: hooks.clone(),
+        request: ex.request.take(),
+    });
+    match websocket::open(req, kind, backend, headers, stats.clone(), slot, hooked).await {
         Ok(resp) => resp,
         Err(e) => {
             let failure = match e {

@@ -1,35 +1,109 @@
-//! Phase 5, request hooks: the route's Wasm plugins see the request, in attach order, and may
-//! edit its headers or answer it.
+//! Phases 5 and 8's Wasm part: the route's plugins see the request (in attach order) and every
+//! response the route gives (in reverse attach order), through one per-request
+//! [`HookRequest`] that carries the request's facts and what plugins keep between hooks.
 //!
 //! Plugins see the canonical view (the normalised path with the original query, the checked
-//! authority) and headers already cleaned and carrying the proxy's forwarding headers, so
-//! nothing a hook reads can be forged by the client. Routes without hooks skip this phase for
-//! free.
+//! authority, the client address after PROXY protocol and trusted forwarding headers) and
+//! headers already cleaned and carrying the proxy's forwarding headers, so nothing a hook
+//! reads can be forged by the client. A request hook's method, path and query changes are
+//! applied here to what goes upstream. Routes without hooks skip all of it: no request is
+//! built, no call made.
 
-use http::Response;
 use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use super::{Exchange, InnerBody};
-use crate::plugin::{self, HookOutcome};
+use super::{Conn, Exchange, InnerBody, RequestView};
+use crate::plugin::{self, HookOutcome, HookRequest, RequestFacts, TlsInfo};
+use crate::route::Route;
 
-/// Runs the request hooks; `Some` is a plugin's answer.
-pub fn on_request(exchange: &Exchange<'_>, parts: &mut Parts) -> Option<Response<InnerBody>> {
-    let hooks = &exchange.route.policy.hooks;
+/// The request hooks will see, on routes with hooks.
+pub fn request(
+    route: &Route,
+    view: &RequestView,
+    conn: &Conn,
+    parts: &Parts,
+) -> Option<Box<HookRequest>> {
+    let hooks = &route.policy.hooks;
     if hooks.is_empty() {
         return None;
     }
-    let view = exchange.view;
-    let target = view.target();
-    let head = plugin::RequestHead {
-        method: parts.method.as_str(),
-        scheme: view.scheme(),
-        authority: view.authority(),
-        path: &target,
+    let path = match view.target() {
+        std::borrow::Cow::Borrowed(_) => view.uri.path_and_query().cloned(),
+        std::borrow::Cow::Owned(p) => PathAndQuery::try_from(p).ok(),
     };
-    match hooks.run_request(&head, &mut parts.headers) {
-        HookOutcome::Continue => None,
-        HookOutcome::Respond(answer) => Some(fixed(answer)),
+    let facts = RequestFacts {
+        method: &parts.method,
+        scheme: view.scheme(),
+        authority: view.authority_value(),
+        path: path.unwrap_or_else(|| PathAndQuery::from_static("/")),
+        id: view.request_id.clone(),
+        client: view.client,
+        tls: tls(route, conn),
+    };
+    Some(Box::new(HookRequest::new(facts, hooks.route().cloned())))
+}
+
+/// What hooks learn of the connection's TLS: the certificate only where this route verified
+/// it (a verdict judged under another route's trust is not this route's to report).
+fn tls(route: &Route, conn: &Conn) -> Option<TlsInfo> {
+    let facts = conn.tls.as_deref()?;
+    let verified = route
+        .policy
+        .client_tls
+        .as_ref()
+        .and(facts.client.as_ref())
+        .filter(|c| c.status == crate::tls::client::Status::Success);
+    Some(TlsInfo {
+        sni: facts.sni.clone(),
+        client_subject: verified.and_then(|c| c.subject_dn.clone()),
+        client_issuer: verified.and_then(|c| c.issuer_dn.clone()),
+    })
+}
+
+/// Runs the request hooks; `Some` is a plugin's answer. Their method change is applied to
+/// `parts`; their path change waits in the request for the forward phase.
+pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> Option<Response<InnerBody>> {
+    let hooks = &exchange.route.policy.hooks;
+    if !hooks.has_request_hooks() {
+        return None;
+    }
+    match hooks.run_request(&mut exchange.request, &mut parts.headers) {
+        HookOutcome::Continue => {}
+        HookOutcome::Respond(answer) => return Some(fixed(answer)),
+    }
+    if let Some(method) = exchange
+        .request
+        .as_deref()
+        .and_then(HookRequest::changed_method)
+    {
+        parts.method = method.clone();
+    }
+    None
+}
+
+/// The path and query a request hook chose, if one did.
+pub fn changed_path(exchange: &Exchange<'_>) -> Option<PathAndQuery> {
+    exchange
+        .request
+        .as_deref()
+        .and_then(HookRequest::changed_path)
+        .cloned()
+}
+
+/// Runs the response hooks over any response of the route; a hook's answer replaces it.
+pub fn on_response(exchange: &mut Exchange<'_>, resp: Response<InnerBody>) -> Response<InnerBody> {
+    let hooks = &exchange.route.policy.hooks;
+    if !hooks.has_response_hooks() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let mut status: StatusCode = parts.status;
+    match hooks.run_response(&mut exchange.request, &mut status, &mut parts.headers) {
+        None => Response::from_parts(parts, body),
+        // The upstream's body (if any) is dropped unread: its connection is not reused.
+        Some(answer) => fixed(answer),
     }
 }
 

@@ -275,7 +275,7 @@ async fn handshake(
         .as_ref()
         .map(|host| host.auth.verify(stream.get_ref().1.peer_certificates()));
     let facts = TlsFacts {
-        sni: sni.map(String::into_boxed_str),
+        sni: sni.map(Arc::from),
         client,
         client_auth: client_auth.map(|host| host.auth.clone()),
     };

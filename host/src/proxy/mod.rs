@@ -11,10 +11,12 @@
 //!    static responses, `app-root`).
 //! 4. access ([`access`]): rate limits, then who may reach the route (source ranges, basic
 //!    and external authentication, `satisfy`).
-//! 5. request hooks ([`hooks`]): the route's Wasm plugins, in attach order.
+//! 5. request hooks ([`hooks`]): the route's Wasm plugins, in attach order; they may change
+//!    the method, path and query that go upstream.
 //! 6. upstream pick ([`forward::pick`]): the endpoint.
 //! 7. forward ([`forward`], [`websocket`] for tunnels): the upstream request and its wait.
-//! 8. response ([`response`]): native header edits and response hooks.
+//! 8. response ([`response`]): native header edits; then the response hooks ([`hooks`], in
+//!    reverse attach order) over whatever the route answered, the proxy's own answers included.
 //! 9. log ([`log`]): access log and metrics, when the response ends.
 //!
 //! A request loads the generation once and holds it to the end, so a configuration swap never
@@ -28,6 +30,7 @@ mod hooks;
 pub mod listener;
 pub mod local;
 pub mod log;
+mod messages;
 pub mod proxy_protocol;
 mod response;
 mod routing;
@@ -123,7 +126,7 @@ pub struct Conn {
 #[derive(Debug, Clone, Default)]
 pub struct TlsFacts {
     /// The server name the client asked for (lowercase), if any.
-    pub sni: Option<Box<str>>,
+    pub sni: Option<Arc<str>>,
     /// The client certificate verdict, when the handshake asked for one.
     pub client: Option<crate::tls::client::ClientCert>,
     /// The trust the handshake asked under: a route requiring another (another Ingress's CA
@@ -153,6 +156,8 @@ pub(crate) struct Exchange<'a> {
     pub route: &'a crate::route::Route,
     pub settings: &'a Settings,
     pub record: &'a mut Option<Box<log::Record>>,
+    /// What the route's hooks see and change; `None` on routes without hooks.
+    pub request: Option<Box<crate::plugin::HookRequest>>,
 }
 
 impl Proxy {
@@ -246,34 +251,47 @@ impl Proxy {
         resp
     }
 
-    /// Phases 3 (route's own answers) to 8, once the route is known.
+    /// Phases 3 (route's own answers) to 8, once the route is known; the response hooks see
+    /// whatever the route answers.
     async fn serve_route(
         &self,
         route: &crate::route::Route,
-        mut parts: Parts,
+        parts: Parts,
         body: Incoming,
         view: &RequestView,
         conn: &Conn,
         record: &mut Option<Box<log::Record>>,
     ) -> Response<InnerBody> {
-        if let Some(answer) = routing::answer(route, view, self.settings.redirect_https_port) {
-            return answer;
-        }
         let mut exchange = Exchange {
             view,
             conn,
             route,
             settings: &self.settings,
             record,
+            request: hooks::request(route, view, conn, &parts),
         };
-        let admitted = match access::check(&exchange, &mut parts).await {
+        let resp = self.answer(&mut exchange, parts, body).await;
+        hooks::on_response(&mut exchange, resp)
+    }
+
+    /// The route's answer: its own (redirects, static responses), access control's refusal, or
+    /// what phases 5 to 8 make of it.
+    async fn answer(
+        &self,
+        exchange: &mut Exchange<'_>,
+        mut parts: Parts,
+        body: Incoming,
+    ) -> Response<InnerBody> {
+        let (route, view) = (exchange.route, exchange.view);
+        if let Some(answer) = routing::answer(route, view, self.settings.redirect_https_port) {
+            return answer;
+        }
+        let admitted = match access::check(exchange, &mut parts).await {
             Ok(admitted) => admitted,
             Err(refused) => return *refused,
         };
-        client_tls::headers(route, conn, &mut parts.headers);
-        let mut resp = self
-            .forward(&mut exchange, parts, body, admitted.slot)
-            .await;
+        client_tls::headers(route, exchange.conn, &mut parts.headers);
+        let mut resp = self.forward(exchange, parts, body, admitted.slot).await;
         if let Some(cookies) = &admitted.cookies {
             cookies.add_to(&mut resp);
         }

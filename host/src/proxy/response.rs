@@ -1,15 +1,15 @@
 //! Phase 8, response: the upstream's answer on its way to the client. Hop-by-hop headers go,
-//! the route's native header edits apply, then the response hooks; the body streams on with
+//! the route's native header edits apply (the response hooks run later, in `serve_route`,
+//! over every answer of the route); the body streams on with
 //! the route's read timeout between reads, its bandwidth limit (`limit-rate`), and the
 //! request's `limit-connections` slot until it ends.
 
 use http::Response;
 use http_body_util::Either;
 
-use super::{Exchange, InnerBody, hooks, view};
+use super::{Exchange, InnerBody, view};
 use crate::access::limit::Slot;
 use crate::body::{Idle, OnIdle};
-use crate::plugin::HookOutcome;
 use crate::policy;
 use crate::upstream::ResponseBody;
 
@@ -31,12 +31,6 @@ pub fn filter(
             ..super::routing::vars(ex.view)
         };
         policy::apply_edits(&policy.response_headers, &mut parts.headers, &vars);
-    }
-    if !policy.hooks.is_empty()
-        && let HookOutcome::Respond(answer) =
-            policy.hooks.run_response(parts.status, &mut parts.headers)
-    {
-        return hooks::fixed(answer);
     }
     let on_idle = if ex.view.kind.grpc {
         OnIdle::GrpcDeadline

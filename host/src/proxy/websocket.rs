@@ -3,8 +3,9 @@
 //! both ways. The backend connection is TLS when the route's backend protocol is HTTPS.
 //!
 //! The handshake is forwarded (Sec-WebSocket-* headers, subprotocols, extensions) and the
-//! backend's answer decides: a 101 opens the tunnel, anything else is returned as is. Frames
-//! are never parsed: close frames, pings and data are bytes. Copying reads into a buffer on the
+//! backend's answer decides: a 101 opens the tunnel, anything else is returned as is. On
+//! routes whose plugins hook messages, `messages` relays the tunnel instead (and no extension
+//! is negotiated). Otherwise frames are never parsed: close frames, pings and data are bytes. Copying reads into a buffer on the
 //! stack of the poll, so an idle tunnel holds no buffer; only bytes a slow peer has not taken
 //! yet are kept on the heap. Each direction has its own idle timeout (the route's read timeout
 //! for bytes from the backend, its send timeout for bytes from the client). A tunnel holds no
@@ -105,6 +106,13 @@ pub struct Held {
     pub request: Option<crate::access::limit::Slot>,
 }
 
+/// The route's message hooks and the request they see, when it has any: the tunnel then
+/// relays messages through them instead of copying bytes.
+pub struct Hooked {
+    pub hooks: crate::plugin::HookChain,
+    pub request: Option<Box<crate::plugin::HookRequest>>,
+}
+
 pub async fn open(
     mut req: Request<Incoming>,
     kind: Kind,
@@ -112,6 +120,7 @@ pub async fn open(
     mut headers: HeaderMap,
     stats: Arc<TunnelStats>,
     slot: Held,
+    hooked: Option<Hooked>,
 ) -> Result<Response<ProxyBody>, TunnelError> {
     let Backend {
         endpoint,
@@ -160,6 +169,10 @@ pub async fn open(
         .or_insert(HeaderValue::from_static("13"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if hooked.is_some() {
+        // The proxy reads every payload: no compression may be negotiated.
+        headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     let path = req
         .uri()
         .path_and_query()
@@ -224,8 +237,8 @@ pub async fn open(
     tokio::spawn(async move {
         // The client's connection slot and request slot stay taken while the tunnel lasts.
         let _slot = slot;
-        let ended = match (client_upgrade.await, backend_upgrade.await) {
-            (Ok(client), Ok(backend)) => {
+        let ended = match (client_upgrade.await, backend_upgrade.await, hooked) {
+            (Ok(client), Ok(backend), None) => {
                 Tunnel::new(
                     TokioIo::new(client),
                     TokioIo::new(backend),
@@ -233,6 +246,10 @@ pub async fn open(
                     &stats,
                 )
                 .await
+            }
+            (Ok(client), Ok(backend), Some(h)) => {
+                let (client, backend) = (TokioIo::new(client), TokioIo::new(backend));
+                super::messages::relay(client, backend, h.hooks, h.request, timeouts).await
             }
             _ => End::Error,
         };
@@ -271,7 +288,7 @@ fn new_key() -> HeaderValue {
 
 /// How a tunnel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     /// Both sides closed (each direction reached end of stream).
     Closed,
     /// A direction was silent longer than its timeout.

@@ -11,10 +11,12 @@ pub use alloc::vec::Vec;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
+    use crate::bindings::wasmgress::plugin::types::Request as RequestHandle;
+    use crate::log;
     use crate::{
-        Action, Config, Diagnostic, Fields, Headers, Info, Level, Plugin, Policy, Settings,
+        Action, Config, Diagnostic, Direction, Fields, Headers, Info, Level, MessageAction,
+        MessageKind, Plugin, Policy, Request, Settings,
     };
-    use crate::{RequestHead, log};
     use alloc::boxed::Box;
     use alloc::vec::Vec;
     use core::any::Any;
@@ -109,17 +111,48 @@ mod wasm {
         Ok(policy)
     }
 
-    pub fn on_request_headers<P: Plugin>(head: RequestHead, fields: &Fields) -> Action {
+    pub fn on_request_headers<P: Plugin>(request: &RequestHandle, fields: &Fields) -> Action {
         match config::<P>() {
-            Some(config) => P::on_request_headers(config, &head, &Headers::new(fields)),
+            Some(config) => {
+                P::on_request_headers(config, &Request::new(request), &Headers::new(fields))
+            }
             None => not_configured(),
         }
     }
 
-    pub fn on_response_headers<P: Plugin>(status: u16, fields: &Fields) -> Action {
+    pub fn on_response_headers<P: Plugin>(
+        request: &RequestHandle,
+        status: u16,
+        fields: &Fields,
+    ) -> Action {
         match config::<P>() {
-            Some(config) => P::on_response_headers(config, status, &Headers::new(fields)),
+            Some(config) => P::on_response_headers(
+                config,
+                &Request::new(request),
+                status,
+                &Headers::new(fields),
+            ),
             None => not_configured(),
+        }
+    }
+
+    pub fn on_websocket_message<P: Plugin>(
+        request: &RequestHandle,
+        direction: Direction,
+        kind: MessageKind,
+        payload: Vec<u8>,
+    ) -> MessageAction {
+        match config::<P>() {
+            Some(config) => {
+                P::on_websocket_message(config, &Request::new(request), direction, kind, payload)
+            }
+            None => {
+                log(
+                    Level::Error,
+                    "hook called on an instance that was not configured",
+                );
+                MessageAction::Close((1011, "plugin not configured".into()))
+            }
         }
     }
 

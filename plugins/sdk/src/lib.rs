@@ -4,8 +4,10 @@
 //! repository root). This crate owns the Rust side of that ABI for plugins: the generated
 //! bindings, typed helpers over them, and the glue that keeps a plugin's parsed configuration
 //! between `configure` and the request hooks. It must not grow capabilities the world does not
-//! grant: it is `no_std` (with `alloc`) so a plugin imports nothing but the filter world's two
-//! interfaces, no WASI; the host refuses components that import anything else.
+//! grant: it is `no_std` (with `alloc`) so a plugin imports nothing but the filter world's
+//! interfaces, no WASI; the host refuses components that import anything else. A capability
+//! ([`clock`], [`random`], [`counters`], [`secrets`]) is imported only by a plugin that calls
+//! it, and a route must grant it (`wasmgress.io/plugin.<name>.capabilities`).
 //!
 //! ```ignore
 //! #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -38,7 +40,7 @@ use alloc::vec::Vec;
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "filter",
         pub_export_macro: true,
         default_bindings_module: "wasmgress_plugin_sdk::bindings",
@@ -49,13 +51,65 @@ pub mod bindings {
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
     Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, ClientTls, ClientVerify, Config, Cors,
-    Diagnostic, DigestAuth, Directive, ExternalAuth, Fields, FixedResponse, Header, HeaderEdit,
-    HeaderError, HeaderValue, Hook, HttpVersion, Info, ObjectRef, Policy, RateLimit, Redirect,
-    RequestHead, RequestVariable, Response, ResponseRate, RouteRef, Satisfy, Severity,
-    StaticResponse, TemplatePart, UpstreamProtocol,
+    Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields, FixedResponse, Header,
+    HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info, MessageAction, MessageKind,
+    ObjectRef, Policy, RateLimit, Redirect, RequestError, RequestVariable, Response, ResponseRate,
+    RouteInfo, RouteRef, Satisfy, Severity, StaticResponse, TemplatePart, TlsInfo,
+    UpstreamProtocol,
 };
 
+pub mod capabilities;
 pub mod refs;
+mod request;
+
+pub use capabilities::{clock, counters, random, secrets};
+
+/// The plugin's own metrics, declared in [`Info::metrics`] and exported on the host's
+/// `/metrics` as `wasmgress_plugin_<plugin>_<name>` with labels `plugin`, `namespace` and the
+/// metric's own. Always available (no grant); bounded by the host (32 label values per metric
+/// and namespace).
+pub mod metrics {
+    pub use crate::bindings::wasmgress::plugin::types::{Metric, MetricKind};
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+
+    /// A counter declaration; `label` is the name of its one label, or `""`.
+    pub fn counter(name: &str, help: &str, label: &str) -> Metric {
+        Metric {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind: MetricKind::Counter,
+            buckets: Vec::new(),
+            label: label.to_string(),
+        }
+    }
+
+    /// A histogram declaration with ascending bucket bounds.
+    pub fn histogram(name: &str, help: &str, label: &str, buckets: &[f64]) -> Metric {
+        Metric {
+            kind: MetricKind::Histogram,
+            buckets: buckets.to_vec(),
+            ..counter(name, help, label)
+        }
+    }
+
+    /// Adds `value` to the counter at `index` of the declared list.
+    pub fn add(index: u32, label: &str, value: u64) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::wasmgress::plugin::metrics::add(index, label, value);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = (index, label, value);
+    }
+
+    /// Records `value` in the histogram at `index` of the declared list.
+    pub fn observe(index: u32, label: &str, value: f64) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::wasmgress::plugin::metrics::observe(index, label, value);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = (index, label, value);
+    }
+}
+pub use request::Request;
 pub mod template;
 pub mod validate;
 
@@ -77,17 +131,40 @@ pub trait Plugin: 'static {
     fn configure(settings: &Settings) -> Result<(Policy, Self::Config), Vec<Diagnostic>>;
 
     /// Called per request when the policy asked for [`Hook::RequestHeaders`].
+    /// `request` reads the request's line, id, client, TLS facts and route, keeps values for
+    /// this plugin's later hooks, and changes the method, path or query sent upstream.
     fn on_request_headers(
         _config: &Self::Config,
-        _head: &RequestHead,
+        _request: &Request<'_>,
         _headers: &Headers<'_>,
     ) -> Action {
         Action::Continue
     }
 
-    /// Called per response when the policy asked for [`Hook::ResponseHeaders`].
-    fn on_response_headers(_config: &Self::Config, _status: u16, _headers: &Headers<'_>) -> Action {
+    /// Called per response when the policy asked for [`Hook::ResponseHeaders`]: every response
+    /// of the route (the upstream's and the proxy's own), in reverse attach order. `request`
+    /// is the same request the request hook saw, with the values it kept.
+    fn on_response_headers(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _status: u16,
+        _headers: &Headers<'_>,
+    ) -> Action {
         Action::Continue
+    }
+
+    /// Called per WebSocket data message when the policy asked for
+    /// [`Hook::WebsocketMessage`]: fragments are joined (at most 1 MiB), control frames are the
+    /// host's. Return [`MessageAction::Forward`], a replacement payload (same kind), `Drop`, or
+    /// `Close((code, reason))` to end the tunnel.
+    fn on_websocket_message(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _direction: Direction,
+        _kind: MessageKind,
+        _payload: Vec<u8>,
+    ) -> MessageAction {
+        MessageAction::Forward
     }
 }
 
@@ -111,13 +188,25 @@ macro_rules! export_plugin {
                     $crate::__rt::configure::<$plugin>(config)
                 }
                 fn on_request_headers(
-                    head: $crate::RequestHead,
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
                     headers: &$crate::Fields,
                 ) -> $crate::Action {
-                    $crate::__rt::on_request_headers::<$plugin>(head, headers)
+                    $crate::__rt::on_request_headers::<$plugin>(request, headers)
                 }
-                fn on_response_headers(status: u16, headers: &$crate::Fields) -> $crate::Action {
-                    $crate::__rt::on_response_headers::<$plugin>(status, headers)
+                fn on_response_headers(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    status: u16,
+                    headers: &$crate::Fields,
+                ) -> $crate::Action {
+                    $crate::__rt::on_response_headers::<$plugin>(request, status, headers)
+                }
+                fn on_websocket_message(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    direction: $crate::Direction,
+                    kind: $crate::MessageKind,
+                    payload: $crate::__rt::Vec<u8>,
+                ) -> $crate::MessageAction {
+                    $crate::__rt::on_websocket_message::<$plugin>(request, direction, kind, payload)
                 }
             }
     $crate::bindings::export!(__WasmgressExport with_types_in $crate::bindings);
@@ -130,6 +219,7 @@ macro_rules! export_plugin {
             let _ = <$plugin as $crate::Plugin>::configure;
             let _ = <$plugin as $crate::Plugin>::on_request_headers;
             let _ = <$plugin as $crate::Plugin>::on_response_headers;
+            let _ = <$plugin as $crate::Plugin>::on_websocket_message;
         };
     };
 }
@@ -142,6 +232,7 @@ pub fn info(name: &str, version: &str, keys: &[&str], prefixes: &[&str], hooks: 
         keys: keys.iter().map(|k| k.to_string()).collect(),
         prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
         hooks: hooks.to_vec(),
+        metrics: Vec::new(),
     }
 }
 

@@ -22,7 +22,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::validate::is_header_name;
 use wasmgress_plugin_sdk::{
-    Action, Diagnostic, Diagnostics, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings,
+    Action, Diagnostic, Diagnostics, Headers, Hook, Info, Plugin, Policy, Request, Settings,
     export_plugin, info, parse_bool,
 };
 
@@ -125,7 +125,7 @@ impl Plugin for ApiKey {
         Ok((policy, config))
     }
 
-    fn on_request_headers(config: &Config, _head: &RequestHead, headers: &Headers<'_>) -> Action {
+    fn on_request_headers(config: &Config, _head: &Request<'_>, headers: &Headers<'_>) -> Action {
         if !accepted(config, headers.get(&config.header).as_deref()) {
             let mut deny = Action::respond_text(401, "missing or invalid API key\n");
             if let Action::RespondNow(r) = &mut deny {

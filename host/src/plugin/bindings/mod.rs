@@ -22,9 +22,14 @@ pub mod v0_2 {
         // Arguments to the guest's exports are borrowed: a hook call lends the request line
         // instead of copying it into four new strings first.
         ownership: Borrowing { duplicate_if_necessary: true },
+        // A host function may trap its call (a handle used outside its call, a capability
+        // the route did not grant).
+        imports: { default: trappable },
         with: {
-            // The `fields` handle carries no data of its own: the map lives in the store state.
+            // The handles carry no data of their own: the map and the request live in the
+            // store state for the duration of a hook call.
             "wasmgress:plugin/types.fields": super::FieldsHandle,
+            "wasmgress:plugin/types.request": super::RequestHandle,
         },
     });
 }
@@ -36,6 +41,9 @@ pub mod v0_1 {
         path: "../wit/0.1.0",
         world: "filter",
         ownership: Borrowing { duplicate_if_necessary: true },
+        // A host function may trap its call (a handle used outside its call, a capability
+        // the route did not grant).
+        imports: { default: trappable },
         with: {
             "wasmgress:plugin/types.fields": super::FieldsHandle,
         },
@@ -46,6 +54,12 @@ pub use v0_2::wasmgress::plugin::types as wit;
 
 /// Marker type for the `fields` resource (the map itself is [`StoreState::headers`]).
 pub struct FieldsHandle;
+
+/// Marker type for the `request` resource (the request itself is [`StoreState::request`]).
+pub struct RequestHandle;
+
+/// The rep of the single `request` handle alive during a hook call.
+pub(crate) const REQUEST_REP: u32 = 0;
 
 /// Headers the proxy manages; a plugin may read them but not change them. Changing them
 /// would break message framing or connection management.
@@ -176,12 +190,20 @@ macro_rules! imports {
             }
 
             impl types::HostFields for StoreState {
-                fn get(&mut self, _: Resource<FieldsHandle>, name: String) -> Option<Vec<u8>> {
-                    self.fields_get(&name)
+                fn get(
+                    &mut self,
+                    _: Resource<FieldsHandle>,
+                    name: String,
+                ) -> wasmtime::Result<Option<Vec<u8>>> {
+                    Ok(self.fields_get(&name))
                 }
 
-                fn get_all(&mut self, _: Resource<FieldsHandle>, name: String) -> Vec<Vec<u8>> {
-                    self.fields_get_all(&name)
+                fn get_all(
+                    &mut self,
+                    _: Resource<FieldsHandle>,
+                    name: String,
+                ) -> wasmtime::Result<Vec<Vec<u8>>> {
+                    Ok(self.fields_get_all(&name))
                 }
 
                 fn set(
@@ -189,8 +211,8 @@ macro_rules! imports {
                     _: Resource<FieldsHandle>,
                     name: String,
                     value: Vec<u8>,
-                ) -> Result<(), types::HeaderError> {
-                    self.fields_set(&name, value).map_err(refusal)
+                ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+                    Ok(self.fields_set(&name, value).map_err(refusal))
                 }
 
                 fn append(
@@ -198,16 +220,16 @@ macro_rules! imports {
                     _: Resource<FieldsHandle>,
                     name: String,
                     value: Vec<u8>,
-                ) -> Result<(), types::HeaderError> {
-                    self.fields_append(&name, value).map_err(refusal)
+                ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+                    Ok(self.fields_append(&name, value).map_err(refusal))
                 }
 
                 fn remove(
                     &mut self,
                     _: Resource<FieldsHandle>,
                     name: String,
-                ) -> Result<(), types::HeaderError> {
-                    self.fields_remove(&name).map_err(refusal)
+                ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+                    Ok(self.fields_remove(&name).map_err(refusal))
                 }
 
                 fn drop(&mut self, _: Resource<FieldsHandle>) -> wasmtime::Result<()> {
@@ -219,7 +241,7 @@ macro_rules! imports {
             impl types::Host for StoreState {}
 
             impl log::Host for StoreState {
-                fn log(&mut self, level: log::Level, message: String) {
+                fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
                     let level = match level {
                         log::Level::Trace => tracing::Level::TRACE,
                         log::Level::Debug => tracing::Level::DEBUG,
@@ -228,6 +250,7 @@ macro_rules! imports {
                         log::Level::Error => tracing::Level::ERROR,
                     };
                     self.log_line(level, &message);
+                    Ok(())
                 }
             }
         };
@@ -235,6 +258,8 @@ macro_rules! imports {
 }
 
 imports!(v0_2::wasmgress::plugin::types, v0_2::wasmgress::plugin::log);
+mod capabilities;
+mod request;
 imports!(v0_1::wasmgress::plugin::types, v0_1::wasmgress::plugin::log);
 
 #[cfg(test)]
@@ -243,7 +268,8 @@ mod tests {
     use wit::HostFields;
 
     fn state() -> StoreState {
-        let mut s = StoreState::new("t".into(), 1 << 20);
+        let metrics = crate::plugin::metrics::for_plugin("t", Vec::new());
+        let mut s = StoreState::new("t".into(), 1 << 20, Default::default(), metrics);
         s.headers
             .insert("content-length", HeaderValue::from_static("5"));
         s
@@ -256,14 +282,20 @@ mod tests {
     #[test]
     fn edits_land_in_the_lent_map() {
         let mut s = state();
-        assert_eq!(s.set(handle(), "X-A".into(), b"1".to_vec()), Ok(()));
-        assert_eq!(s.append(handle(), "x-a".into(), b"2".to_vec()), Ok(()));
         assert_eq!(
-            s.get_all(handle(), "x-a".into()),
+            s.set(handle(), "X-A".into(), b"1".to_vec()).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.append(handle(), "x-a".into(), b"2".to_vec()).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.get_all(handle(), "x-a".into()).unwrap(),
             vec![b"1".to_vec(), b"2".to_vec()]
         );
-        assert_eq!(s.remove(handle(), "x-a".into()), Ok(()));
-        assert_eq!(s.get(handle(), "x-a".into()), None);
+        assert_eq!(s.remove(handle(), "x-a".into()).unwrap(), Ok(()));
+        assert_eq!(s.get(handle(), "x-a".into()).unwrap(), None);
     }
 
     /// A plugin can neither smuggle a second header or line into the request nor touch the
@@ -273,23 +305,23 @@ mod tests {
         let mut s = state();
         for bad in [&b"a\r\nSet-Cookie: x"[..], b"a\nb", b"a\0b"] {
             assert_eq!(
-                s.set(handle(), "x-a".into(), bad.to_vec()),
+                s.set(handle(), "x-a".into(), bad.to_vec()).unwrap(),
                 Err(wit::HeaderError::InvalidValue),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            s.set(handle(), "x a:".into(), b"1".to_vec()),
+            s.set(handle(), "x a:".into(), b"1".to_vec()).unwrap(),
             Err(wit::HeaderError::InvalidName)
         );
         for reserved in ["Content-Length", "transfer-encoding", "connection"] {
             assert_eq!(
-                s.set(handle(), reserved.into(), b"0".to_vec()),
+                s.set(handle(), reserved.into(), b"0".to_vec()).unwrap(),
                 Err(wit::HeaderError::Forbidden),
                 "{reserved}"
             );
             assert_eq!(
-                s.remove(handle(), reserved.into()),
+                s.remove(handle(), reserved.into()).unwrap(),
                 Err(wit::HeaderError::Forbidden)
             );
         }

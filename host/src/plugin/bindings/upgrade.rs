@@ -15,6 +15,8 @@ pub fn info(i: old::Info) -> new::Info {
         keys: i.keys,
         prefixes: i.prefixes,
         hooks: i.hooks.into_iter().map(hook).collect(),
+        // 0.1.0 had no metrics of its own.
+        metrics: Vec::new(),
     }
 }
 

@@ -6,8 +6,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings, export_plugin,
-    info,
+    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, Request, Settings, export_plugin, info,
 };
 
 struct Grow;
@@ -27,7 +26,7 @@ impl Plugin for Grow {
         Ok((policy, ()))
     }
 
-    fn on_request_headers(_: &(), _: &RequestHead, _: &Headers<'_>) -> Action {
+    fn on_request_headers(_: &(), _: &Request<'_>, _: &Headers<'_>) -> Action {
         // Ask for linear memory 1 MiB at a time without touching it, so the memory cap is what
         // stops the plugin (long before its deadline), as it would stop a real leak.
         #[cfg(target_arch = "wasm32")]

@@ -8,8 +8,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use wasmgress_plugin_sdk::{
-    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, RequestHead, Settings, export_plugin,
-    info,
+    Action, Diagnostic, Headers, Hook, Info, Plugin, Policy, Request, Settings, export_plugin, info,
 };
 
 fn spin() -> ! {
@@ -40,7 +39,7 @@ impl Plugin for Spin {
         Ok((policy, ()))
     }
 
-    fn on_request_headers(_: &(), _: &RequestHead, _: &Headers<'_>) -> Action {
+    fn on_request_headers(_: &(), _: &Request<'_>, _: &Headers<'_>) -> Action {
         spin()
     }
 }

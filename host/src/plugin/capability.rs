@@ -1,0 +1,344 @@
+//! Capabilities: the optional imports a plugin may use (`clock`, `random`, `counters`,
+//! `secrets` in `wit/plugin.wit`), what a component asks for, and what a route grants.
+//!
+//! Owns the rule "no grant, no import": a component's capability imports are read from its
+//! type once, at load ([`Capabilities::of_component`]); a route grants them with
+//! `wasmgress.io/plugin.<name>.capabilities` ([`Grant::parse`]); attaching a plugin that
+//! imports something its route does not grant fails with a diagnostic naming it
+//! ([`Grant::refusal`]). What a granted instance may reach at run time ([`Granted`]: the
+//! Secrets' values, the counter scope) is fixed when the route is configured. The host
+//! functions check the grant again on every call, so an instance can never use more than its
+//! route granted even if the attach check were bypassed. This module must not read sources
+//! or routes: Secrets come through [`SecretSource`], which the compile stage implements.
+
+use super::counters::{self, Scope};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// One optional import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    Clock,
+    Random,
+    Counters,
+    Secrets,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 4] = [
+        Capability::Clock,
+        Capability::Random,
+        Capability::Counters,
+        Capability::Secrets,
+    ];
+
+    /// The WIT interface name (`clock`...), also the word a grant uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Clock => "clock",
+            Capability::Random => "random",
+            Capability::Counters => "counters",
+            Capability::Secrets => "secrets",
+        }
+    }
+
+    /// The capability a component import names (`wasmgress:plugin/clock@0.2.0`), if any.
+    pub fn of_import(import: &str) -> Option<Capability> {
+        let interface = import.strip_prefix("wasmgress:plugin/")?;
+        let interface = interface.split('@').next().unwrap_or(interface);
+        Capability::ALL.into_iter().find(|c| c.name() == interface)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of capabilities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    /// The capabilities a component imports.
+    pub fn of_component(component: &wasmtime::component::Component) -> Self {
+        let engine = component.engine();
+        let mut set = Capabilities::default();
+        for (name, _) in component.component_type().imports(engine) {
+            if let Some(c) = Capability::of_import(name) {
+                set.insert(c);
+            }
+        }
+        set
+    }
+
+    pub fn insert(&mut self, c: Capability) {
+        self.0 |= c.bit();
+    }
+
+    pub fn contains(self, c: Capability) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// In a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Capability::name).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+/// What a route grants one plugin: `clock, random, counters, secrets(jwt-keys, other)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub capabilities: Capabilities,
+    /// The Secrets `secrets` may read, by name, in the route's namespace.
+    pub secrets: Vec<String>,
+}
+
+impl Grant {
+    /// Parses the value of `wasmgress.io/plugin.<name>.capabilities`.
+    pub fn parse(value: &str) -> Result<Grant, String> {
+        let mut grant = Grant::default();
+        let mut rest = value.trim();
+        while !rest.is_empty() {
+            let end = rest.find([',', '(']).unwrap_or(rest.len());
+            let word = rest[..end].trim();
+            let capability = Capability::ALL
+                .into_iter()
+                .find(|c| c.name() == word)
+                .ok_or_else(|| {
+                    format!(
+                        "`{word}` is not a capability (clock, random, counters, secrets(NAME, ...))"
+                    )
+                })?;
+            if grant.capabilities.contains(capability) {
+                return Err(format!("`{word}` is granted twice"));
+            }
+            grant.capabilities.insert(capability);
+            rest = &rest[end..];
+            if let Some(args) = rest.strip_prefix('(') {
+                let close = args
+                    .find(')')
+                    .ok_or_else(|| format!("`{word}(` is not closed with `)`"))?;
+                if capability != Capability::Secrets {
+                    return Err(format!("`{word}` takes no list"));
+                }
+                for name in args[..close].split(',').map(str::trim) {
+                    if !is_object_name(name) {
+                        return Err(format!("`{name}` is not a Secret name"));
+                    }
+                    grant.secrets.push(name.to_string());
+                }
+                rest = args[close + 1..].trim_start();
+            } else if capability == Capability::Secrets {
+                return Err("`secrets` needs the Secrets it may read: `secrets(NAME, ...)`".into());
+            }
+            rest = match rest.strip_prefix(',') {
+                Some(r) => r.trim_start(),
+                None if rest.is_empty() => rest,
+                None => return Err(format!("expected `,` before `{rest}`")),
+            };
+        }
+        Ok(grant)
+    }
+
+    /// Why `plugin`, which imports `wanted`, cannot attach under this grant; `None` when every
+    /// import is granted.
+    pub fn refusal(&self, plugin: &str, wanted: Capabilities) -> Option<String> {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|c| !self.capabilities.contains(*c))
+            .map(Capability::name)
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let plural = if missing.len() == 1 { "y" } else { "ies" };
+        let add: Vec<&str> = missing
+            .iter()
+            .map(|m| {
+                if *m == "secrets" {
+                    "secrets(NAME, ...)"
+                } else {
+                    m
+                }
+            })
+            .collect();
+        Some(format!(
+            "imports the `{}` capabilit{plural}, which this route does not grant: add `{}` to {}",
+            missing.join("`, `"),
+            add.join(", "),
+            grants_key(plugin),
+        ))
+    }
+}
+
+/// The annotation that grants a plugin its capabilities.
+pub fn grants_key(plugin: &str) -> String {
+    format!("{}{plugin}.capabilities", super::registry::PLUGIN_PREFIX)
+}
+
+/// A Kubernetes object name (DNS subdomain).
+fn is_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A Secret's data, key to value.
+pub type SecretData = Arc<BTreeMap<String, Vec<u8>>>;
+
+/// Reads the Secrets a route grants (the compile stage's view of the sources, with its
+/// namespace rule).
+pub trait SecretSource {
+    /// The Secret `name` in the route's namespace, or why it cannot be read.
+    fn secret(&self, name: &str) -> Result<SecretData, String>;
+}
+
+/// For callers without Secrets (`validate` of a lone Ingress, tests): every lookup fails.
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn secret(&self, name: &str) -> Result<SecretData, String> {
+        Err(format!("Secret `{name}` not found"))
+    }
+}
+
+/// What an instance of a plugin may reach on its route.
+#[derive(Debug)]
+pub struct Granted {
+    pub capabilities: Capabilities,
+    /// The route's namespace (the plugin's metrics are labelled with it).
+    pub namespace: Arc<str>,
+    secrets: BTreeMap<String, SecretData>,
+    counters: Option<Arc<Scope>>,
+}
+
+impl Default for Granted {
+    /// Nothing granted, on no route (`describe` at load).
+    fn default() -> Self {
+        Granted {
+            capabilities: Capabilities::default(),
+            namespace: "".into(),
+            secrets: BTreeMap::new(),
+            counters: None,
+        }
+    }
+}
+
+impl Granted {
+    /// Resolves `grant` for `plugin` on a route of `namespace`.
+    pub fn resolve(
+        grant: &Grant,
+        plugin: &str,
+        namespace: &str,
+        source: &dyn SecretSource,
+    ) -> Result<Granted, String> {
+        let mut secrets = BTreeMap::new();
+        for name in &grant.secrets {
+            secrets.insert(name.clone(), source.secret(name)?);
+        }
+        let counters = grant
+            .capabilities
+            .contains(Capability::Counters)
+            .then(|| counters::scope(plugin, namespace));
+        Ok(Granted {
+            capabilities: grant.capabilities,
+            namespace: namespace.into(),
+            secrets,
+            counters,
+        })
+    }
+
+    pub fn allows(&self, c: Capability) -> bool {
+        self.capabilities.contains(c)
+    }
+
+    /// A granted Secret's value.
+    pub fn secret(&self, name: &str, key: &str) -> Option<&[u8]> {
+        self.secrets.get(name)?.get(key).map(Vec::as_slice)
+    }
+
+    /// The counter scope, when `counters` is granted.
+    pub fn counters(&self) -> Option<&Scope> {
+        self.counters.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_name_capabilities() {
+        assert_eq!(
+            Capability::of_import("wasmgress:plugin/clock@0.2.0"),
+            Some(Capability::Clock)
+        );
+        assert_eq!(
+            Capability::of_import("wasmgress:plugin/secrets@0.2.0"),
+            Some(Capability::Secrets)
+        );
+        assert_eq!(Capability::of_import("wasmgress:plugin/types@0.2.0"), None);
+        assert_eq!(Capability::of_import("wasi:clocks/wall-clock@0.2.0"), None);
+    }
+
+    #[test]
+    fn grants_parse() {
+        let g = Grant::parse(" clock, counters , secrets( jwt-keys , api.keys ) ,random").unwrap();
+        assert_eq!(
+            g.capabilities.to_string(),
+            "clock, random, counters, secrets"
+        );
+        assert_eq!(g.secrets, ["jwt-keys", "api.keys"]);
+        assert_eq!(Grant::parse("").unwrap(), Grant::default());
+        for bad in [
+            "files",
+            "clock clock",
+            "clock, clock",
+            "secrets",
+            "secrets(",
+            "secrets(Bad_Name)",
+            "clock(x)",
+            "secrets()",
+        ] {
+            assert!(Grant::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusal_names_what_is_missing() {
+        let grant = Grant::parse("clock").unwrap();
+        let mut wanted = Capabilities::default();
+        wanted.insert(Capability::Clock);
+        assert_eq!(grant.refusal("jwt", wanted), None);
+        wanted.insert(Capability::Secrets);
+        let why = grant.refusal("jwt", wanted).unwrap();
+        assert!(why.contains("`secrets`"), "{why}");
+        assert!(
+            why.contains("wasmgress.io/plugin.jwt.capabilities"),
+            "{why}"
+        );
+    }
+}

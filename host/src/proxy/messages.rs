@@ -1,0 +1,187 @@
+//! WebSocket tunnels whose route's plugins hook messages (`websocket-message`): the proxy ends
+//! the WebSocket on both sides, joins each data message (at most [`MAX_MESSAGE`]), runs the
+//! hooks over it, and sends what they decide to the other side.
+//!
+//! Owns the message path only; tunnels without message hooks never come here and keep the
+//! zero-copy byte tunnel of `websocket`. Control frames are per hop: pings are answered by
+//! whichever side of the proxy receives them (not forwarded), a close from one side is passed
+//! to the other and both close handshakes complete. A message over the limit closes both sides
+//! with 1009, a plugin's close with its code, a failed fail-closed plugin with 1011. Each
+//! direction keeps its idle timeout. Extensions (compression) are never negotiated on such
+//! tunnels: `websocket::open` removes the offer, since the proxy must read every payload.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
+
+use super::websocket::{End, Timeouts};
+use crate::plugin::{Direction, HookChain, HookRequest, MessageOutcome};
+
+/// Largest data message (also the largest frame) a message-hooked tunnel accepts.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// What one side sent, as the relay sees it.
+enum Read {
+    Message(Message),
+    /// The side's stream ended (after its close, or abruptly).
+    Ended,
+    /// The side was silent longer than its timeout.
+    Idle,
+    TooBig,
+    Failed,
+}
+
+async fn read<S>(side: &mut WebSocketStream<S>, idle: std::time::Duration) -> Read
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(idle, side.next()).await {
+        Err(_) => Read::Idle,
+        Ok(None) | Ok(Some(Err(Error::ConnectionClosed | Error::AlreadyClosed))) => Read::Ended,
+        Ok(Some(Err(Error::Capacity(_)))) => Read::TooBig,
+        Ok(Some(Err(_))) => Read::Failed,
+        Ok(Some(Ok(m))) => Read::Message(m),
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// Relays messages between `client` and `backend` (both already upgraded) through `hooks`.
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    hooks: HookChain,
+    mut request: Option<Box<HookRequest>>,
+    timeouts: Timeouts,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
+    let mut backend = WebSocketStream::from_raw_socket(backend, Role::Client, Some(config)).await;
+    let (mut client_open, mut backend_open) = (true, true);
+    while client_open || backend_open {
+        let (direction, read) = tokio::select! {
+            r = read(&mut client, timeouts.send), if client_open => (Direction::ToUpstream, r),
+            r = read(&mut backend, timeouts.read), if backend_open => (Direction::ToClient, r),
+        };
+        let (from_open, to) = match direction {
+            Direction::ToUpstream => (&mut client_open, Side::Backend),
+            Direction::ToClient => (&mut backend_open, Side::Client),
+        };
+        let message = match read {
+            Read::Message(m) => m,
+            Read::Ended => {
+                *from_open = false;
+                continue;
+            }
+            Read::Idle => return closing(&mut client, &mut backend, 1001, "idle", End::Idle).await,
+            Read::TooBig => {
+                return closing(
+                    &mut client,
+                    &mut backend,
+                    1009,
+                    "message too big",
+                    End::Error,
+                )
+                .await;
+            }
+            Read::Failed => return closing(&mut client, &mut backend, 1002, "", End::Error).await,
+        };
+        let outcome = match message {
+            Message::Text(text) => hooks.run_message(
+                &mut request,
+                direction,
+                crate::plugin::Message {
+                    text: true,
+                    payload: text.into(),
+                },
+            ),
+            Message::Binary(payload) => hooks.run_message(
+                &mut request,
+                direction,
+                crate::plugin::Message {
+                    text: false,
+                    payload,
+                },
+            ),
+            // Answered (pings) or consumed (pongs) by this hop's WebSocket.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            close @ Message::Close(_) => {
+                // Pass the close on; each side completes its own handshake.
+                let _ = send(&mut client, &mut backend, to, close).await;
+                continue;
+            }
+        };
+        let forwarded = match outcome {
+            MessageOutcome::Drop => continue,
+            MessageOutcome::Close(code, reason) => {
+                return closing(&mut client, &mut backend, code, &reason, End::Closed).await;
+            }
+            MessageOutcome::Forward(m) if m.text => match Utf8Bytes::try_from(m.payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return closing(&mut client, &mut backend, 1011, "", End::Error).await,
+            },
+            MessageOutcome::Forward(m) => Message::Binary(m.payload),
+        };
+        if send(&mut client, &mut backend, to, forwarded)
+            .await
+            .is_err()
+        {
+            return closing(&mut client, &mut backend, 1011, "", End::Error).await;
+        }
+    }
+    End::Closed
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+async fn send<C, B>(
+    client: &mut WebSocketStream<C>,
+    backend: &mut WebSocketStream<B>,
+    to: Side,
+    message: Message,
+) -> Result<(), Error>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match to {
+        Side::Client => client.send(message).await,
+        Side::Backend => backend.send(message).await,
+    }
+}
+
+/// Sends a close to both sides (best effort) and ends the tunnel as `end`.
+async fn closing<C, B>(
+    client: &mut WebSocketStream<C>,
+    backend: &mut WebSocketStream<B>,
+    code: u16,
+    reason: &str,
+    end: End,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let bound = std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(bound, client.send(close_frame(code, reason))).await;
+    let _ = tokio::time::timeout(bound, backend.send(close_frame(code, reason))).await;
+    end
+}
