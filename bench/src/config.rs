@@ -7,7 +7,8 @@
 //! `/plugin` (wasmgress only) the same with the `set-header` test plugin's per-request hook;
 //! `/auth` (wasmgress only) behind basic-auth (a bcrypt user); `/cors` (wasmgress only) behind
 //! an IP allow list and CORS with an origin list;
-//! `/ws` to the WebSocket echo; `/helloworld.Greeter/` to the gRPC Greeter over h2c.
+//! `/ws` to the WebSocket echo; `/ws-guard` (wasmgress only) the same through the `ws-guard`
+//! example plugin's per-message hook; `/helloworld.Greeter/` to the gRPC Greeter over h2c.
 
 use std::path::{Path, PathBuf};
 
@@ -129,7 +130,7 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
         b64.encode(format!("{BENCH_HTPASSWD}\n"))
     );
     let static_edit = format!(r#"{{"set": {{"{SEEN_BY}": "static"}}}}"#);
-    let routes: [Route; 7] = [
+    let routes: [Route; 8] = [
         ("echo", "/", "echo", vec![]),
         (
             "static",
@@ -176,6 +177,17 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
             vec![
                 ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
                 ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+            ],
+        ),
+        (
+            "ws-guard",
+            "/ws-guard",
+            "ws",
+            vec![
+                ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
+                ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+                ("wasmgress.io/plugins", "ws-guard"),
+                ("wasmgress.io/plugin.ws-guard.max-bytes", "4096"),
             ],
         ),
         (

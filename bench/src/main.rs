@@ -328,10 +328,24 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
             host: config::HOST.into(),
             path: "/ws".into(),
         };
-        let specs = bench.rows_per_proxy(
+        let mut specs = bench.rows_per_proxy(
             |k| Work::Ws(target(k.http(&ports))),
             Some(Work::Ws(target(ports.ws))),
         );
+        // The same tunnel with a message hook, right after wasmgress's plain row.
+        let hooked = scenarios::Spec {
+            label: "wasmgress, message hook (`/ws-guard`)".into(),
+            kind: Some(Kind::Wasmgress),
+            work: Work::Ws(ws::Target {
+                path: "/ws-guard".into(),
+                ..target(ports.wg_http)
+            }),
+        };
+        let at = specs
+            .iter()
+            .position(|s| s.kind == Some(Kind::Wasmgress))
+            .map_or(specs.len(), |i| i + 1);
+        specs.insert(at, hooked);
         tables.push(bench.table(
             "ws",
             "WebSocket echo round trips",
@@ -339,7 +353,10 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
                 "This harness's tokio-tungstenite client (one thread), {} connections over \
                  HTTP/1.1 Upgrade on the plain port, each sending a 32-byte binary message and \
                  awaiting its echo, sequentially, for the round; latency is per round trip. \
-                 Direct: the WebSocket echo backend's port.",
+                 Direct: the WebSocket echo backend's port. `/ws-guard` is the same tunnel \
+                 through the `ws-guard` example plugin (`max-bytes: 4096`): frames parsed on \
+                 both sides and one `on-websocket-message` call per message in each direction \
+                 (two per round trip), against the zero-copy byte tunnel of `/ws`.",
                 opts.ws_conns
             ),
             "round trips/s",

@@ -120,6 +120,8 @@ pub fn start(kind: Kind, s: &Setup, tools: &Tools) -> Result<Running> {
             std::fs::create_dir_all(&plugins)?;
             std::fs::copy(&s.bins.set_header_wasm, plugins.join("set-header.wasm"))
                 .context("copying the set-header plugin")?;
+            std::fs::copy(&s.bins.ws_guard_wasm, plugins.join("ws-guard.wasm"))
+                .context("copying the ws-guard plugin")?;
             let mut cmd = procs::pinned(cpus, &s.bins.wasmgress);
             cmd.arg("run")
                 .arg("--manifests")

@@ -232,6 +232,8 @@ pub struct Binaries {
     pub ws_echo: PathBuf,
     /// The `set-header` test plugin component host/build.rs built.
     pub set_header_wasm: PathBuf,
+    /// The `ws-guard` example plugin (a WebSocket message hook).
+    pub ws_guard_wasm: PathBuf,
 }
 
 /// `cargo build --release -p wasmgress -p wasmgress-examples` unless `skip`, then the paths.
@@ -263,6 +265,8 @@ pub fn build(root: &Path, target_dir: &Path, skip: bool) -> Result<Binaries> {
         ws_echo: rel.join("ws-echo"),
         set_header_wasm: target_dir
             .join("wasm-plugins/wasm32-wasip2/release/wasmgress_test_plugin_set_header.wasm"),
+        ws_guard_wasm: target_dir
+            .join("wasm-plugins/wasm32-wasip2/release/wasmgress_plugin_ws_guard.wasm"),
     };
     for p in [
         &b.wasmgress,
@@ -270,6 +274,7 @@ pub fn build(root: &Path, target_dir: &Path, skip: bool) -> Result<Binaries> {
         &b.greeter,
         &b.ws_echo,
         &b.set_header_wasm,
+        &b.ws_guard_wasm,
     ] {
         if !p.exists() {
             bail!("{} is missing after the release build", p.display());
