@@ -126,6 +126,7 @@ fn main() {
             id: id.clone(),
             client: std::net::IpAddr::from([192, 0, 2, 7]),
             tls: None,
+            websocket: false,
         };
         Some(Box::new(HookRequest::new(facts, None)))
     };

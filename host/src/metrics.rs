@@ -326,14 +326,19 @@ impl Process {
 fn encode_plugin_metrics(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     use plugin::metrics::Series;
     use prometheus_client::metrics::MetricType;
+    // Loading refuses colliding names; a family is still written once at most, so a scrape
+    // can never be refused for a duplicate.
+    let mut written = std::collections::HashSet::new();
     for pm in plugin::metrics::all() {
-        let prefix = format!("wasmgress_plugin_{}_", pm.plugin.replace('-', "_"));
         for (i, decl) in pm.decls.iter().enumerate() {
             let kind = match decl.buckets {
                 None => MetricType::Counter,
                 Some(_) => MetricType::Histogram,
             };
-            let name = format!("{prefix}{}", decl.name);
+            let name = plugin::metrics::family(&pm.plugin, &decl.name);
+            if !written.insert(name.clone()) {
+                continue;
+            }
             let mut family = encoder.encode_descriptor(&name, &decl.help, None, kind)?;
             for (namespace, value, series) in pm.snapshot(i) {
                 let mut labels = vec![

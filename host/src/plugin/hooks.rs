@@ -248,6 +248,9 @@ pub enum MessageOutcome {
 /// The close code when a message hook fails fail-closed (1011: internal error).
 pub const HOOK_FAILED_CLOSE: u16 = 1011;
 
+/// Largest WebSocket message, received or made by a plugin's `replace`.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 /// What the proxy does after running a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookOutcome {
@@ -329,6 +332,13 @@ impl HookChain {
             match p.on_websocket_message(request, direction, &message) {
                 Ok(wit::MessageAction::Forward) => {}
                 Ok(wit::MessageAction::Replace(payload)) => {
+                    if payload.len() > MAX_MESSAGE_BYTES {
+                        tracing::warn!(
+                            plugin = p.name(),
+                            "plugin replaced a message with one over 1 MiB; closing"
+                        );
+                        return MessageOutcome::Close(1009, "message too big".into());
+                    }
                     if message.text && std::str::from_utf8(&payload).is_err() {
                         tracing::warn!(
                             plugin = p.name(),

@@ -39,6 +39,36 @@ fn is_metric_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The family a plugin's metric is exported as.
+pub fn family(plugin: &str, metric: &str) -> String {
+    format!("wasmgress_plugin_{}_{metric}", plugin.replace('-', "_"))
+}
+
+/// The host's own families under the same prefix (per-plugin call counters).
+const HOST_FAMILIES: &[&str] = &[
+    "wasmgress_plugin_calls",
+    "wasmgress_plugin_hook_calls",
+    "wasmgress_plugin_traps",
+    "wasmgress_plugin_deadline_hits",
+    "wasmgress_plugin_memory_failures",
+];
+
+/// Why `plugin`'s declarations cannot be used, if they cannot: a bad declaration, or a family
+/// name the host already exports.
+pub fn check_for(plugin: &str, decls: &[MetricDecl]) -> Result<(), String> {
+    check(decls)?;
+    for d in decls {
+        let family = family(plugin, &d.name);
+        if HOST_FAMILIES.contains(&family.as_str()) {
+            return Err(format!(
+                "its metric `{}` would be exported as `{family}`, a metric of the host",
+                d.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a plugin's declarations cannot be used, if they cannot.
 pub fn check(decls: &[MetricDecl]) -> Result<(), String> {
     if decls.len() > MAX_METRICS {
@@ -217,6 +247,12 @@ impl PluginMetrics {
 }
 
 static ALL: OnceLock<Mutex<HashMap<String, Arc<PluginMetrics>>>> = OnceLock::new();
+
+/// Series for a plugin being loaded, not exported until [`for_plugin`] registers the plugin
+/// once it is accepted.
+pub fn unregistered(plugin: &str, decls: Vec<MetricDecl>) -> Arc<PluginMetrics> {
+    Arc::new(PluginMetrics::new(plugin, decls))
+}
 
 /// The series of `plugin` declaring `decls`: the live ones if it declared the same before.
 pub fn for_plugin(plugin: &str, decls: Vec<MetricDecl>) -> Arc<PluginMetrics> {

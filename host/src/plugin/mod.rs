@@ -99,8 +99,8 @@ pub use configure::{Configured, PluginDiagnostic, attached_plugins, configure_in
 pub use engine::{EPOCH_TICK, MAX_MEMORY_LIMIT, RuntimeConfig};
 pub use error::{CallError, CallErrorKind, DirError, LoadError};
 pub use hooks::{
-    BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome, Message,
-    MessageOutcome, plugin_failure_response,
+    BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome,
+    MAX_MESSAGE_BYTES, Message, MessageOutcome, plugin_failure_response,
 };
 pub use instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Route, StatsSnapshot,

@@ -130,7 +130,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn check_info(info: &PluginInfo) -> Result<(), String> {
-    metrics::check(&info.metrics)?;
+    metrics::check_for(&info.name, &info.metrics)?;
     if !valid_name(&info.name) {
         return Err(format!(
             "its name `{}` is not a valid plugin name (lower-case letters, digits and `-`)",
@@ -164,6 +164,18 @@ fn check_info(info: &PluginInfo) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A metric family both plugins would export (`a-b`'s `c` and `a`'s `b_c`), if any.
+fn shared_family(a: &PluginInfo, b: &PluginInfo) -> Option<String> {
+    let families = |p: &PluginInfo| -> Vec<String> {
+        p.metrics
+            .iter()
+            .map(|m| metrics::family(&p.name, &m.name))
+            .collect()
+    };
+    let theirs = families(b);
+    families(a).into_iter().find(|f| theirs.contains(f))
 }
 
 /// Does `a` claim any annotation `b` also claims? Returns one such key or prefix.
@@ -295,7 +307,7 @@ fn load(
         origin,
         sha256: sha,
         capabilities: Capabilities::of_component(&component),
-        metrics: metrics::for_plugin("(loading)", Vec::new()),
+        metrics: metrics::unregistered("(loading)", Vec::new()),
         pre,
         stats: Arc::new(PluginStats::default()),
     };
@@ -307,7 +319,9 @@ fn load(
     check_info(&info).map_err(|why| LoadError::new(&label, why))?;
     plugin.name = Arc::from(info.name.as_str());
     plugin.stats = stats_for(&info.name);
-    plugin.metrics = metrics::for_plugin(&info.name, info.metrics.clone());
+    // Exported only once the registry accepts it (a refused duplicate must not replace the
+    // live plugin's series).
+    plugin.metrics = metrics::unregistered(&info.name, info.metrics.clone());
     plugin.info = info;
     Ok(plugin)
 }
@@ -377,7 +391,18 @@ impl Registry {
                     ),
                 ));
             }
+            if let Some(family) = shared_family(&plugin.info, &other.info) {
+                return Err(LoadError::new(
+                    origin,
+                    format!(
+                        "its metric `{family}` has the name of one of plugin `{}`",
+                        other.info.name
+                    ),
+                ));
+            }
         }
+        let mut plugin = plugin;
+        plugin.metrics = metrics::for_plugin(&plugin.info.name, plugin.info.metrics.clone());
         let plugin = Arc::new(plugin);
         self.plugins.push(plugin.clone());
         Ok(plugin)

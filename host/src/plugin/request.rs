@@ -47,13 +47,16 @@ pub enum RequestRefusal {
     TooLate,
 }
 
+#[derive(Clone)]
 struct Kept {
     plugin: u16,
     key: Box<str>,
     value: Bytes,
 }
 
-/// One request, as the hooks of its route see and change it.
+/// One request, as the hooks of its route see and change it. A WebSocket tunnel with message
+/// hooks gets its own copy, so the response hooks of the upgrade keep theirs.
+#[derive(Clone)]
 pub struct HookRequest {
     method: Method,
     scheme: &'static str,
@@ -70,6 +73,9 @@ pub struct HookRequest {
     pub(crate) open: bool,
     method_changed: bool,
     path_changed: bool,
+    query_changed: bool,
+    /// A WebSocket upgrade: its method is part of the protocol and cannot change.
+    websocket: bool,
 }
 
 /// The plain facts a [`HookRequest`] starts from.
@@ -82,6 +88,8 @@ pub struct RequestFacts<'a> {
     pub id: HeaderValue,
     pub client: IpAddr,
     pub tls: Option<TlsInfo>,
+    /// The request opens a WebSocket.
+    pub websocket: bool,
 }
 
 impl HookRequest {
@@ -100,6 +108,8 @@ impl HookRequest {
             open: false,
             method_changed: false,
             path_changed: false,
+            query_changed: false,
+            websocket: facts.websocket,
         }
     }
 
@@ -143,9 +153,15 @@ impl HookRequest {
         self.method_changed.then_some(&self.method)
     }
 
-    /// The path and query a hook set, if one did.
+    /// The path and query a hook set, if one set the path.
     pub fn changed_path(&self) -> Option<&PathAndQuery> {
         self.path_changed.then_some(&self.path)
+    }
+
+    /// The query a hook set (`Some(None)`: removed), if one changed only the query: the path
+    /// sent upstream stays what it would have been (the client's, or `rewrite-target`'s).
+    pub fn changed_query(&self) -> Option<Option<&str>> {
+        (self.query_changed && !self.path_changed).then(|| self.path.query())
     }
 
     /// The current plugin's value for `key`.
@@ -192,9 +208,13 @@ impl HookRequest {
     /// Changes the method sent upstream.
     pub fn set_method(&mut self, method: &str) -> Result<(), RequestRefusal> {
         self.changeable()?;
+        if self.websocket || method.len() > MAX_METHOD_BYTES {
+            return Err(RequestRefusal::Invalid);
+        }
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| RequestRefusal::Invalid)?;
-        // CONNECT changes what the request is (a tunnel), not where it goes.
-        if method == Method::CONNECT {
+        // CONNECT changes what the request is (a tunnel); TRACE and TRACK would echo the
+        // headers the proxy added (credentials from auth services, client certificates).
+        if [Method::CONNECT, Method::TRACE].contains(&method) || method.as_str() == "TRACK" {
             return Err(RequestRefusal::Invalid);
         }
         self.method = method;
@@ -205,14 +225,16 @@ impl HookRequest {
     /// Changes the path sent upstream, keeping the query.
     pub fn set_path(&mut self, path: &str) -> Result<(), RequestRefusal> {
         self.changeable()?;
-        if !path.starts_with('/') || path.contains(['?', '#']) || path.len() > MAX_VALUE_BYTES {
+        if !safe_path(path) {
             return Err(RequestRefusal::Invalid);
         }
         let next = match self.path.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
-        self.replace(next)
+        self.path = parse(next)?;
+        self.path_changed = true;
+        Ok(())
     }
 
     /// Replaces the query sent upstream (`None` removes it).
@@ -220,25 +242,44 @@ impl HookRequest {
         self.changeable()?;
         let path = self.path.path();
         let next = match query {
-            Some(q) if q.contains('#') || q.len() > MAX_VALUE_BYTES => {
+            Some(q) if q.contains('#') || q.len() > MAX_VALUE_BYTES || !q.is_ascii() => {
                 return Err(RequestRefusal::Invalid);
             }
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
-        self.replace(next)
-    }
-
-    fn replace(&mut self, next: String) -> Result<(), RequestRefusal> {
-        // `PathAndQuery` refuses controls, spaces and other bytes a request line cannot carry.
-        let parsed = PathAndQuery::try_from(next).map_err(|_| RequestRefusal::Invalid)?;
-        if !parsed.path().starts_with('/') {
-            return Err(RequestRefusal::Invalid);
-        }
-        self.path = parsed;
-        self.path_changed = true;
+        self.path = parse(next)?;
+        self.query_changed = true;
         Ok(())
     }
+}
+
+/// Longest method a hook may set.
+const MAX_METHOD_BYTES: usize = 32;
+
+/// A path a hook may send upstream: absolute, ASCII, no query or fragment, and nothing an
+/// upstream could resolve into another path than the one checked here: no `//` at the start
+/// (an authority to some parsers), no dot segments, no backslashes, no encoded `/`, `\` or `.`.
+fn safe_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && path.len() <= MAX_VALUE_BYTES
+        && path.is_ascii()
+        && !path.contains(['?', '#', '\\'])
+        && !["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e))
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+fn parse(next: String) -> Result<PathAndQuery, RequestRefusal> {
+    // `PathAndQuery` refuses controls, spaces and other bytes a request line cannot carry.
+    let parsed = PathAndQuery::try_from(next).map_err(|_| RequestRefusal::Invalid)?;
+    if !parsed.path().starts_with('/') {
+        return Err(RequestRefusal::Invalid);
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -255,6 +296,7 @@ mod tests {
                 id: HeaderValue::from_static("id-1"),
                 client: IpAddr::from([10, 0, 0, 1]),
                 tls: None,
+                websocket: false,
             },
             None,
         )
@@ -285,19 +327,50 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_keeps_its_method() {
+        let mut r = request();
+        r.websocket = true;
+        r.open = true;
+        assert_eq!(r.set_method("POST"), Err(RequestRefusal::Invalid));
+        r.set_path("/ws/v2").unwrap();
+    }
+
+    #[test]
     fn changes_are_checked_and_only_while_open() {
         let mut r = request();
         assert_eq!(r.set_path("/v2"), Err(RequestRefusal::TooLate));
         r.open = true;
-        r.set_path("/v2/x").unwrap();
-        assert_eq!(r.changed_path().unwrap().as_str(), "/v2/x?y=1");
         r.set_query(Some("z=2")).unwrap();
-        assert_eq!(r.path().as_str(), "/v2/x?z=2");
+        assert_eq!(r.changed_path(), None, "only the query changed");
+        assert_eq!(r.changed_query(), Some(Some("z=2")));
+        r.set_path("/v2/x").unwrap();
+        assert_eq!(r.changed_path().unwrap().as_str(), "/v2/x?z=2");
+        assert_eq!(r.changed_query(), None, "the path carries it");
         r.set_query(None).unwrap();
         assert_eq!(r.path().as_str(), "/v2/x");
-        for bad in ["v2", "/a b", "/a\r\nHost: x", "/a?b", "/a#b", "/\0"] {
+        for bad in [
+            "v2",
+            "/a b",
+            "/a\r\nHost: x",
+            "/a?b",
+            "/a#b",
+            "/\0",
+            "//evil.example/x",
+            "/a/../admin",
+            "/a/./b",
+            "/a/..",
+            "/a\\b",
+            "/a%2Fb",
+            "/a/%2e%2e/b",
+            "/caf\u{e9}",
+        ] {
             assert_eq!(r.set_path(bad), Err(RequestRefusal::Invalid), "{bad:?}");
         }
+        assert_eq!(
+            r.path().as_str(),
+            "/v2/x",
+            "a refused change changes nothing"
+        );
         assert_eq!(r.set_query(Some("a b")), Err(RequestRefusal::Invalid));
         assert_eq!(r.changed_method(), None);
         r.set_method("PURGE").unwrap();
@@ -305,7 +378,15 @@ mod tests {
             r.changed_method(),
             Some(&Method::from_bytes(b"PURGE").unwrap())
         );
-        for bad in ["G ET", "", "CONNECT", "GET\n"] {
+        for bad in [
+            "G ET",
+            "",
+            "CONNECT",
+            "TRACE",
+            "TRACK",
+            "GET\n",
+            &"X".repeat(33),
+        ] {
             assert_eq!(r.set_method(bad), Err(RequestRefusal::Invalid), "{bad:?}");
         }
     }

@@ -202,7 +202,13 @@ fn write_all(root: &Path, files: &[(PathBuf, String)]) -> Result<(), NewError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        std::fs::write(&path, text).map_err(io)?;
+        // `create_new`: never follow a symlink or overwrite a file that appeared meanwhile.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
     }
     Ok(())
 }

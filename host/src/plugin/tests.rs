@@ -96,6 +96,7 @@ fn head() -> Option<Box<HookRequest>> {
         id: http::HeaderValue::from_static("req-1"),
         client: std::net::IpAddr::from([192, 0, 2, 1]),
         tls: None,
+        websocket: false,
     };
     Some(Box::new(HookRequest::new(facts, None)))
 }

@@ -117,13 +117,15 @@ fn prepare(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    if let Some(chosen) = super::hooks::changed_path(ex) {
-        // A request hook's path replaces the client's, `rewrite-target` included.
-        uri.path_and_query = Some(chosen);
-    } else if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
+    if let (Some(target), Some(re)) = (&policy.rewrite_target, &route.path_regex)
         && let Some(rewritten) = rewrite(re, target, &view.target())
     {
         uri.path_and_query = Some(rewritten);
+    }
+    if let Some(target) = uri.path_and_query.take() {
+        // A request hook's path replaces this one (`rewrite-target`'s included); its query
+        // alone replaces only the query.
+        uri.path_and_query = Some(super::hooks::target(ex, target));
     }
     parts.uri = Uri::from_parts(uri)?;
     parts.version = match (h2, policy.http_version) {
@@ -183,6 +185,14 @@ pub async fn tunnel(
     let (route, view) = (ex.route, ex.view);
     let policy = &route.policy;
     *req.uri_mut() = view.uri.clone();
+    if let Some(target) = view.uri.path_and_query().cloned() {
+        // The request hooks' path or query applies to the upgrade too.
+        let mut parts = view.uri.clone().into_parts();
+        parts.path_and_query = Some(super::hooks::target(ex, target));
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
     let mut headers = req.headers().clone();
     if let Some(host) = view.authority_value() {
         headers.insert(HOST, host);
@@ -207,9 +217,10 @@ pub async fn tunnel(
         request: request_slot,
     };
     let hooks = &route.policy.hooks;
+    // The tunnel's hooks get their own copy: the response hooks of the upgrade keep theirs.
     let hooked = hooks.has_message_hooks().then(|| websocket::Hooked {
         hooks: hooks.clone(),
-        request: ex.request.take(),
+        request: ex.request.clone(),
     });
     match websocket::open(req, kind, backend, headers, stats.clone(), slot, hooked).await {
         Ok(resp) => resp,

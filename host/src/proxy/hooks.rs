@@ -41,6 +41,7 @@ pub fn request(
         id: view.request_id.clone(),
         client: view.client,
         tls: tls(route, conn),
+        websocket: view.kind.websocket.is_some(),
     };
     Some(Box::new(HookRequest::new(facts, hooks.route().cloned())))
 }
@@ -83,13 +84,24 @@ pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> Option<Resp
     None
 }
 
-/// The path and query a request hook chose, if one did.
-pub fn changed_path(exchange: &Exchange<'_>) -> Option<PathAndQuery> {
-    exchange
-        .request
-        .as_deref()
-        .and_then(HookRequest::changed_path)
-        .cloned()
+/// The upstream target `target` (what it would be without hooks) after the request hooks'
+/// changes: their path (query included) replaces it; a query change alone keeps its path.
+pub fn target(exchange: &Exchange<'_>, target: PathAndQuery) -> PathAndQuery {
+    let Some(request) = exchange.request.as_deref() else {
+        return target;
+    };
+    if let Some(chosen) = request.changed_path() {
+        return chosen.clone();
+    }
+    let Some(query) = request.changed_query() else {
+        return target;
+    };
+    let next = match query {
+        Some(q) => format!("{}?{q}", target.path()),
+        None => target.path().to_string(),
+    };
+    // Both parts were valid on their own, so the join is too; keep the target otherwise.
+    PathAndQuery::try_from(next).unwrap_or(target)
 }
 
 /// Runs the response hooks over any response of the route; a hook's answer replaces it.

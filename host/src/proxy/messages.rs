@@ -7,7 +7,9 @@
 //! whichever side of the proxy receives them (not forwarded), a close from one side is passed
 //! to the other and both close handshakes complete. A message over the limit closes both sides
 //! with 1009, a plugin's close with its code, a failed fail-closed plugin with 1011. Each
-//! direction keeps its idle timeout. Extensions (compression) are never negotiated on such
+//! direction keeps its idle timeout, for reads and for the other side taking what is sent (a
+//! peer that stops reading cannot hold the tunnel), and the bytes queued towards a side are
+//! bounded (a ping flood cannot grow them). Extensions (compression) are never negotiated on such
 //! tunnels: `websocket::open` removes the offer, since the proxy must read every payload.
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,7 +23,13 @@ use super::websocket::{End, Timeouts};
 use crate::plugin::{Direction, HookChain, HookRequest, MessageOutcome};
 
 /// Largest data message (also the largest frame) a message-hooked tunnel accepts.
-pub const MAX_MESSAGE: usize = 1 << 20;
+pub const MAX_MESSAGE: usize = crate::plugin::MAX_MESSAGE_BYTES;
+
+/// Bytes queued towards one side before writing waits (tungstenite's default).
+const WRITE_BUFFER: usize = 128 << 10;
+/// Most bytes ever queued towards one side: one whole message beyond the write buffer. Without
+/// it, pongs to a ping flood from a client that does not read would pile up without bound.
+const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + MAX_MESSAGE + 4096;
 
 /// What one side sent, as the relay sees it.
 enum Read {
@@ -68,7 +76,9 @@ where
 {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
+        .max_frame_size(Some(MAX_MESSAGE))
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     let mut client = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
     let mut backend = WebSocketStream::from_raw_socket(backend, Role::Client, Some(config)).await;
     let (mut client_open, mut backend_open) = (true, true);
@@ -121,7 +131,7 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             close @ Message::Close(_) => {
                 // Pass the close on; each side completes its own handshake.
-                let _ = send(&mut client, &mut backend, to, close).await;
+                let _ = send(&mut client, &mut backend, to, close, &timeouts).await;
                 continue;
             }
         };
@@ -136,11 +146,14 @@ where
             },
             MessageOutcome::Forward(m) => Message::Binary(m.payload),
         };
-        if send(&mut client, &mut backend, to, forwarded)
-            .await
-            .is_err()
-        {
-            return closing(&mut client, &mut backend, 1011, "", End::Error).await;
+        match send(&mut client, &mut backend, to, forwarded, &timeouts).await {
+            Ok(()) => {}
+            Err(Sent::Idle) => {
+                return closing(&mut client, &mut backend, 1001, "idle", End::Idle).await;
+            }
+            Err(Sent::Failed) => {
+                return closing(&mut client, &mut backend, 1011, "", End::Error).await;
+            }
         }
     }
     End::Closed
@@ -152,19 +165,34 @@ enum Side {
     Backend,
 }
 
+/// Why a send did not complete.
+enum Sent {
+    /// The side did not take the message within its timeout (it stopped reading).
+    Idle,
+    Failed,
+}
+
+/// Sends `message` to one side, waiting at most that side's timeout for it to be taken: a
+/// peer that stops reading must not hold the tunnel (and its connection slots) forever.
 async fn send<C, B>(
     client: &mut WebSocketStream<C>,
     backend: &mut WebSocketStream<B>,
     to: Side,
     message: Message,
-) -> Result<(), Error>
+    timeouts: &Timeouts,
+) -> Result<(), Sent>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    match to {
-        Side::Client => client.send(message).await,
-        Side::Backend => backend.send(message).await,
+    let sent = match to {
+        Side::Client => tokio::time::timeout(timeouts.read, client.send(message)).await,
+        Side::Backend => tokio::time::timeout(timeouts.send, backend.send(message)).await,
+    };
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Sent::Failed),
+        Err(_) => Err(Sent::Idle),
     }
 }
 

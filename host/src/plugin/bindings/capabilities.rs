@@ -24,10 +24,14 @@ impl StoreState {
     }
 }
 
+/// The clock's resolution: plugins of different tenants share threads and locks, so a
+/// nanosecond clock would make timing side channels easier than they need to be.
+const CLOCK_RESOLUTION_NS: u64 = 1_000;
+
 impl clock::Host for StoreState {
     fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
         self.granted(Capability::Clock)?;
-        Ok(monotonic_ns())
+        Ok(monotonic_ns() / CLOCK_RESOLUTION_NS * CLOCK_RESOLUTION_NS)
     }
 
     fn wall_now(&mut self) -> wasmtime::Result<u64> {
@@ -35,7 +39,8 @@ impl clock::Host for StoreState {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Ok(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+        let ns = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        Ok(ns / CLOCK_RESOLUTION_NS * CLOCK_RESOLUTION_NS)
     }
 }
 
