@@ -35,24 +35,23 @@
 //!    free list owned by its [`BoundPlugin`]. A failed instance is dropped, never reused.
 //!
 //! Measured with `cargo bench --bench plugin_hook` (release, on the shared 2-core development
-//! machine; medians of 31 batch means, ns per request):
+//! machine; medians of 31 batch means, ns per request; ABI 0.2.0, 2026-12-05):
 //!
 //! | case | ns | x baseline |
 //! | --- | ---: | ---: |
-//! | baseline: clone a 6-header request map, empty hook chain | 112 | 1.0 |
-//! | static policy (3 header edits, zero Wasm calls) | 299 | 2.7 |
-//! | `on-request-headers` of a header-setting plugin, reused configured instance | 1 725 | 15.4 |
-//! | the same call with a 256-byte longer argument (what copying a config blob costs) | 1 683 | 15.0 |
-//! | fresh instance + `configure` for an Ingress (once per instance, not per call) | 26 772 | 239 |
+//! | baseline: clone a 6-header request map, empty hook chain | 99 | 1.0 |
+//! | static policy (3 header edits, zero Wasm calls) | 300 | 3.0 |
+//! | `on-request-headers` of a header-setting plugin, reused configured instance, with the per-request `request` handle | 904 | 9.1 |
+//! | fresh instance + `configure` for an Ingress (once per instance, not per call) | 32 486 | 329 |
 //!
-//! So a hook call costs about 1.6 µs over the baseline; copying 256 more bytes into the guest
-//! is lost in the noise (< 50 ns), but a blob would also have to be decoded by the guest on
-//! every call, while a configured instance parsed it once. The blob would only save
-//! instantiations (27 µs each, once per instance), at the price of weaker isolation: with
-//! instances shared between Ingresses, a plugin's globals could carry one Ingress's data into
-//! another's request. Configured instances never can, and give plugin authors parsed
-//! configuration for free (`Plugin::Config` in the SDK). Because hook calls are synchronous,
-//! an Ingress never needs more instances than there are proxy worker threads.
+//! So a hook call costs about 0.8 µs over the baseline. (An earlier measurement of the
+//! alternative, a config blob copied into the guest on every call, found 256 more bytes lost
+//! in the noise, but the guest would also decode the blob on every call.) The blob would only
+//! save instantiations (about 30 µs each, once per instance), at the price of weaker
+//! isolation: with instances shared between Ingresses, a plugin's globals could carry one
+//! Ingress's data into another's request. Configured instances never can, and give plugin
+//! authors parsed configuration for free (`Plugin::Config` in the SDK). Because hook calls are
+//! synchronous, an Ingress never needs more instances than there are proxy worker threads.
 //!
 //! The pool holds at most 1000 component instances process-wide (each a 4 GiB virtual
 //! reservation, not memory): instances for configure are short-lived, and hook instances
