@@ -135,14 +135,16 @@ pub enum Series {
     },
 }
 
-type Key = (Arc<str>, Box<str>);
+/// Series by namespace, then by label value: a namespace's count is its map's length, and an
+/// update of a known series allocates nothing.
+type ByNamespace = HashMap<Arc<str>, HashMap<Box<str>, Series>>;
 
 /// The series of one plugin's declared metrics.
 #[derive(Debug)]
 pub struct PluginMetrics {
     pub plugin: String,
     pub decls: Vec<MetricDecl>,
-    series: Vec<Mutex<HashMap<Key, Series>>>,
+    series: Vec<Mutex<ByNamespace>>,
 }
 
 impl PluginMetrics {
@@ -173,17 +175,6 @@ impl PluginMetrics {
         } else {
             label
         };
-        let known = map.contains_key(&(namespace.clone(), label.into()));
-        let label = if known {
-            label
-        } else {
-            let in_namespace = map.keys().filter(|(ns, _)| ns == namespace).count();
-            if in_namespace >= MAX_LABEL_VALUES {
-                "_other"
-            } else {
-                label
-            }
-        };
         let fresh = || match &decl.buckets {
             None => Series::Counter(0),
             Some(b) => Series::Histogram {
@@ -192,9 +183,19 @@ impl PluginMetrics {
                 counts: vec![0; b.len() + 1],
             },
         };
-        f(map
-            .entry((namespace.clone(), label.into()))
-            .or_insert_with(fresh));
+        let values = match map.get_mut(namespace) {
+            Some(values) => values,
+            None => map.entry(namespace.clone()).or_default(),
+        };
+        let label = if values.contains_key(label) || values.len() < MAX_LABEL_VALUES {
+            label
+        } else {
+            "_other"
+        };
+        match values.get_mut(label) {
+            Some(series) => f(series),
+            None => f(values.entry(label.into()).or_insert_with(fresh)),
+        }
     }
 
     /// `metrics.add`.
@@ -239,7 +240,11 @@ impl PluginMetrics {
         let map = m.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<_> = map
             .iter()
-            .map(|((ns, l), s)| (ns.clone(), l.clone(), s.clone()))
+            .flat_map(|(ns, values)| {
+                values
+                    .iter()
+                    .map(|(l, s)| (ns.clone(), l.clone(), s.clone()))
+            })
             .collect();
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out

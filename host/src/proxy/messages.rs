@@ -42,11 +42,14 @@ enum Read {
     Failed,
 }
 
-async fn read<S>(side: &mut WebSocketStream<S>, idle: std::time::Duration) -> Read
+/// The next message from `side`, or `Idle` once `deadline` (its last message plus its idle
+/// timeout) passes: a side's silence is measured from its own last message, whatever the
+/// other side does meanwhile.
+async fn read<S>(side: &mut WebSocketStream<S>, deadline: tokio::time::Instant) -> Read
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(idle, side.next()).await {
+    match tokio::time::timeout_at(deadline, side.next()).await {
         Err(_) => Read::Idle,
         Ok(None) | Ok(Some(Err(Error::ConnectionClosed | Error::AlreadyClosed))) => Read::Ended,
         Ok(Some(Err(Error::Capacity(_)))) => Read::TooBig,
@@ -82,11 +85,20 @@ where
     let mut client = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
     let mut backend = WebSocketStream::from_raw_socket(backend, Role::Client, Some(config)).await;
     let (mut client_open, mut backend_open) = (true, true);
+    let now = tokio::time::Instant::now();
+    let (mut client_idle, mut backend_idle) = (now + timeouts.send, now + timeouts.read);
     while client_open || backend_open {
         let (direction, read) = tokio::select! {
-            r = read(&mut client, timeouts.send), if client_open => (Direction::ToUpstream, r),
-            r = read(&mut backend, timeouts.read), if backend_open => (Direction::ToClient, r),
+            r = read(&mut client, client_idle), if client_open => (Direction::ToUpstream, r),
+            r = read(&mut backend, backend_idle), if backend_open => (Direction::ToClient, r),
         };
+        if matches!(read, Read::Message(_)) {
+            let now = tokio::time::Instant::now();
+            match direction {
+                Direction::ToUpstream => client_idle = now + timeouts.send,
+                Direction::ToClient => backend_idle = now + timeouts.read,
+            }
+        }
         let (from_open, to) = match direction {
             Direction::ToUpstream => (&mut client_open, Side::Backend),
             Direction::ToClient => (&mut backend_open, Side::Client),
