@@ -46,14 +46,14 @@ const CLIENT_CA_DN: &str = "CN=Client CA,O=Example";
 
 /// A CA that issues client certificates (rcgen), separate from the harness's server CA so a
 /// client certificate can never pass for a server one or the other way round.
-struct ClientCa {
+pub(crate) struct ClientCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A client certificate and its key.
-struct ClientId {
-    der: CertificateDer<'static>,
-    pem: String,
+pub(crate) struct ClientId {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) pem: String,
     key_der: Vec<u8>,
 }
 
@@ -66,7 +66,7 @@ fn dn(cn: &str) -> DistinguishedName {
 }
 
 impl ClientCa {
-    fn new(cn: &str) -> Self {
+    pub(crate) fn new(cn: &str) -> Self {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(cn);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -80,12 +80,12 @@ impl ClientCa {
         Self { issuer }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A client certificate for `cn` with serial number `serial` (for the CRL), TLS client use.
-    fn client(&self, cn: &str, serial: u64) -> ClientId {
+    pub(crate) fn client(&self, cn: &str, serial: u64) -> ClientId {
         let key = KeyPair::generate().expect("generate a client key");
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(cn);
@@ -127,14 +127,14 @@ impl ClientCa {
 }
 
 impl ClientId {
-    fn key(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
 }
 
 /// An Opaque Secret `ns/name` with `data` (base64-encoded here), as `kubectl create secret
 /// generic --from-file` makes for `ca.crt` / `ca.crl`.
-fn opaque_secret(ns: &str, name: &str, data: &[(&str, &str)]) -> Value {
+pub(crate) fn opaque_secret(ns: &str, name: &str, data: &[(&str, &str)]) -> Value {
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let data: serde_json::Map<String, Value> = data

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use crate::harness::manifests::{NS, ServicePort, endpoint_slice, ready, service};
 use crate::harness::plugins::{Metrics, PluginDir};
-use crate::harness::process::{RELOAD_LIMIT, validate};
-use crate::harness::recorder::Recorder;
+use crate::harness::process::{RELOAD_LIMIT, assert_no_error_about, validate, validate_error};
+use crate::harness::recorder::{Recorder, refused};
 use crate::harness::{Ingress, Manifests, Port, Req, Resp, Wasmgress, prefix};
 
 const PLUGINS: &str = "wasmgress.io/plugins";
@@ -163,55 +163,6 @@ fn limit_annotations<'a>(more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)>
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: validate output and answers
-
-/// The `error:` line of `wasmgress validate` output about Ingress `ns/name` and annotation
-/// `key`, or a panic showing every line about that Ingress.
-fn validate_error<'a>(stdout: &'a str, ns: &str, name: &str, key: &str) -> &'a str {
-    let object = format!("Ingress {ns}/{name}:");
-    let field = format!("metadata.annotations[{key}]");
-    stdout
-        .lines()
-        .find(|l| l.starts_with("error:") && l.contains(&object) && l.contains(&field))
-        .unwrap_or_else(|| {
-            panic!(
-                "no `error: ... {object} {field}: why` line in `wasmgress validate` output; \
-                 its lines about {ns}/{name}:\n{}\nall of stdout:\n{stdout}",
-                stdout
-                    .lines()
-                    .filter(|l| l.contains(&object))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })
-}
-
-/// No `error:` line of `validate` output names Ingress `ns/name`.
-fn assert_no_error_about(stdout: &str, ns: &str, name: &str) {
-    let object = format!("Ingress {ns}/{name}:");
-    let errors: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("error:") && l.contains(&object))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "Ingress {ns}/{name} must not be rejected, but validate said:\n{}",
-        errors.join("\n")
-    );
-}
-
-/// Sends `req` and asserts an answer with `status` that never reached the backend.
-async fn refused(gw: &Wasmgress, rec: &Recorder, label: &str, status: u16, req: &Req) -> Resp {
-    let before = rec.arrived();
-    let r = gw.send(req).await;
-    assert_eq!(r.status, status, "{label}: {}", r.summary());
-    assert_eq!(r.backend(), None, "{label}: the backend answered");
-    assert_eq!(
-        rec.arrived(),
-        before,
-        "{label}: the backend must not be reached"
-    );
-    r
-}
 
 /// Sends `req` and asserts the backend `app` answered it.
 async fn admitted(gw: &Wasmgress, label: &str, req: &Req) -> Resp {

@@ -17,19 +17,15 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::ClientConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
+use crate::client_tls::{ClientCa, ClientId, opaque_secret};
 use crate::harness::certs::{BOTH_VERSIONS, TestCa};
 use crate::harness::manifests::{NS, ServicePort, endpoint_slice, ready, service};
 use crate::harness::plugins::PluginDir;
-use crate::harness::process::{RELOAD_LIMIT, validate};
-use crate::harness::recorder::Recorder;
+use crate::harness::process::{RELOAD_LIMIT, assert_no_error_about, validate, validate_error};
+use crate::harness::recorder::{Recorder, refused};
 use crate::harness::{Conn, Ingress, Manifests, Port, Req, Resp, Wasmgress, prefix};
 
 const PLUGINS: &str = "wasmgress.io/plugins";
@@ -113,22 +109,6 @@ fn app_service_in(ns: &str, rec: &Recorder) -> Vec<Value> {
     ]
 }
 
-/// An Opaque Secret `ns/name` with `data` (base64-encoded here).
-fn opaque_secret(ns: &str, name: &str, data: &[(&str, &str)]) -> Value {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let data: serde_json::Map<String, Value> = data
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(b64(v))))
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": { "name": name, "namespace": ns },
-        "type": "Opaque",
-        "data": data,
-    })
-}
-
 /// The Secret `ns/caps-secret` holding [`TOKEN`] under `token`.
 fn caps_secret(ns: &str) -> Value {
     opaque_secret(ns, "caps-secret", &[("token", TOKEN)])
@@ -175,55 +155,6 @@ fn values(r: &Resp, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The `error:` line of `wasmgress validate` output about Ingress `ns/name` and annotation
-/// `key`, or a panic showing every line about that Ingress.
-fn validate_error<'a>(stdout: &'a str, ns: &str, name: &str, key: &str) -> &'a str {
-    let object = format!("Ingress {ns}/{name}:");
-    let field = format!("metadata.annotations[{key}]");
-    stdout
-        .lines()
-        .find(|l| l.starts_with("error:") && l.contains(&object) && l.contains(&field))
-        .unwrap_or_else(|| {
-            panic!(
-                "no `error: ... {object} {field}: why` line in `wasmgress validate` output; \
-                 its lines about {ns}/{name}:\n{}\nall of stdout:\n{stdout}",
-                stdout
-                    .lines()
-                    .filter(|l| l.contains(&object))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })
-}
-
-/// No `error:` line of `validate` output names Ingress `ns/name`.
-fn assert_no_error_about(stdout: &str, ns: &str, name: &str) {
-    let object = format!("Ingress {ns}/{name}:");
-    let errors: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("error:") && l.contains(&object))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "Ingress {ns}/{name} must not be rejected, but validate said:\n{}",
-        errors.join("\n")
-    );
-}
-
-/// Sends `req` and asserts an answer with `status` that never reached the backend.
-async fn refused(gw: &Wasmgress, rec: &Recorder, label: &str, status: u16, req: &Req) -> Resp {
-    let before = rec.arrived();
-    let r = gw.send(req).await;
-    assert_eq!(r.status, status, "{label}: {}", r.summary());
-    assert_eq!(r.backend(), None, "{label}: the backend answered");
-    assert_eq!(
-        rec.arrived(),
-        before,
-        "{label}: the backend must not be reached"
-    );
-    r
-}
-
 /// `GET host/` with the right `x-token`.
 fn with_token(host: &str) -> Req {
     Req::get(host, "/").header("x-token", TOKEN)
@@ -239,59 +170,6 @@ fn number(r: &Resp, name: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Client certificates (a CA of their own, as tests/e2e/client_tls.rs makes them)
 
-/// A CA that issues client certificates, separate from the harness's server CA.
-struct ClientCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A client certificate and its key.
-struct ClientId {
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-/// `O=Example, CN=cn`: RFC 2253 prints it `CN=cn,O=Example`.
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Example");
-    dn.push(DnType::CommonName, cn);
-    dn
-}
-
-impl ClientCa {
-    fn new(cn: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("generate a client CA key");
-        let issuer = CertifiedIssuer::self_signed(params, key).expect("self-sign the client CA");
-        Self { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn client(&self, cn: &str) -> ClientId {
-        let key = KeyPair::generate().expect("generate a client key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("sign the client certificate");
-        ClientId {
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-}
-
 /// A client trusting `server_ca`, speaking HTTP/1.1, presenting `id` if any.
 fn tls_client(server_ca: &TestCa, id: Option<&ClientId>) -> std::sync::Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -302,10 +180,7 @@ fn tls_client(server_ca: &TestCa, id: Option<&ClientId>) -> std::sync::Arc<Clien
     .with_root_certificates(server_ca.roots());
     let mut config = match id {
         Some(id) => builder
-            .with_client_auth_cert(
-                vec![id.der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
-            )
+            .with_client_auth_cert(vec![id.der.clone()], id.key())
             .expect("client certificate and key"),
         None => builder.with_no_client_auth(),
     };
@@ -431,7 +306,7 @@ async fn hooks_see_sni_and_the_verified_client_certificate() {
     let plugins = PluginDir::with(&["set-header"]);
     let server_ca = TestCa::new();
     let client_ca = ClientCa::new("Client CA");
-    let alice = client_ca.client("alice.example");
+    let alice = client_ca.client("alice.example", 1);
     let hooked = [(PLUGINS, "set-header"), (FACTS, "true"), (RESPONSE, "true")];
     let mut mtls = hooked.to_vec();
     mtls.push((TLS_SECRET, "client-ca"));

@@ -265,16 +265,22 @@ pub enum HookOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct HookChain {
     plugins: Vec<Arc<BoundPlugin>>,
+    /// Every hook some plugin of the chain uses, kept as plugins are added so the per-request
+    /// checks do not walk the chain.
+    hooks: HookSet,
     route: Option<Arc<RouteInfo>>,
 }
 
 impl HookChain {
     pub(crate) fn push(&mut self, p: Arc<BoundPlugin>) {
+        self.hooks = self.hooks.union(p.hooks());
         self.plugins.push(p);
     }
 
     pub(crate) fn extend(&mut self, other: HookChain) {
-        self.plugins.extend(other.plugins);
+        for p in other.plugins {
+            self.push(p);
+        }
     }
 
     /// Tells the hooks which route they run for (`request.route()`).
@@ -294,17 +300,17 @@ impl HookChain {
 
     /// True when some plugin hooks requests.
     pub fn has_request_hooks(&self) -> bool {
-        self.plugins.iter().any(|p| p.hooks().request_headers)
+        self.hooks.request_headers
     }
 
     /// True when some plugin hooks responses.
     pub fn has_response_hooks(&self) -> bool {
-        self.plugins.iter().any(|p| p.hooks().response_headers)
+        self.hooks.response_headers
     }
 
     /// True when some plugin hooks WebSocket messages (the tunnel then parses frames).
     pub fn has_message_hooks(&self) -> bool {
-        self.plugins.iter().any(|p| p.hooks().websocket_message)
+        self.hooks.websocket_message
     }
 
     /// Run the message hooks over one message: in attach order towards the upstream, reverse
@@ -317,11 +323,13 @@ impl HookChain {
         direction: Direction,
         mut message: Message,
     ) -> MessageOutcome {
-        let order: Box<dyn Iterator<Item = (usize, &Arc<BoundPlugin>)>> = match direction {
-            Direction::ToUpstream => Box::new(self.plugins.iter().enumerate()),
-            Direction::ToClient => Box::new(self.plugins.iter().enumerate().rev()),
-        };
-        for (i, p) in order {
+        let n = self.plugins.len();
+        for k in 0..n {
+            let i = match direction {
+                Direction::ToUpstream => k,
+                Direction::ToClient => n - 1 - k,
+            };
+            let p = &self.plugins[i];
             if !p.hooks().websocket_message {
                 continue;
             }

@@ -102,6 +102,15 @@ impl HookSet {
         set
     }
 
+    /// Every hook of `self` or `other`.
+    pub fn union(self, other: HookSet) -> HookSet {
+        HookSet {
+            request_headers: self.request_headers || other.request_headers,
+            response_headers: self.response_headers || other.response_headers,
+            websocket_message: self.websocket_message || other.websocket_message,
+        }
+    }
+
     /// True when no hook is used.
     pub fn is_empty(&self) -> bool {
         !self.request_headers && !self.response_headers && !self.websocket_message

@@ -435,3 +435,38 @@ pub async fn validate(manifests: &Manifests, extra: &[&str]) -> (i32, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `error:` line of `wasmgress validate` output about Ingress `ns/name` and annotation
+/// `key`, or a panic showing every line about that Ingress.
+pub fn validate_error<'a>(stdout: &'a str, ns: &str, name: &str, key: &str) -> &'a str {
+    let object = format!("Ingress {ns}/{name}:");
+    let field = format!("metadata.annotations[{key}]");
+    stdout
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains(&object) && l.contains(&field))
+        .unwrap_or_else(|| {
+            panic!(
+                "no `error: ... {object} {field}: why` line in `wasmgress validate` output; \
+                 its lines about {ns}/{name}:\n{}\nall of stdout:\n{stdout}",
+                stdout
+                    .lines()
+                    .filter(|l| l.contains(&object))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+}
+
+/// No `error:` line of `validate` output names Ingress `ns/name`.
+pub fn assert_no_error_about(stdout: &str, ns: &str, name: &str) {
+    let object = format!("Ingress {ns}/{name}:");
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("error:") && l.contains(&object))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "Ingress {ns}/{name} must not be rejected, but validate said:\n{}",
+        errors.join("\n")
+    );
+}

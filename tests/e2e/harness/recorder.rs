@@ -213,3 +213,23 @@ impl Silent {
         objects_at(service, self.addr)
     }
 }
+
+/// Sends `req` and asserts an answer with `status` that never reached the backend.
+pub async fn refused(
+    gw: &super::Wasmgress,
+    rec: &Recorder,
+    label: &str,
+    status: u16,
+    req: &super::Req,
+) -> super::Resp {
+    let before = rec.arrived();
+    let r = gw.send(req).await;
+    assert_eq!(r.status, status, "{label}: {}", r.summary());
+    assert_eq!(r.backend(), None, "{label}: the backend answered");
+    assert_eq!(
+        rec.arrived(),
+        before,
+        "{label}: the backend must not be reached"
+    );
+    r
+}
