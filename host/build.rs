@@ -44,6 +44,8 @@ const PLUGINS: &[(&str, &str, bool)] = &[
     ("set-header", "wasmgress_test_plugin_set_header", false),
     ("caps", "wasmgress_test_plugin_caps", false),
     ("legacy", "wasmgress_test_plugin_legacy", false),
+    ("outbound", "wasmgress_test_plugin_outbound", false),
+    ("body", "wasmgress_test_plugin_body", false),
 ];
 
 /// Every crate of the plugin workspace (see `plugins/Cargo.toml`), relative to the repository.
@@ -71,6 +73,8 @@ const CRATE_DIRS: &[&str] = &[
     "tests/plugins/set-header",
     "tests/plugins/caps",
     "tests/plugins/legacy",
+    "tests/plugins/outbound",
+    "tests/plugins/body",
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

@@ -136,6 +136,7 @@ fn main() {
         let mut req = if chain.is_empty() { None } else { request() };
         match chain.run_request(&mut req, &mut h) {
             HookOutcome::Continue => {}
+            HookOutcome::Wait(_) => panic!("the plugin waited"),
             HookOutcome::Respond(r) => panic!(
                 "the plugin answered {} {:?}",
                 r.status,

@@ -30,6 +30,8 @@ pub enum BodyError {
     Idle(Duration),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(u64),
+    #[error("a plugin cut the body off")]
+    Aborted,
 }
 
 /// What an idle body does when its timeout expires.
@@ -411,6 +413,176 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// A [`Filter`]'s verdict that the body must be cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut;
+
+/// What a body passes through on its way (the route's body hooks, in the proxy): data in
+/// pieces of at most [`Filter::MAX_CHUNK`] bytes, the end, then trailers.
+pub trait Filter: Send + Sync {
+    /// Largest piece handed to [`Filter::data`]; bigger frames are split.
+    const MAX_CHUNK: usize;
+
+    /// One piece of data (`end`: the body's last call; its piece may be empty). Returns what
+    /// goes on instead (possibly nothing).
+    fn data(&mut self, piece: Bytes, end: bool) -> Result<Bytes, Cut>;
+
+    /// The body's trailers, edited in place.
+    fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), Cut>;
+}
+
+/// `B` passed through a [`Filter`], when there is one (none: `B` as it is, for the price of
+/// one branch per frame). A body with no data at all is never passed (no call for a GET);
+/// otherwise the filter's last data call has `end` set, before any trailers. Its length is
+/// unknown once filtered: the caller drops `Content-Length`.
+pub struct Hooked<B, F> {
+    inner: B,
+    filter: Option<Box<F>>,
+    /// Data taken from `inner` and not yet passed through the filter.
+    rest: Bytes,
+    /// `inner` has nothing after `rest`.
+    inner_ended: bool,
+    /// Some data was seen (so the filter owes an `end` call).
+    seen: bool,
+    /// The `end` call was made.
+    end_called: bool,
+    /// Trailers to send after a last data frame.
+    held: Option<HeaderMap>,
+    done: bool,
+}
+
+impl<B, F> Hooked<B, F> {
+    pub fn new(inner: B, filter: Option<Box<F>>) -> Self {
+        Self {
+            inner,
+            filter,
+            rest: Bytes::new(),
+            inner_ended: false,
+            seen: false,
+            end_called: false,
+            held: None,
+            done: false,
+        }
+    }
+
+    /// Passes the body through `filter` from now on.
+    pub fn filter_with(&mut self, filter: Box<F>) {
+        self.filter = Some(filter);
+    }
+}
+
+impl<B, F> Body for Hooked<B, F>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    F: Filter,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let Some(filter) = this.filter.as_deref_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        loop {
+            if let Some(t) = this.held.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if !this.rest.is_empty() {
+                let n = this.rest.len().min(F::MAX_CHUNK);
+                let piece = this.rest.split_to(n);
+                let end = this.rest.is_empty() && this.inner_ended;
+                this.end_called |= end;
+                match filter.data(piece, end) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    Err(Cut) => return abort(&mut this.done),
+                }
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    return match end_call(filter, this.seen, &mut this.end_called) {
+                        Ok(Some(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(Cut) => abort(&mut this.done),
+                    };
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    this.seen = true;
+                    this.rest = data;
+                    this.inner_ended = this.inner.is_end_stream();
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            let Ok(mut trailers) = frame.into_trailers() else {
+                continue;
+            };
+            let last = match end_call(filter, this.seen, &mut this.end_called) {
+                Ok(last) => last,
+                Err(Cut) => return abort(&mut this.done),
+            };
+            if filter.trailers(&mut trailers).is_err() {
+                return abort(&mut this.done);
+            }
+            let Some(out) = last else {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            };
+            this.held = Some(trailers);
+            return Poll::Ready(Some(Ok(Frame::data(out))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.filter {
+            None => self.inner.is_end_stream(),
+            // An empty body stays empty; otherwise the filter may still add to it.
+            Some(_) => {
+                self.done || (!self.seen && self.held.is_none() && self.inner.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.filter {
+            None => self.inner.size_hint(),
+            Some(_) if self.is_end_stream() => SizeHint::with_exact(0),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The filter's `end` call, if the body had data and it was not made yet; what it returns, if
+/// anything.
+fn end_call<F: Filter>(
+    filter: &mut F,
+    seen: bool,
+    called: &mut bool,
+) -> Result<Option<Bytes>, Cut> {
+    if !seen || *called {
+        return Ok(None);
+    }
+    *called = true;
+    let out = filter.data(Bytes::new(), true)?;
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn abort(done: &mut bool) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    *done = true;
+    Poll::Ready(Some(Err(BodyError::Aborted)))
 }
 
 /// `grpc-status` and a percent-encoded `grpc-message`, as trailers or trailers-only headers.

@@ -200,6 +200,10 @@ struct ClassArgs {
     /// Folder of extra plugins (`*.wasm` components), watched and reloaded like manifests.
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
+    /// Wall-clock deadline of one request-time plugin call (a hook; body and message hooks get
+    /// 1 ms more per 64 KiB they are handed). A call past it fails like a trap.
+    #[arg(long, value_name = "MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    plugin_hook_deadline_ms: u64,
     /// Serve Ingresses of this class (spec.ingressClassName or kubernetes.io/ingress.class).
     #[arg(long, default_value = "wasmgress")]
     ingress_class: String,
@@ -499,7 +503,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin { cmd } => plugin_command(cmd),
         Command::Validate { dir, class } => {
-            let builtins = builtin_plugins()?;
+            let builtins = builtin_plugins(&class)?;
             let (plugins, problems) = run::load_plugins(&builtins, class.plugin_dir.as_deref());
             for p in &problems {
                 println!("error: {p}");
@@ -545,6 +549,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut options = run_options(source, &proxy)?;
             if cluster.is_some() {
                 options.compile.endpoint_guard = kube.endpoint_guard();
+                if let Some(guard) = &options.compile.endpoint_guard {
+                    wasmgress::access::external::refuse_own_addresses(guard.own.clone());
+                }
             }
             options.cluster = cluster;
             rt.block_on(run::run(options, shutdown_signal()))?;
@@ -567,7 +574,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     options: kube_options(&kube),
                 },
             };
-            let builtins = builtin_plugins()?;
+            let builtins = builtin_plugins(&class)?;
             let options = run::WebhookRunOptions {
                 source,
                 plugin_dir: class.plugin_dir.clone(),
@@ -648,9 +655,12 @@ fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn builtin_plugins() -> anyhow::Result<Arc<Registry>> {
-    let registry = Registry::with_builtins(RuntimeConfig::default())
-        .context("cannot load the built-in plugins")?;
+fn builtin_plugins(class: &ClassArgs) -> anyhow::Result<Arc<Registry>> {
+    let config = RuntimeConfig {
+        request_deadline: std::time::Duration::from_millis(class.plugin_hook_deadline_ms),
+        ..RuntimeConfig::default()
+    };
+    let registry = Registry::with_builtins(config).context("cannot load the built-in plugins")?;
     Ok(Arc::new(registry))
 }
 
@@ -748,7 +758,7 @@ fn run_options(source: run::Source, args: &ProxyArgs) -> anyhow::Result<RunOptio
     };
     let edge = &args.edge;
     // The plugin folder is loaded with the first snapshot (`run` owns the registry's rebuilds).
-    let builtins = builtin_plugins()?;
+    let builtins = builtin_plugins(&args.class)?;
     Ok(RunOptions {
         source,
         cluster: None,

@@ -224,6 +224,17 @@ pub struct Policy {
     pub response_rate: Option<ResponseRate>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
+    /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
+    /// the name their grant gives (`SERVICE:PORT`).
+    pub backends: Arc<[Alternate]>,
+}
+
+/// A backend a plugin may send a request to instead of the route's.
+#[derive(Debug, Clone)]
+pub struct Alternate {
+    /// `SERVICE:PORT` as the grant wrote it.
+    pub name: Arc<str>,
+    pub backend: Arc<crate::route::Backend>,
 }
 
 impl Default for Policy {
@@ -248,6 +259,7 @@ impl Default for Policy {
             client_tls: None,
             response_rate: None,
             hooks: HookChain::default(),
+            backends: Arc::new([]),
         }
     }
 }

@@ -20,6 +20,7 @@ mod kubernetes;
 mod limits;
 mod loading;
 mod observability;
+mod plugin_io;
 mod plugin_platform;
 mod plugin_template;
 mod plugins;

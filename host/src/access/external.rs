@@ -392,10 +392,7 @@ fn client(allow_loopback: bool) -> &'static AuthClient {
     static LOOSE: OnceLock<AuthClient> = OnceLock::new();
     let cell = if allow_loopback { &LOOSE } else { &STRICT };
     cell.get_or_init(|| {
-        let mut http = HttpConnector::new_with_resolver(Guarded {
-            inner: GaiResolver::new(),
-            allow_loopback,
-        });
+        let mut http = HttpConnector::new_with_resolver(Guarded::new(allow_loopback));
         http.enforce_http(false);
         http.set_nodelay(true);
         // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a config that has it.
@@ -414,9 +411,19 @@ fn client(allow_loopback: bool) -> &'static AuthClient {
 
 /// The system resolver, minus addresses an auth URL must never reach.
 #[derive(Clone)]
-struct Guarded {
+pub(crate) struct Guarded {
     inner: GaiResolver,
     allow_loopback: bool,
+}
+
+impl Guarded {
+    /// The system resolver, refusing what `reachable` refuses (loopback unless allowed).
+    pub(crate) fn new(allow_loopback: bool) -> Self {
+        Guarded {
+            inner: GaiResolver::new(),
+            allow_loopback,
+        }
+    }
 }
 
 /// Cloud metadata services outside the link-local ranges (AWS's IPv6 one, Alibaba's).
@@ -425,8 +432,21 @@ const METADATA: [IpAddr; 2] = [
     IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
 ];
 
+/// The proxy's own pod addresses, in a cluster: a subrequest (or a plugin's call) aimed there
+/// would reach the admin port from inside, past any NetworkPolicy guarding it.
+static OWN: OnceLock<Vec<IpAddr>> = OnceLock::new();
+
+/// Refuses `addrs` (the controller pod's own) as auth and plugin call targets, for the life of
+/// the process. Set once at start in a cluster.
+pub fn refuse_own_addresses(addrs: Vec<IpAddr>) {
+    let _ = OWN.set(addrs.into_iter().map(|ip| ip.to_canonical()).collect());
+}
+
 fn reachable(ip: IpAddr, allow_loopback: bool) -> bool {
     let ip = ip.to_canonical();
+    if OWN.get().is_some_and(|own| own.contains(&ip)) {
+        return false;
+    }
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
@@ -439,7 +459,7 @@ fn reachable(ip: IpAddr, allow_loopback: bool) -> bool {
 
 /// The auth URL as it will be dialled: no userinfo (`http://a@b/` dials `b`), and a literal
 /// address host must be reachable (literals never reach the resolver that filters names).
-fn dialable(uri: &Uri, allow_loopback: bool) -> Result<(), String> {
+pub(crate) fn dialable(uri: &Uri, allow_loopback: bool) -> Result<(), String> {
     let authority = uri.authority().ok_or("the auth URL has no host")?;
     if authority.as_str().contains('@') {
         return Err("the auth URL carries userinfo".into());

@@ -278,6 +278,10 @@ impl crate::plugin::SecretSource for PluginSecrets<'_, '_, '_> {
         let (secret, _) = referenced("Secret", self.refs.secrets, &r, self.namespace, self.refs)?;
         Ok(Arc::new(secret_data(secret)))
     }
+
+    fn loopback_reachable(&self) -> bool {
+        self.refs.allow_loopback
+    }
 }
 
 fn referenced<'a, K>(

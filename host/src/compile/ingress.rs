@@ -113,6 +113,9 @@ pub fn compile(
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
             policy.rewrite_target = p.rewrite_target.map(Arc::from);
             policy.hooks = p.hooks;
+            policy.backends = alternates(&policy.hooks, namespace, cx, &mut |field, why| {
+                notes.push(Diagnostic::warning(&object, field, why).at(origin.clone()));
+            });
             let route = super::access::RouteFacts {
                 auth_deadline: policy.connect_timeout + policy.read_timeout,
                 exact_hosts: exact_hosts(ingress),
@@ -531,4 +534,63 @@ fn valid_path(path: &str) -> Result<(), &'static str> {
         return Err("must not contain whitespace or control characters");
     }
     Ok(())
+}
+
+/// The backends the route's hooks may choose (`backends(SERVICE:PORT, ...)` grants), resolved
+/// in the route's namespace. One that cannot be resolved is kept empty (a request sent there
+/// gets 503) with a warning: the route itself still serves.
+fn alternates(
+    hooks: &crate::plugin::HookChain,
+    namespace: &str,
+    cx: &mut Context<'_, '_>,
+    warn: &mut dyn FnMut(String, String),
+) -> Arc<[crate::policy::Alternate]> {
+    use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
+    let mut out = Vec::new();
+    for name in hooks.backends() {
+        let Some((service, port)) = name.split_once(':') else {
+            continue;
+        };
+        let port = match port.parse::<i32>() {
+            Ok(number) => ServiceBackendPort {
+                number: Some(number),
+                name: None,
+            },
+            Err(_) => ServiceBackendPort {
+                number: None,
+                name: Some(port.to_string()),
+            },
+        };
+        let wanted = IngressServiceBackend {
+            name: service.to_string(),
+            port: Some(port),
+        };
+        let backend = match cx.resolver.resolve(namespace, &wanted) {
+            Ok(resolved) => {
+                if resolved.empty {
+                    warn(
+                        "metadata.annotations".into(),
+                        format!(
+                            "plugin backend `{name}` has no ready endpoints; requests a plugin sends there get 503"
+                        ),
+                    );
+                }
+                resolved.backend
+            }
+            Err((_, why)) => {
+                warn(
+                    "metadata.annotations".into(),
+                    format!(
+                        "plugin backend `{name}`: {why}; requests a plugin sends there get 503"
+                    ),
+                );
+                Arc::new(Backend::new(format!("{namespace}/{name}"), Vec::new()))
+            }
+        };
+        out.push(crate::policy::Alternate {
+            name: name.into(),
+            backend,
+        });
+    }
+    out.into()
 }

@@ -225,6 +225,8 @@ pub(crate) struct StoreState {
     /// Log lines emitted during the current call.
     pub(crate) log_lines: u32,
     pub(crate) limiter: Limiter,
+    /// Outbound calls queued by the current call (`http.send`), made if it returns `wait`.
+    pub(crate) calls: Vec<super::outbound::Call>,
 }
 
 impl StoreState {
@@ -242,6 +244,7 @@ impl StoreState {
             plugin,
             log_lines: 0,
             limiter: Limiter::new(memory_limit),
+            calls: Vec::new(),
         }
     }
 }

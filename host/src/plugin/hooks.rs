@@ -14,6 +14,7 @@ use super::capability::Granted;
 use super::engine::RuntimeConfig;
 use super::error::{CallError, CallErrorKind};
 use super::instance::{HookSet, LoadedPlugin, PluginInstance, Route};
+use super::outbound;
 use super::policy::{FixedResponse, fixed_response};
 use super::request::{HookRequest, RouteInfo};
 use bytes::Bytes;
@@ -54,10 +55,28 @@ pub(crate) struct Attachment {
 }
 
 /// What a hook decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum HookAction {
     Continue,
     Respond(FixedResponse),
+    /// Wait for outbound calls, then ask the same instance again.
+    Wait(Waiting),
+}
+
+/// A hook waiting for its outbound calls. Its instance went back to the free list: a wait
+/// holds no instance (a slow service cannot exhaust the process-wide pool), and the
+/// continuation runs on any instance configured for the route (what it needs of the request
+/// travels in the request's values).
+pub struct Waiting {
+    calls: Vec<outbound::Call>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("calls", &self.calls.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BoundPlugin {
@@ -150,25 +169,86 @@ impl BoundPlugin {
 
     fn finish(
         &self,
-        inst: PluginInstance,
+        mut inst: PluginInstance,
         call: &'static str,
         result: Result<wit::Action, CallError>,
     ) -> Result<HookAction, CallError> {
         // A failed instance is dropped here (never checked in): its state is unknown.
         let action = result?;
-        self.checkin(inst);
+        let calls = inst.take_calls();
+        let invalid = |detail: String| CallError {
+            plugin: self.name().to_string(),
+            call,
+            kind: CallErrorKind::InvalidOutput,
+            deadline: self.config.request_deadline,
+            detail,
+        };
         match action {
-            wit::Action::Continue => Ok(HookAction::Continue),
-            wit::Action::RespondNow(r) => fixed_response(r.status, r.headers, r.body)
-                .map(HookAction::Respond)
-                .map_err(|detail| CallError {
-                    plugin: self.name().to_string(),
-                    call,
-                    kind: CallErrorKind::InvalidOutput,
-                    deadline: self.config.request_deadline,
-                    detail,
-                }),
+            wit::Action::Wait if call == "on-response-headers" => Err(invalid(
+                "a response hook cannot wait: outbound calls are for request hooks".into(),
+            )),
+            wit::Action::Wait if calls.is_empty() => {
+                Err(invalid("it returned `wait` with no call queued".into()))
+            }
+            wit::Action::Wait => {
+                self.checkin(inst);
+                Ok(HookAction::Wait(Waiting { calls }))
+            }
+            wit::Action::Continue => {
+                self.checkin(inst);
+                Ok(HookAction::Continue)
+            }
+            wit::Action::RespondNow(r) => {
+                self.checkin(inst);
+                fixed_response(r.status, r.headers, r.body)
+                    .map(HookAction::Respond)
+                    .map_err(invalid)
+            }
         }
+    }
+
+    /// Run `on-http-responses` with the results of the calls a hook waited for.
+    pub fn on_http_responses(
+        &self,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+        results: &[Result<outbound::Answer, outbound::CallFailure>],
+    ) -> Result<HookAction, CallError> {
+        let mut inst = self.checkout()?;
+        let deadline = self.config.request_deadline;
+        let r = inst.on_http_responses(request, headers, results, deadline);
+        self.finish(inst, "on-http-responses", r)
+    }
+
+    /// Run `on-request-body` (`ToUpstream`) or `on-response-body` (`ToClient`) over a chunk.
+    pub fn on_body(
+        &self,
+        direction: Direction,
+        request: &mut Option<Box<HookRequest>>,
+        chunk: &[u8],
+        end: bool,
+    ) -> Result<wit::BodyAction, CallError> {
+        let mut inst = self.checkout()?;
+        let deadline = message_deadline(self.config.request_deadline, chunk.len());
+        let r = inst.on_body(direction.wit(), request, chunk, end, deadline);
+        // A failed instance is dropped here (never checked in): its state is unknown.
+        let action = r?;
+        self.checkin(inst);
+        Ok(action)
+    }
+
+    /// Run `on-request-trailers` or `on-response-trailers` over `trailers`.
+    pub fn on_trailers(
+        &self,
+        direction: Direction,
+        request: &mut Option<Box<HookRequest>>,
+        trailers: &mut HeaderMap,
+    ) -> Result<(), CallError> {
+        let mut inst = self.checkout()?;
+        let deadline = self.config.request_deadline;
+        inst.on_trailers(direction.wit(), request, trailers, deadline)?;
+        self.checkin(inst);
+        Ok(())
     }
 
     /// Run `on-request-headers`; the guest edits `headers` and the request in place.
@@ -190,10 +270,7 @@ impl BoundPlugin {
         message: &Message,
     ) -> Result<wit::MessageAction, CallError> {
         let mut inst = self.checkout()?;
-        let direction = match direction {
-            Direction::ToUpstream => wit::Direction::ToUpstream,
-            Direction::ToClient => wit::Direction::ToClient,
-        };
+        let direction = direction.wit();
         let kind = if message.text {
             wit::MessageKind::Text
         } else {
@@ -221,11 +298,20 @@ impl BoundPlugin {
     }
 }
 
-/// Which way a WebSocket message travels.
+/// Which way a WebSocket message or a body travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     ToUpstream,
     ToClient,
+}
+
+impl Direction {
+    fn wit(self) -> wit::Direction {
+        match self {
+            Direction::ToUpstream => wit::Direction::ToUpstream,
+            Direction::ToClient => wit::Direction::ToClient,
+        }
+    }
 }
 
 /// A WebSocket data message.
@@ -252,13 +338,47 @@ pub const HOOK_FAILED_CLOSE: u16 = 1011;
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// What the proxy does after running a chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum HookOutcome {
     /// Go on (to the upstream, or to the client).
     Continue,
     /// Send this response instead.
     Respond(FixedResponse),
+    /// A request hook waits for outbound calls: hand this to [`HookChain::resume`].
+    Wait(Box<Suspended>),
 }
+
+impl PartialEq for HookOutcome {
+    /// Waits are never equal: each holds its own instance and calls.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (HookOutcome::Continue, HookOutcome::Continue) => true,
+            (HookOutcome::Respond(a), HookOutcome::Respond(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A request chain stopped at the plugin at `index`, which waits.
+#[derive(Debug)]
+pub struct Suspended {
+    index: usize,
+    waiting: Waiting,
+    /// Waits so far by this plugin for this request.
+    round: u8,
+}
+
+/// What becomes of a body chunk after the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Pass these bytes on (possibly none).
+    Forward(Bytes),
+    /// Cut the body off.
+    Abort,
+}
+
+/// Largest chunk a body hook is handed; bigger frames are split.
+pub const MAX_BODY_CHUNK: usize = 64 << 10;
 
 /// The hooks of one route, in attach order, and what they are told about the route. Cheap to
 /// clone (shared instances).
@@ -286,6 +406,19 @@ impl HookChain {
     /// Tells the hooks which route they run for (`request.route()`).
     pub fn set_route(&mut self, route: RouteInfo) {
         self.route = Some(Arc::new(route));
+    }
+
+    /// Every backend some plugin of the chain may choose (`SERVICE:PORT`), each once.
+    pub fn backends(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for p in &self.plugins {
+            for b in p.granted.backends() {
+                if !all.contains(b) {
+                    all.push(b.clone());
+                }
+            }
+        }
+        all
     }
 
     /// The route the hooks run for.
@@ -376,15 +509,25 @@ impl HookChain {
         &self.plugins
     }
 
-    /// Run every request hook in attach order until one answers. A failing plugin answers
-    /// 500, or is skipped if the route marked it fail-open; either way the failure is logged.
-    /// Changes to the method, path and query are accepted only during these calls.
+    /// Run every request hook in attach order until one answers or waits. A failing plugin
+    /// answers 500, or is skipped if the route marked it fail-open; either way the failure is
+    /// logged. Changes to the method, path and query are accepted only during these calls
+    /// (and the `on-http-responses` calls of [`HookChain::resume`]).
     pub fn run_request(
         &self,
         request: &mut Option<Box<HookRequest>>,
         headers: &mut HeaderMap,
     ) -> HookOutcome {
-        let outcome = self.run_request_hooks(request, headers);
+        self.run_request_from(0, request, headers)
+    }
+
+    fn run_request_from(
+        &self,
+        start: usize,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+    ) -> HookOutcome {
+        let outcome = self.run_request_hooks(start, request, headers);
         if let Some(r) = request.as_deref_mut() {
             r.open = false;
         }
@@ -393,20 +536,25 @@ impl HookChain {
 
     fn run_request_hooks(
         &self,
+        start: usize,
         request: &mut Option<Box<HookRequest>>,
         headers: &mut HeaderMap,
     ) -> HookOutcome {
-        for (i, p) in self.plugins.iter().enumerate() {
+        for (i, p) in self.plugins.iter().enumerate().skip(start) {
             if !p.hooks().request_headers {
                 continue;
             }
-            if let Some(r) = request.as_deref_mut() {
-                r.current = slot(i);
-                r.open = true;
-            }
+            open(request, i);
             match p.on_request_headers(request, headers) {
                 Ok(HookAction::Continue) => {}
                 Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
+                Ok(HookAction::Wait(waiting)) => {
+                    return HookOutcome::Wait(Box::new(Suspended {
+                        index: i,
+                        waiting,
+                        round: 1,
+                    }));
+                }
                 Err(e) => {
                     if let Some(outcome) = failed(p, &e) {
                         return outcome;
@@ -415,6 +563,158 @@ impl HookChain {
             }
         }
         HookOutcome::Continue
+    }
+
+    /// Makes the calls a suspended chain waits for (the request's task awaits them; no
+    /// worker is held), hands their results to the plugin that waited, and runs the rest of
+    /// the chain, waiting again as often as plugins ask (each at most
+    /// [`outbound::MAX_ROUNDS`] times per request). Never returns [`HookOutcome::Wait`].
+    pub async fn resume(
+        &self,
+        mut suspended: Box<Suspended>,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+    ) -> HookOutcome {
+        loop {
+            let Suspended {
+                index,
+                waiting,
+                round,
+            } = *suspended;
+            let results = outbound::run(waiting.calls).await;
+            let p = &self.plugins[index];
+            open(request, index);
+            let decided = p.on_http_responses(request, headers, &results);
+            if let Some(r) = request.as_deref_mut() {
+                r.open = false;
+            }
+            let next = match decided {
+                Ok(HookAction::Continue) => index + 1,
+                Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
+                Ok(HookAction::Wait(_)) if round >= outbound::MAX_ROUNDS => {
+                    let e = CallError {
+                        plugin: p.name().to_string(),
+                        call: "on-http-responses",
+                        kind: CallErrorKind::InvalidOutput,
+                        deadline: p.config.request_deadline,
+                        detail: format!("it waited more than {} times", outbound::MAX_ROUNDS),
+                    };
+                    match failed(p, &e) {
+                        Some(outcome) => return outcome,
+                        None => index + 1,
+                    }
+                }
+                Ok(HookAction::Wait(waiting)) => {
+                    *suspended = Suspended {
+                        index,
+                        waiting,
+                        round: round + 1,
+                    };
+                    continue;
+                }
+                Err(e) => match failed(p, &e) {
+                    Some(outcome) => return outcome,
+                    None => index + 1,
+                },
+            };
+            match self.run_request_from(next, request, headers) {
+                HookOutcome::Wait(more) => suspended = more,
+                done => return done,
+            }
+        }
+    }
+
+    /// True when some plugin hooks the request body or its trailers.
+    pub fn has_request_body_hooks(&self) -> bool {
+        self.hooks.request_body || self.hooks.request_trailers
+    }
+
+    /// True when some plugin hooks upstream response bodies or their trailers.
+    pub fn has_response_body_hooks(&self) -> bool {
+        self.hooks.response_body || self.hooks.response_trailers
+    }
+
+    /// The body hooks of `direction`'s plugins, in its order (attach order towards the
+    /// upstream, reverse towards the client).
+    fn body_order(&self, direction: Direction) -> impl Iterator<Item = (usize, &Arc<BoundPlugin>)> {
+        let n = self.plugins.len();
+        (0..n).map(move |k| {
+            let i = match direction {
+                Direction::ToUpstream => k,
+                Direction::ToClient => n - 1 - k,
+            };
+            (i, &self.plugins[i])
+        })
+    }
+
+    /// Run the body hooks of `direction` over one chunk (at most [`MAX_BODY_CHUNK`]): a
+    /// replacement is what the next hook sees; an abort, or a fail-closed failure, cuts the
+    /// body off; a fail-open failure passes the chunk on as it was.
+    pub fn run_body(
+        &self,
+        direction: Direction,
+        request: &mut Option<Box<HookRequest>>,
+        mut chunk: Bytes,
+        end: bool,
+    ) -> BodyOutcome {
+        for (i, p) in self.body_order(direction) {
+            let hooked = match direction {
+                Direction::ToUpstream => p.hooks().request_body,
+                Direction::ToClient => p.hooks().response_body,
+            };
+            if !hooked {
+                continue;
+            }
+            closed(request, i);
+            match p.on_body(direction, request, &chunk, end) {
+                Ok(wit::BodyAction::Forward) => {}
+                Ok(wit::BodyAction::Replace(bytes)) if bytes.len() > MAX_MESSAGE_BYTES => {
+                    tracing::warn!(
+                        plugin = p.name(),
+                        "plugin replaced a body chunk with over 1 MiB; aborting the body"
+                    );
+                    return BodyOutcome::Abort;
+                }
+                Ok(wit::BodyAction::Replace(bytes)) => chunk = Bytes::from(bytes),
+                Ok(wit::BodyAction::Abort) => return BodyOutcome::Abort,
+                Err(e) if p.fail_open() => {
+                    tracing::warn!(plugin = p.name(), error = %e, "plugin failed; passing the body chunk on (fail-open)");
+                }
+                Err(e) => {
+                    tracing::error!(plugin = p.name(), error = %e, "plugin failed; aborting the body");
+                    return BodyOutcome::Abort;
+                }
+            }
+        }
+        BodyOutcome::Forward(chunk)
+    }
+
+    /// Run the trailers hooks of `direction` over `trailers`, edited in place; `false` when a
+    /// fail-closed plugin failed (the body is then cut off).
+    pub fn run_trailers(
+        &self,
+        direction: Direction,
+        request: &mut Option<Box<HookRequest>>,
+        trailers: &mut HeaderMap,
+    ) -> bool {
+        for (i, p) in self.body_order(direction) {
+            let hooked = match direction {
+                Direction::ToUpstream => p.hooks().request_trailers,
+                Direction::ToClient => p.hooks().response_trailers,
+            };
+            if !hooked {
+                continue;
+            }
+            closed(request, i);
+            if let Err(e) = p.on_trailers(direction, request, trailers) {
+                if !p.fail_open() {
+                    tracing::error!(plugin = p.name(), error = %e, "plugin failed; aborting the body");
+                    return false;
+                }
+                tracing::warn!(plugin = p.name(), error = %e, "plugin failed; passing the trailers on (fail-open)");
+            }
+        }
+        true
     }
 
     /// Run every response hook in reverse attach order. A hook that answers replaces the
@@ -437,7 +737,8 @@ impl HookChain {
                 r.open = false;
             }
             let mut answer = match p.on_response_headers(request, *status, headers) {
-                Ok(HookAction::Continue) => continue,
+                // `finish` turns a response hook's wait into an error: never here.
+                Ok(HookAction::Continue | HookAction::Wait(_)) => continue,
                 Ok(HookAction::Respond(r)) => r,
                 Err(e) => match failed(p, &e) {
                     Some(HookOutcome::Respond(r)) => r,
@@ -476,6 +777,22 @@ fn close(code: u16, mut reason: String) -> MessageOutcome {
 /// plugin must at least read what it is handed (21 ms for a 1 MiB message by default).
 fn message_deadline(base: std::time::Duration, len: usize) -> std::time::Duration {
     base + std::time::Duration::from_micros(u64::try_from(len / 64).unwrap_or(u64::MAX))
+}
+
+/// The request is the plugin at `i`'s, and changes are accepted (request hooks).
+fn open(request: &mut Option<Box<HookRequest>>, i: usize) {
+    if let Some(r) = request.as_deref_mut() {
+        r.current = slot(i);
+        r.open = true;
+    }
+}
+
+/// The request is the plugin at `i`'s; changes are refused (every later hook).
+fn closed(request: &mut Option<Box<HookRequest>>, i: usize) {
+    if let Some(r) = request.as_deref_mut() {
+        r.current = slot(i);
+        r.open = false;
+    }
 }
 
 /// A plugin's place in its chain, as the request's values are keyed.

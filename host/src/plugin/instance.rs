@@ -87,6 +87,10 @@ pub struct HookSet {
     pub request_headers: bool,
     pub response_headers: bool,
     pub websocket_message: bool,
+    pub request_body: bool,
+    pub response_body: bool,
+    pub request_trailers: bool,
+    pub response_trailers: bool,
 }
 
 impl HookSet {
@@ -97,30 +101,102 @@ impl HookSet {
                 wit::Hook::RequestHeaders => set.request_headers = true,
                 wit::Hook::ResponseHeaders => set.response_headers = true,
                 wit::Hook::WebsocketMessage => set.websocket_message = true,
+                wit::Hook::RequestBody => set.request_body = true,
+                wit::Hook::ResponseBody => set.response_body = true,
+                wit::Hook::RequestTrailers => set.request_trailers = true,
+                wit::Hook::ResponseTrailers => set.response_trailers = true,
             }
         }
         set
     }
 
+    /// Each hook with its WIT name, in WIT order. Exhaustive on purpose: a new hook must be
+    /// listed here, and everything built on this list follows.
+    pub fn named(self) -> [(bool, &'static str); 7] {
+        let HookSet {
+            request_headers,
+            response_headers,
+            websocket_message,
+            request_body,
+            response_body,
+            request_trailers,
+            response_trailers,
+        } = self;
+        [
+            (request_headers, "request-headers"),
+            (response_headers, "response-headers"),
+            (websocket_message, "websocket-message"),
+            (request_body, "request-body"),
+            (response_body, "response-body"),
+            (request_trailers, "request-trailers"),
+            (response_trailers, "response-trailers"),
+        ]
+    }
+
+    fn bits(self) -> u8 {
+        self.named()
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, (on, _))| acc | (u8::from(*on) << i))
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        let on = |i: u8| bits & (1 << i) != 0;
+        HookSet {
+            request_headers: on(0),
+            response_headers: on(1),
+            websocket_message: on(2),
+            request_body: on(3),
+            response_body: on(4),
+            request_trailers: on(5),
+            response_trailers: on(6),
+        }
+    }
+
     /// Every hook of `self` or `other`.
     pub fn union(self, other: HookSet) -> HookSet {
-        HookSet {
-            request_headers: self.request_headers || other.request_headers,
-            response_headers: self.response_headers || other.response_headers,
-            websocket_message: self.websocket_message || other.websocket_message,
-        }
+        HookSet::from_bits(self.bits() | other.bits())
     }
 
     /// True when no hook is used.
     pub fn is_empty(&self) -> bool {
-        !self.request_headers && !self.response_headers && !self.websocket_message
+        self.bits() == 0
     }
 
     /// True when every hook in `self` is also in `other`.
     pub fn is_subset_of(&self, other: &HookSet) -> bool {
-        (!self.request_headers || other.request_headers)
-            && (!self.response_headers || other.response_headers)
-            && (!self.websocket_message || other.websocket_message)
+        self.bits() & !other.bits() == 0
+    }
+
+    /// True when some body or trailers hook is used (the proxy then passes bodies through
+    /// the chain).
+    pub fn touches_bodies(&self) -> bool {
+        self.request_body || self.response_body || self.request_trailers || self.response_trailers
+    }
+}
+
+#[cfg(test)]
+mod hook_set_tests {
+    use super::HookSet;
+
+    #[test]
+    fn bits_round_trip_every_hook() {
+        for i in 0..7 {
+            let set = HookSet::from_bits(1 << i);
+            assert_eq!(set.bits(), 1 << i);
+            assert_eq!(set.named().iter().filter(|(on, _)| *on).count(), 1);
+        }
+        let a = HookSet {
+            request_body: true,
+            ..HookSet::default()
+        };
+        let b = HookSet {
+            response_trailers: true,
+            ..HookSet::default()
+        };
+        let both = a.union(b);
+        assert!(a.is_subset_of(&both) && b.is_subset_of(&both) && !both.is_subset_of(&a));
+        assert!(both.touches_bodies() && !HookSet::default().touches_bodies());
     }
 }
 
@@ -328,8 +404,16 @@ impl PluginInstance {
         let running = running();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.store.set_epoch_deadline(ticks(deadline));
-        self.store.data_mut().log_lines = 0;
+        let state = self.store.data_mut();
+        state.log_lines = 0;
+        // Calls an earlier call queued without waiting for them are never made.
+        state.calls.clear();
         running
+    }
+
+    /// The outbound calls the last call queued (`http.send`).
+    pub(crate) fn take_calls(&mut self) -> Vec<super::outbound::Call> {
+        std::mem::take(&mut self.store.data_mut().calls)
     }
 
     pub(crate) fn describe(&mut self, deadline: Duration) -> Result<wit::Info, CallError> {
@@ -473,6 +557,125 @@ impl PluginInstance {
         };
         drop(running);
         r.map_err(|e| self.fail(e, "on-websocket-message", deadline))
+    }
+}
+
+impl PluginInstance {
+    /// Run `on-http-responses` with the results of the calls the last call waited for
+    /// (0.2.0 and later: a 0.1.0 component cannot import `http`, so never waits).
+    pub(crate) fn on_http_responses(
+        &mut self,
+        request: &mut Option<Box<HookRequest>>,
+        headers: &mut HeaderMap,
+        results: &[Result<super::outbound::Answer, super::outbound::CallFailure>],
+        deadline: Duration,
+    ) -> Result<wit::Action, CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        let running = self.begin(deadline);
+        let r = match &self.filter {
+            Bindings::V0_1(_) => Ok(wit::Action::Continue),
+            Bindings::V0_2(f) => {
+                let pairs: Vec<Vec<(&str, &[u8])>> = results
+                    .iter()
+                    .map(|r| match r {
+                        Ok(a) => a
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (n.as_str(), v.as_slice()))
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    })
+                    .collect();
+                let lifted: Vec<Result<wit::HttpResponse<'_>, wit::HttpError>> = results
+                    .iter()
+                    .zip(&pairs)
+                    .map(|(r, pairs)| match r {
+                        Ok(a) => Ok(wit::HttpResponse {
+                            status: a.status,
+                            headers: pairs,
+                            body: &a.body,
+                        }),
+                        Err(e) => Err(super::bindings::http_error(*e)),
+                    })
+                    .collect();
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
+                lend(&mut self.store, request, headers);
+                let r = f.call_on_http_responses(&mut self.store, handle, fields, &lifted);
+                take_back(&mut self.store, request, headers);
+                r
+            }
+        };
+        drop(running);
+        r.map_err(|e| self.fail(e, "on-http-responses", deadline))
+    }
+
+    /// Run `on-request-body` (towards the upstream) or `on-response-body` over one chunk.
+    pub(crate) fn on_body(
+        &mut self,
+        direction: wit::Direction,
+        request: &mut Option<Box<HookRequest>>,
+        chunk: &[u8],
+        end: bool,
+        deadline: Duration,
+    ) -> Result<wit::BodyAction, CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        let running = self.begin(deadline);
+        let (r, call) = match &self.filter {
+            Bindings::V0_1(_) => (Ok(wit::BodyAction::Forward), "on-request-body"),
+            Bindings::V0_2(f) => {
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                self.store.data_mut().request = request.take();
+                let r = match direction {
+                    wit::Direction::ToUpstream => (
+                        f.call_on_request_body(&mut self.store, handle, chunk, end),
+                        "on-request-body",
+                    ),
+                    wit::Direction::ToClient => (
+                        f.call_on_response_body(&mut self.store, handle, chunk, end),
+                        "on-response-body",
+                    ),
+                };
+                *request = self.store.data_mut().request.take();
+                r
+            }
+        };
+        drop(running);
+        r.map_err(|e| self.fail(e, call, deadline))
+    }
+
+    /// Run `on-request-trailers` or `on-response-trailers` (edited in place by the guest).
+    pub(crate) fn on_trailers(
+        &mut self,
+        direction: wit::Direction,
+        request: &mut Option<Box<HookRequest>>,
+        trailers: &mut HeaderMap,
+        deadline: Duration,
+    ) -> Result<(), CallError> {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        let running = self.begin(deadline);
+        let (r, call) = match &self.filter {
+            Bindings::V0_1(_) => (Ok(()), "on-request-trailers"),
+            Bindings::V0_2(f) => {
+                let handle = Resource::<RequestHandle>::new_borrow(REQUEST_REP);
+                let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
+                lend(&mut self.store, request, trailers);
+                let r = match direction {
+                    wit::Direction::ToUpstream => (
+                        f.call_on_request_trailers(&mut self.store, handle, fields),
+                        "on-request-trailers",
+                    ),
+                    wit::Direction::ToClient => (
+                        f.call_on_response_trailers(&mut self.store, handle, fields),
+                        "on-response-trailers",
+                    ),
+                };
+                take_back(&mut self.store, request, trailers);
+                r
+            }
+        };
+        drop(running);
+        r.map_err(|e| self.fail(e, call, deadline))
     }
 }
 

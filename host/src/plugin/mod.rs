@@ -15,7 +15,7 @@
 //!
 //! One [`wasmtime::Engine`] per process (pooling allocator, epoch interruption, no WASI: a
 //! plugin imports only `wasmgress:plugin/types`, `log`, `metrics` and the capabilities
-//! `clock`, `random`, `counters`, `secrets`, checked at load; each capability must also be
+//! `clock`, `random`, `counters`, `secrets`, `http`, checked at load; each capability must also be
 //! granted by the route that attaches the plugin, checked at attach ([`capability`])). One ticker thread
 //! advances the epoch every [`EPOCH_TICK`]; each call sets its own deadline (default 5 ms at
 //! request time, 100 ms at compile time). A store's memory is capped (default 16 MiB) by
@@ -51,7 +51,9 @@
 //! isolation: with instances shared between Ingresses, a plugin's globals could carry one
 //! Ingress's data into another's request. Configured instances never can, and give plugin
 //! authors parsed configuration for free (`Plugin::Config` in the SDK). Because hook calls are
-//! synchronous, an Ingress never needs more instances than there are proxy worker threads.
+//! synchronous, an Ingress never needs more instances than there are proxy worker threads: a
+//! hook that waits for outbound calls gives its instance back for the wait, and the
+//! continuation (`on-http-responses`) takes any instance of the route.
 //!
 //! The pool holds at most 1000 component instances process-wide (each a 4 GiB virtual
 //! reservation, not memory): instances for configure are short-lived, and hook instances
@@ -65,6 +67,11 @@
 //! each plugin keeps between its hooks, and the method, path and query changes request hooks
 //! ask for. Request hooks run in attach order; response hooks in reverse attach order over
 //! every answer of the route; WebSocket message hooks per message ([`HookChain::run_message`]).
+//! A request hook may wait for outbound HTTP calls ([`outbound`]): the chain stops with a
+//! [`Suspended`], the proxy awaits [`HookChain::resume`] in the request's own task (no worker
+//! is blocked), and the chain goes on. Body and trailers hooks ([`BodyHooks`]) filter request
+//! and upstream response bodies chunk by chunk as they stream; a hook may also send the
+//! request to another backend its route grants (`request.set-backend`).
 //! Counters ([`counters`]) and plugin metrics ([`metrics`]) are shared per plugin and
 //! namespace, bounded, and kept across reloads.
 //!
@@ -77,6 +84,7 @@
 //! attached plugin owns produce a warning each.
 
 mod bindings;
+mod body;
 pub mod capability;
 mod configure;
 pub mod counters;
@@ -85,6 +93,7 @@ mod error;
 mod hooks;
 mod instance;
 pub mod metrics;
+pub mod outbound;
 mod policy;
 mod registry;
 pub mod request;
@@ -93,13 +102,15 @@ pub mod scaffold;
 #[cfg(test)]
 mod tests;
 
+pub use body::BodyHooks;
 pub use capability::{Capabilities, Capability, NoSecrets, SecretData, SecretSource};
 pub use configure::{Configured, PluginDiagnostic, attached_plugins, configure_ingress};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_LIMIT, RuntimeConfig};
 pub use error::{CallError, CallErrorKind, DirError, LoadError};
 pub use hooks::{
-    BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome,
-    MAX_MESSAGE_BYTES, Message, MessageOutcome, plugin_failure_response,
+    BodyOutcome, BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome,
+    MAX_BODY_CHUNK, MAX_MESSAGE_BYTES, Message, MessageOutcome, Suspended, Waiting,
+    plugin_failure_response,
 };
 pub use instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Route, StatsSnapshot,

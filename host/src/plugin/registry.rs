@@ -38,6 +38,7 @@ const ABI_IMPORTS: &[(&str, &[&str])] = &[
             "wasmgress:plugin/random@0.2.0",
             "wasmgress:plugin/counters@0.2.0",
             "wasmgress:plugin/secrets@0.2.0",
+            "wasmgress:plugin/http@0.2.0",
         ],
     ),
     (

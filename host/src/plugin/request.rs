@@ -45,6 +45,7 @@ pub enum RequestRefusal {
     Invalid,
     TooLarge,
     TooLate,
+    NotGranted,
 }
 
 #[derive(Clone)]
@@ -76,6 +77,8 @@ pub struct HookRequest {
     query_changed: bool,
     /// A WebSocket upgrade: its method is part of the protocol and cannot change.
     websocket: bool,
+    /// The backend a hook chose (`SERVICE:PORT` as its route grants it).
+    backend: Option<Arc<str>>,
 }
 
 /// The plain facts a [`HookRequest`] starts from.
@@ -110,6 +113,7 @@ impl HookRequest {
             path_changed: false,
             query_changed: false,
             websocket: facts.websocket,
+            backend: None,
         }
     }
 
@@ -162,6 +166,18 @@ impl HookRequest {
     /// sent upstream stays what it would have been (the client's, or `rewrite-target`'s).
     pub fn changed_query(&self) -> Option<Option<&str>> {
         (self.query_changed && !self.path_changed).then(|| self.path.query())
+    }
+
+    /// The backend a hook chose, if one did (`SERVICE:PORT`).
+    pub fn chosen_backend(&self) -> Option<&str> {
+        self.backend.as_deref()
+    }
+
+    /// Sends the request to `backend`, which the caller has checked the plugin may choose.
+    pub fn set_backend(&mut self, backend: &str) -> Result<(), RequestRefusal> {
+        self.changeable()?;
+        self.backend = Some(backend.into());
+        Ok(())
     }
 
     /// The current plugin's value for `key`.

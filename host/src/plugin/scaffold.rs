@@ -228,7 +228,7 @@ pub struct CheckReport {
     pub hooks: Vec<&'static str>,
     /// The metrics it declares: `name (counter)`, `name (histogram, label L)`.
     pub metrics: Vec<String>,
-    /// The capability interfaces it imports (`clock`, `random`, `counters`, `secrets`), which a
+    /// The capability interfaces it imports (`clock`, `random`, `counters`, `secrets`, `http`), which a
     /// route must grant.
     pub capabilities: Vec<String>,
 }
@@ -241,17 +241,7 @@ pub fn check(file: &Path) -> Result<CheckReport, LoadError> {
     let origin = file.display().to_string();
     let plugin = registry.add(&origin, &bytes)?;
     let info = plugin.info();
-    // Exhaustive on purpose: a new hook must be listed here too.
-    let super::HookSet {
-        request_headers,
-        response_headers,
-        websocket_message,
-    } = info.hooks;
-    let hooks = [
-        (request_headers, "request-headers"),
-        (response_headers, "response-headers"),
-        (websocket_message, "websocket-message"),
-    ];
+    let hooks = info.hooks.named();
     Ok(CheckReport {
         file: origin,
         name: info.name.clone(),
@@ -325,6 +315,7 @@ impl fmt::Display for CheckReport {
                 .iter()
                 .map(|c| match c.as_str() {
                     "secrets" => "secrets(NAME, ...)".to_string(),
+                    "http" => "http(HOST[:PORT], ...)".to_string(),
                     other => other.to_string(),
                 })
                 .collect();

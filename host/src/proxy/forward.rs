@@ -18,17 +18,34 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use super::{Exchange, InnerBody, local, websocket};
-use crate::body::{Idle, OnIdle, Progress, Stage, Upload};
+use crate::body::{Hooked, Idle, OnIdle, Progress, Stage, Upload};
+use crate::plugin::{BodyHooks, HookRequest};
 use crate::policy::{self, HttpVersion, RequestVars};
-use crate::route::{Endpoint, Route};
+use crate::route::{Backend, Endpoint};
 use crate::upstream::{self, ResponseBody, UpstreamError, Wait};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// Phase 6: the backend this request goes to: the route's, or the one a request hook chose
+/// among those its route grants.
+pub fn backend<'r>(ex: &Exchange<'r>) -> &'r Backend {
+    let route = ex.route;
+    let chosen = ex.request.as_deref().and_then(HookRequest::chosen_backend);
+    match chosen {
+        None => &route.backend,
+        Some(name) => route
+            .policy
+            .backends
+            .iter()
+            .find(|a| &*a.name == name)
+            .map_or(&route.backend, |a| &a.backend),
+    }
+}
+
 /// Phase 6: the endpoint this request goes to.
-pub fn pick(route: &Route) -> Option<&Endpoint> {
-    route.backend.pick()
+pub fn pick<'r>(ex: &Exchange<'r>) -> Option<&'r Endpoint> {
+    backend(ex).pick()
 }
 
 /// Phase 7: sends the request upstream and waits for the response head.
@@ -65,6 +82,14 @@ pub async fn send(
     let progress = has_body.then(Progress::new);
     let body = Idle::new(body, ex.settings.client_body_timeout, OnIdle::Fail).counting(counter);
     let body = Upload::new(body, policy.body_size, progress.clone());
+    let hooks = has_body
+        .then(|| BodyHooks::request(&policy.hooks, ex.request.as_deref()))
+        .flatten();
+    if hooks.is_some() {
+        // Hooks may change the body's length: it goes chunked.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let body = Hooked::new(body, hooks);
     let mut deadline = None;
     if grpc && let Some(limit) = parts.headers.get(&GRPC_TIMEOUT).and_then(grpc_timeout) {
         deadline = Some(tokio::time::Instant::now() + limit);
@@ -81,7 +106,7 @@ pub async fn send(
         .send(
             Request::from_parts(parts, body),
             endpoint,
-            &route.backend.name,
+            &backend(ex).name,
             &wait,
         )
         .await;

@@ -15,7 +15,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::{Conn, Exchange, InnerBody, RequestView};
-use crate::plugin::{self, HookOutcome, HookRequest, RequestFacts, TlsInfo};
+use crate::plugin::{self, BodyHooks, HookOutcome, HookRequest, RequestFacts, TlsInfo};
 use crate::route::Route;
 
 /// The request hooks will see, on routes with hooks.
@@ -63,16 +63,51 @@ fn tls(route: &Route, conn: &Conn) -> Option<TlsInfo> {
     })
 }
 
-/// Runs the request hooks; `Some` is a plugin's answer. Their method change is applied to
-/// `parts`; their path change waits in the request for the forward phase.
-pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> Option<Response<InnerBody>> {
+/// What the request hooks decided.
+pub enum RequestHooks {
+    /// Go on upstream (their method change is applied to `parts`).
+    Proceed,
+    /// Send this answer instead (boxed: every hooked request carries this enum).
+    Answer(Box<Response<InnerBody>>),
+    /// A plugin waits for outbound calls: [`resume`] them.
+    Wait(Box<plugin::Suspended>),
+}
+
+/// Runs the request hooks. Their method change is applied to `parts`; their path change waits
+/// in the request for the forward phase.
+pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> RequestHooks {
     let hooks = &exchange.route.policy.hooks;
     if !hooks.has_request_hooks() {
-        return None;
+        return RequestHooks::Proceed;
     }
-    match hooks.run_request(&mut exchange.request, &mut parts.headers) {
+    let outcome = hooks.run_request(&mut exchange.request, &mut parts.headers);
+    decided(exchange, parts, outcome)
+}
+
+/// Makes the outbound calls a request hook waits for and runs the rest of the chain. Kept
+/// out of [`on_request`], so requests whose hooks never wait do not carry its state.
+pub async fn resume(
+    exchange: &mut Exchange<'_>,
+    parts: &mut Parts,
+    suspended: Box<plugin::Suspended>,
+) -> Option<Response<InnerBody>> {
+    let hooks = &exchange.route.policy.hooks;
+    let outcome = hooks
+        .resume(suspended, &mut exchange.request, &mut parts.headers)
+        .await;
+    match decided(exchange, parts, outcome) {
+        RequestHooks::Proceed => None,
+        RequestHooks::Answer(answer) => Some(*answer),
+        // `resume` never stops at a wait.
+        RequestHooks::Wait(_) => Some(fixed(plugin::plugin_failure_response("(chain)"))),
+    }
+}
+
+fn decided(exchange: &mut Exchange<'_>, parts: &mut Parts, outcome: HookOutcome) -> RequestHooks {
+    match outcome {
         HookOutcome::Continue => {}
-        HookOutcome::Respond(answer) => return Some(fixed(answer)),
+        HookOutcome::Respond(answer) => return RequestHooks::Answer(Box::new(fixed(answer))),
+        HookOutcome::Wait(suspended) => return RequestHooks::Wait(suspended),
     }
     if let Some(method) = exchange
         .request
@@ -81,7 +116,7 @@ pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> Option<Resp
     {
         parts.method = method.clone();
     }
-    None
+    RequestHooks::Proceed
 }
 
 /// The upstream target `target` (what it would be without hooks) after the request hooks'
@@ -104,19 +139,32 @@ pub fn target(exchange: &Exchange<'_>, target: PathAndQuery) -> PathAndQuery {
     PathAndQuery::try_from(next).unwrap_or(target)
 }
 
-/// Runs the response hooks over any response of the route; a hook's answer replaces it.
+/// Runs the response hooks over any response of the route; a hook's answer replaces it. An
+/// upstream's body that remains then goes through the body hooks, if the route has any.
 pub fn on_response(exchange: &mut Exchange<'_>, resp: Response<InnerBody>) -> Response<InnerBody> {
     let hooks = &exchange.route.policy.hooks;
-    if !hooks.has_response_hooks() {
+    if hooks.is_empty() {
         return resp;
     }
-    let (mut parts, body) = resp.into_parts();
-    let mut status: StatusCode = parts.status;
-    match hooks.run_response(&mut exchange.request, &mut status, &mut parts.headers) {
-        None => Response::from_parts(parts, body),
-        // The upstream's body (if any) is dropped unread: its connection is not reused.
-        Some(answer) => fixed(answer),
+    let (mut parts, mut body) = resp.into_parts();
+    if hooks.has_response_hooks() {
+        let mut status: StatusCode = parts.status;
+        if let Some(answer) =
+            hooks.run_response(&mut exchange.request, &mut status, &mut parts.headers)
+        {
+            // The upstream's body (if any) is dropped unread: its connection is not reused.
+            return fixed(answer);
+        }
     }
+    if let Either::Left(streamed) = &mut body
+        && let Some(filter) = BodyHooks::response(hooks, exchange.request.as_deref())
+        && !http_body::Body::is_end_stream(streamed)
+    {
+        // Hooks may change the body's length.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        streamed.filter_with(filter);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// A plugin's answer as a response.

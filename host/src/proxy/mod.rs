@@ -49,16 +49,18 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body::Idle;
+use crate::body::{Hooked, Idle};
 use crate::route::RouteTable;
 use crate::tls::CertStore;
 use crate::upstream;
 use view::RequestView;
 
 /// Response bodies: streamed from an upstream (logged when they end), or made here.
-pub type ProxyBody = Either<log::Logged<Idle<upstream::ResponseBody>>, Full<Bytes>>;
+pub type ProxyBody = Either<log::Logged<Streamed>, Full<Bytes>>;
 /// Response bodies before the access log wraps them.
-pub(crate) type InnerBody = Either<Idle<upstream::ResponseBody>, Full<Bytes>>;
+pub(crate) type InnerBody = Either<Streamed, Full<Bytes>>;
+/// An upstream's response body: timed, and through the route's body hooks if it has any.
+pub type Streamed = Hooked<Idle<upstream::ResponseBody>, crate::plugin::BodyHooks>;
 
 /// One compiled configuration, swapped in whole.
 #[derive(Debug)]
@@ -308,11 +310,20 @@ impl Proxy {
     ) -> Response<InnerBody> {
         let (route, view) = (exchange.route, exchange.view);
         let grpc = view.kind.grpc;
-        if let Some(answer) = hooks::on_request(exchange, &mut parts) {
-            return answer;
+        match hooks::on_request(exchange, &mut parts) {
+            hooks::RequestHooks::Proceed => {}
+            hooks::RequestHooks::Answer(answer) => return *answer,
+            hooks::RequestHooks::Wait(suspended) => {
+                // Boxed: rare, and its calls' state would otherwise enlarge every request's
+                // future.
+                let resumed = Box::pin(hooks::resume(exchange, &mut parts, suspended));
+                if let Some(answer) = resumed.await {
+                    return answer;
+                }
+            }
         }
-        let Some(endpoint) = forward::pick(route) else {
-            tracing::warn!(ingress = %route.ingress, service = %route.backend.name,
+        let Some(endpoint) = forward::pick(exchange) else {
+            tracing::warn!(ingress = %route.ingress, service = %forward::backend(exchange).name,
                 id = ?view.request_id, "no ready endpoints");
             return local::failure(local::NO_ENDPOINTS, grpc, &view.request_id);
         };

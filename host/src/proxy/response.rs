@@ -40,5 +40,5 @@ pub fn filter(
     let body = Idle::new(body, policy.read_timeout, on_idle)
         .holding(slot)
         .throttled(policy.response_rate);
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(parts, Either::Left(crate::body::Hooked::new(body, None)))
 }

@@ -200,10 +200,13 @@ pub async fn open(
         let (parts, body) = resp.into_parts();
         return Ok(Response::from_parts(
             parts,
-            Either::Left(Idle::new(
-                crate::upstream::ResponseBody::plain(body),
-                timeouts.read,
-                OnIdle::Fail,
+            Either::Left(crate::body::Hooked::new(
+                Idle::new(
+                    crate::upstream::ResponseBody::plain(body),
+                    timeouts.read,
+                    OnIdle::Fail,
+                ),
+                None,
             )),
         ));
     }

@@ -284,18 +284,16 @@ mod tests {
                 let tx = tx.lock().expect("lock").take();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let mut up = Request::from_parts(
-                        parts,
-                        crate::body::Upload::new(
-                            crate::body::Idle::new(
-                                body,
-                                Duration::from_secs(5),
-                                crate::body::OnIdle::Fail,
-                            ),
-                            0,
-                            None,
+                    let upload = crate::body::Upload::new(
+                        crate::body::Idle::new(
+                            body,
+                            Duration::from_secs(5),
+                            crate::body::OnIdle::Fail,
                         ),
+                        0,
+                        None,
                     );
+                    let mut up = Request::from_parts(parts, crate::body::Hooked::new(upload, None));
                     *up.uri_mut() = http::Uri::from_static("/");
                     let authority = http::uri::Authority::from_static("upstream.test");
                     let (resp, mut lent) = pool

@@ -41,8 +41,9 @@ use h2pool::H2Pool;
 pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 pub const H2_STREAM_WINDOW: u32 = 2 << 20;
 
-/// Request bodies towards upstreams: the client's body, limited and timed.
-pub type UpstreamBody = Upload<Incoming>;
+/// Request bodies towards upstreams: the client's body, limited and timed, through the
+/// route's body hooks if it has any.
+pub type UpstreamBody = crate::body::Hooked<Upload<Incoming>, crate::plugin::BodyHooks>;
 
 /// How bytes reach an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

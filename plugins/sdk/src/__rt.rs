@@ -14,8 +14,8 @@ mod wasm {
     use crate::bindings::wasmgress::plugin::types::Request as RequestHandle;
     use crate::log;
     use crate::{
-        Action, Config, Diagnostic, Direction, Fields, Headers, Info, Level, MessageAction,
-        MessageKind, Plugin, Policy, Request, Settings,
+        Action, BodyAction, Config, Diagnostic, Direction, Fields, Headers, HttpError,
+        HttpResponse, Info, Level, MessageAction, MessageKind, Plugin, Policy, Request, Settings,
     };
     use alloc::boxed::Box;
     use alloc::vec::Vec;
@@ -147,22 +147,86 @@ mod wasm {
                 P::on_websocket_message(config, &Request::new(request), direction, kind, payload)
             }
             None => {
-                log(
-                    Level::Error,
-                    "hook called on an instance that was not configured",
-                );
+                log_not_configured();
                 MessageAction::Close((1011, "plugin not configured".into()))
             }
         }
     }
 
-    fn not_configured() -> Action {
-        // The host always configures an instance before its hooks run; failing closed is the
-        // safe answer if that contract is ever broken.
+    pub fn on_http_responses<P: Plugin>(
+        request: &RequestHandle,
+        fields: &Fields,
+        responses: Vec<Result<HttpResponse, HttpError>>,
+    ) -> Action {
+        match config::<P>() {
+            Some(config) => P::on_http_responses(
+                config,
+                &Request::new(request),
+                &Headers::new(fields),
+                responses,
+            ),
+            None => not_configured(),
+        }
+    }
+
+    pub fn on_request_body<P: Plugin>(
+        request: &RequestHandle,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> BodyAction {
+        match config::<P>() {
+            Some(config) => P::on_request_body(config, &Request::new(request), chunk, end),
+            None => {
+                log_not_configured();
+                BodyAction::Abort
+            }
+        }
+    }
+
+    pub fn on_response_body<P: Plugin>(
+        request: &RequestHandle,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> BodyAction {
+        match config::<P>() {
+            Some(config) => P::on_response_body(config, &Request::new(request), chunk, end),
+            None => {
+                log_not_configured();
+                BodyAction::Abort
+            }
+        }
+    }
+
+    pub fn on_request_trailers<P: Plugin>(request: &RequestHandle, fields: &Fields) {
+        match config::<P>() {
+            Some(config) => {
+                P::on_request_trailers(config, &Request::new(request), &Headers::new(fields))
+            }
+            None => log_not_configured(),
+        }
+    }
+
+    pub fn on_response_trailers<P: Plugin>(request: &RequestHandle, fields: &Fields) {
+        match config::<P>() {
+            Some(config) => {
+                P::on_response_trailers(config, &Request::new(request), &Headers::new(fields))
+            }
+            None => log_not_configured(),
+        }
+    }
+
+    // The host always configures an instance before its hooks run; failing closed (a 500, an
+    // aborted body, a closed tunnel) is the safe answer if that contract is ever broken.
+    // Trailer hooks have no answer to give: they only log.
+    fn log_not_configured() {
         log(
             Level::Error,
             "hook called on an instance that was not configured",
         );
+    }
+
+    fn not_configured() -> Action {
+        log_not_configured();
         Action::respond_text(500, "plugin not configured\n")
     }
 }

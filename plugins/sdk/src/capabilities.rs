@@ -1,8 +1,10 @@
 //! The capabilities a plugin may import. Calling one of these functions makes the component
 //! import its interface, and the route attaching the plugin must then grant it
-//! (`wasmgress.io/plugin.<name>.capabilities: "clock, random, counters, secrets(NAME, ...)"`),
-//! or the plugin fails to attach with a diagnostic naming the capability. A plugin that never
-//! calls them imports nothing and needs no grant. They work in `configure` and in every hook.
+//! (`wasmgress.io/plugin.<name>.capabilities: "clock, random, counters, secrets(NAME, ...),
+//! http(HOST[:PORT], ...)"`), or the plugin fails to attach with a diagnostic naming the
+//! capability. A plugin that never calls them imports nothing and needs no grant. They work in
+//! `configure` and in every hook (`http` calls are only made for hooks that return
+//! [`Action::Wait`](crate::Action::Wait)).
 
 /// Time (`clock`).
 pub mod clock {
@@ -69,5 +71,47 @@ pub mod secrets {
     /// The value of `key` in the granted Secret `name`.
     pub fn get(name: &str, key: &str) -> Option<Vec<u8>> {
         secrets::get(name, key)
+    }
+}
+
+/// Outbound HTTP calls to the hosts the route grants (`http(HOST[:PORT], ...)`).
+///
+/// A call is only queued by [`send`](http::send): the host makes it once the hook returns
+/// [`Action::Wait`](crate::Action::Wait), then hands every queued call's result, in order, to
+/// [`Plugin::on_http_responses`](crate::Plugin::on_http_responses), on any instance configured
+/// for the route (keep what it needs with `Request::set_value`). Calls
+/// queued by a hook that does not return `Wait` are never made. Only the request hook and
+/// `on_http_responses` may wait. Limits: 4 calls queued per hook call (the fifth is refused,
+/// `too-many`), 4 waits per request and plugin, a request body of at most 64 KiB, an answer of
+/// at most 1 MiB (`too-large`), a deadline per call (0: 1000 ms; at most 30000 ms).
+pub mod http {
+    use crate::bindings::wasmgress::plugin::http;
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+
+    pub use crate::{HttpError, HttpRequest, HttpResponse};
+
+    /// Queues `request` and returns its place among this hook call's queued calls (0, 1...),
+    /// the index of its result in `on_http_responses`. Refused at once
+    /// ([`HttpError::Invalid`], [`HttpError::NotGranted`], [`HttpError::TooMany`]) when the
+    /// method, URL, a header or the body is invalid, the URL's host is not granted (or is an
+    /// address the proxy never calls), or 4 calls are already queued.
+    pub fn send(request: &HttpRequest) -> Result<u32, HttpError> {
+        http::send(request)
+    }
+
+    /// Queues a `GET` of `url` with these headers and no body; `timeout_ms` 0 is the host's
+    /// default (1000 ms). See [`send`].
+    pub fn get(url: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> Result<u32, HttpError> {
+        send(&HttpRequest {
+            method: "GET".to_string(),
+            url: url.to_string(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect(),
+            body: Vec::new(),
+            timeout_ms,
+        })
     }
 }

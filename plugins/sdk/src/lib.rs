@@ -6,8 +6,8 @@
 //! between `configure` and the request hooks. It must not grow capabilities the world does not
 //! grant: it is `no_std` (with `alloc`) so a plugin imports nothing but the filter world's
 //! interfaces, no WASI; the host refuses components that import anything else. A capability
-//! ([`clock`], [`random`], [`counters`], [`secrets`]) is imported only by a plugin that calls
-//! it, and a route must grant it (`wasmgress.io/plugin.<name>.capabilities`).
+//! ([`clock`], [`random`], [`counters`], [`secrets`], [`http`]) is imported only by a plugin
+//! that calls it, and a route must grant it (`wasmgress.io/plugin.<name>.capabilities`).
 //!
 //! ```ignore
 //! #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -29,6 +29,15 @@
 //! the returned policy asks for hooks, the host keeps that instance (and creates more the same
 //! way under load) for that Ingress only, so [`Plugin::Config`] is safe to keep per instance:
 //! it never mixes two Ingresses.
+//!
+//! The hooks are [`Plugin`]'s default methods; implement the ones the policy asks for:
+//! [`on_request_headers`](Plugin::on_request_headers) (and
+//! [`on_http_responses`](Plugin::on_http_responses) when it returns [`Action::Wait`] after
+//! queueing [`http`] calls), [`on_response_headers`](Plugin::on_response_headers),
+//! [`on_request_body`](Plugin::on_request_body), [`on_response_body`](Plugin::on_response_body),
+//! [`on_request_trailers`](Plugin::on_request_trailers),
+//! [`on_response_trailers`](Plugin::on_response_trailers) and
+//! [`on_websocket_message`](Plugin::on_websocket_message).
 #![no_std]
 
 extern crate alloc;
@@ -50,19 +59,19 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, ClientTls, ClientVerify, Config, Cors,
-    Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields, FixedResponse, Header,
-    HeaderEdit, HeaderError, HeaderValue, Hook, HttpVersion, Info, MessageAction, MessageKind,
-    ObjectRef, Policy, RateLimit, Redirect, RequestError, RequestVariable, Response, ResponseRate,
-    RouteInfo, RouteRef, Satisfy, Severity, StaticResponse, TemplatePart, TlsInfo,
-    UpstreamProtocol,
+    Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, BodyAction, ClientTls, ClientVerify,
+    Config, Cors, Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields,
+    FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpError, HttpRequest,
+    HttpResponse, HttpVersion, Info, MessageAction, MessageKind, ObjectRef, Policy, RateLimit,
+    Redirect, RequestError, RequestVariable, Response, ResponseRate, RouteInfo, RouteRef, Satisfy,
+    Severity, StaticResponse, TemplatePart, TlsInfo, UpstreamProtocol,
 };
 
 pub mod capabilities;
 pub mod refs;
 mod request;
 
-pub use capabilities::{clock, counters, random, secrets};
+pub use capabilities::{clock, counters, http, random, secrets};
 
 /// The plugin's own metrics, declared in [`Info::metrics`] and exported on the host's
 /// `/metrics` as `wasmgress_plugin_<plugin>_<name>` with labels `plugin`, `namespace` and the
@@ -132,7 +141,10 @@ pub trait Plugin: 'static {
 
     /// Called per request when the policy asked for [`Hook::RequestHeaders`].
     /// `request` reads the request's line, id, client, TLS facts and route, keeps values for
-    /// this plugin's later hooks, and changes the method, path or query sent upstream.
+    /// this plugin's later hooks, and changes the method, path, query or backend the request
+    /// goes to. Continue, answer ([`Action::RespondNow`]), or queue outbound calls with
+    /// [`http::send`] and return [`Action::Wait`]: [`on_http_responses`](Plugin::on_http_responses)
+    /// then decides.
     fn on_request_headers(
         _config: &Self::Config,
         _request: &Request<'_>,
@@ -165,6 +177,70 @@ pub trait Plugin: 'static {
         _payload: Vec<u8>,
     ) -> MessageAction {
         MessageAction::Forward
+    }
+
+    /// Called when the outbound calls a request hook queued with [`http::send`] and then
+    /// waited for ([`Action::Wait`]) are done, on any instance configured for the route (keep
+    /// what it needs with [`Request::set_value`]): `headers` are the
+    /// request's again, `responses` each call's result in the order they were queued. Decides
+    /// as [`on_request_headers`](Plugin::on_request_headers) does; returning
+    /// [`Action::Wait`] again (after queueing more calls) starts another round, at most 4 waits
+    /// per request and plugin. Only called for a plugin that waits.
+    fn on_http_responses(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _headers: &Headers<'_>,
+        _responses: Vec<Result<HttpResponse, HttpError>>,
+    ) -> Action {
+        Action::Continue
+    }
+
+    /// Called per chunk of the request body (at most 64 KiB; `end` marks the last call, whose
+    /// chunk may be empty) when the policy asked for [`Hook::RequestBody`], in attach order, as
+    /// the body streams to the upstream. Return [`BodyAction::Forward`], `Replace(bytes)` (what
+    /// the next plugin, then the upstream, sees; the upstream then gets the body chunked), or
+    /// `Abort` to cut the body off. `request` is a copy taken when the body started: values
+    /// set here are seen by this plugin's later body calls only.
+    fn on_request_body(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _chunk: Vec<u8>,
+        _end: bool,
+    ) -> BodyAction {
+        BodyAction::Forward
+    }
+
+    /// Called per chunk of the upstream's response body when the policy asked for
+    /// [`Hook::ResponseBody`], in reverse attach order, as
+    /// [`on_request_body`](Plugin::on_request_body) is for requests. Answers made by the proxy
+    /// or by plugins do not pass through it. `request` is a copy taken after the response hooks
+    /// ran.
+    fn on_response_body(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _chunk: Vec<u8>,
+        _end: bool,
+    ) -> BodyAction {
+        BodyAction::Forward
+    }
+
+    /// Called with the request's trailers, when it has some, after the body's last chunk, when
+    /// the policy asked for [`Hook::RequestTrailers`] (attach order); edit them in place.
+    fn on_request_trailers(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _trailers: &Headers<'_>,
+    ) {
+    }
+
+    /// Called with the upstream response's trailers (gRPC's status travels in them), when it
+    /// has some, after the body's last chunk, when the policy asked for
+    /// [`Hook::ResponseTrailers`] (reverse attach order); edit them in place.
+    fn on_response_trailers(
+        _config: &Self::Config,
+        _request: &Request<'_>,
+        _trailers: &Headers<'_>,
+    ) {
     }
 }
 
@@ -208,6 +284,41 @@ macro_rules! export_plugin {
                 ) -> $crate::MessageAction {
                     $crate::__rt::on_websocket_message::<$plugin>(request, direction, kind, payload)
                 }
+                fn on_http_responses(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    headers: &$crate::Fields,
+                    responses: $crate::__rt::Vec<
+                        ::core::result::Result<$crate::HttpResponse, $crate::HttpError>,
+                    >,
+                ) -> $crate::Action {
+                    $crate::__rt::on_http_responses::<$plugin>(request, headers, responses)
+                }
+                fn on_request_body(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    chunk: $crate::__rt::Vec<u8>,
+                    end: bool,
+                ) -> $crate::BodyAction {
+                    $crate::__rt::on_request_body::<$plugin>(request, chunk, end)
+                }
+                fn on_response_body(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    chunk: $crate::__rt::Vec<u8>,
+                    end: bool,
+                ) -> $crate::BodyAction {
+                    $crate::__rt::on_response_body::<$plugin>(request, chunk, end)
+                }
+                fn on_request_trailers(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    trailers: &$crate::Fields,
+                ) {
+                    $crate::__rt::on_request_trailers::<$plugin>(request, trailers)
+                }
+                fn on_response_trailers(
+                    request: &$crate::bindings::wasmgress::plugin::types::Request,
+                    trailers: &$crate::Fields,
+                ) {
+                    $crate::__rt::on_response_trailers::<$plugin>(request, trailers)
+                }
             }
     $crate::bindings::export!(__WasmgressExport with_types_in $crate::bindings);
         };
@@ -220,6 +331,11 @@ macro_rules! export_plugin {
             let _ = <$plugin as $crate::Plugin>::on_request_headers;
             let _ = <$plugin as $crate::Plugin>::on_response_headers;
             let _ = <$plugin as $crate::Plugin>::on_websocket_message;
+            let _ = <$plugin as $crate::Plugin>::on_http_responses;
+            let _ = <$plugin as $crate::Plugin>::on_request_body;
+            let _ = <$plugin as $crate::Plugin>::on_response_body;
+            let _ = <$plugin as $crate::Plugin>::on_request_trailers;
+            let _ = <$plugin as $crate::Plugin>::on_response_trailers;
         };
     };
 }

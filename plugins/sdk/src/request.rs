@@ -85,4 +85,13 @@ impl<'a> Request<'a> {
     pub fn set_query(&self, query: Option<&str>) -> Result<(), RequestError> {
         self.handle.set_query(query)
     }
+
+    /// Send the request to another backend instead of the route's Service (request hook
+    /// only): `SERVICE:PORT` exactly as the route grants it to this plugin
+    /// (`backends(SERVICE:PORT, ...)` in `wasmgress.io/plugin.<name>.capabilities`), a Service
+    /// of the route's namespace; [`RequestError::NotGranted`] otherwise. The rest of the route
+    /// (timeouts, protocol, header edits) stays; a backend without ready endpoints answers 503.
+    pub fn set_backend(&self, backend: &str) -> Result<(), RequestError> {
+        self.handle.set_backend(backend)
+    }
 }

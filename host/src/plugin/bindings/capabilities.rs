@@ -5,9 +5,10 @@
 //! already refuses such plugins; this is the second lock).
 
 use super::StoreState;
-use super::v0_2::wasmgress::plugin::{clock, counters, metrics, random, secrets};
+use super::v0_2::wasmgress::plugin::{clock, counters, http, metrics, random, secrets, types};
 use crate::plugin::capability::Capability;
 use crate::plugin::counters::monotonic_ns;
+use crate::plugin::outbound::{self, Asked, CallFailure};
 
 /// Largest `random.get-bytes` answer.
 const MAX_RANDOM_BYTES: u32 = 4096;
@@ -114,5 +115,41 @@ impl metrics::Host for StoreState {
         self.metrics
             .observe(index, &self.granted.namespace, &label, value);
         Ok(())
+    }
+}
+
+impl http::Host for StoreState {
+    fn send(
+        &mut self,
+        request: types::HttpRequest,
+    ) -> wasmtime::Result<Result<u32, types::HttpError>> {
+        self.granted(Capability::Http)?;
+        let asked = Asked {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        };
+        let queued = self.calls.len();
+        Ok(match outbound::check(asked, &self.granted, queued) {
+            Ok(call) => {
+                self.calls.push(call);
+                Ok(u32::try_from(queued).unwrap_or(u32::MAX))
+            }
+            Err(why) => Err(http_error(why)),
+        })
+    }
+}
+
+/// The WIT's name for a call's failure.
+pub(crate) fn http_error(why: CallFailure) -> types::HttpError {
+    match why {
+        CallFailure::NotGranted => types::HttpError::NotGranted,
+        CallFailure::Invalid => types::HttpError::Invalid,
+        CallFailure::TooMany => types::HttpError::TooMany,
+        CallFailure::Timeout => types::HttpError::Timeout,
+        CallFailure::Failed => types::HttpError::Failed,
+        CallFailure::TooLarge => types::HttpError::TooLarge,
     }
 }

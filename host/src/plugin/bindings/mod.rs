@@ -259,6 +259,7 @@ macro_rules! imports {
 
 imports!(v0_2::wasmgress::plugin::types, v0_2::wasmgress::plugin::log);
 mod capabilities;
+pub(crate) use capabilities::http_error;
 mod request;
 imports!(v0_1::wasmgress::plugin::types, v0_1::wasmgress::plugin::log);
 

@@ -13,6 +13,7 @@ fn refusal(r: RequestRefusal) -> types::RequestError {
         RequestRefusal::Invalid => types::RequestError::Invalid,
         RequestRefusal::TooLarge => types::RequestError::TooLarge,
         RequestRefusal::TooLate => types::RequestError::TooLate,
+        RequestRefusal::NotGranted => types::RequestError::NotGranted,
     }
 }
 
@@ -114,6 +115,19 @@ impl types::HostRequest for StoreState {
         query: Option<String>,
     ) -> wasmtime::Result<Result<(), types::RequestError>> {
         Ok(self.lent()?.set_query(query.as_deref()).map_err(refusal))
+    }
+
+    fn set_backend(
+        &mut self,
+        _: Handle,
+        backend: String,
+    ) -> wasmtime::Result<Result<(), types::RequestError>> {
+        // The grant is the instance's own (its route's), checked here and not trusted later.
+        let granted = self.granted.clone();
+        let Some(name) = granted.backend(&backend) else {
+            return Ok(Err(types::RequestError::NotGranted));
+        };
+        Ok(self.lent()?.set_backend(name).map_err(refusal))
     }
 
     fn drop(&mut self, _: Handle) -> wasmtime::Result<()> {

@@ -16,6 +16,11 @@
 //!   refused change answers 400 with the error's name.
 //! - `...late-change: "true"`: the response hook tries `set-path` and reports the refusal in
 //!   `x-late-change`.
+//! - `...choose-backend: "true"`: a request header `x-set-backend: SERVICE:PORT` makes the
+//!   request hook call `set-backend` with it (the route must grant it:
+//!   `backends(SERVICE:PORT)`); a refusal answers 400 with `set-backend refused: <error>\n`
+//!   (the error's WIT name: `not-granted`, `invalid`...). Off by default, so the benchmark's
+//!   hook reads one header and sets one.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -69,6 +74,7 @@ impl Plugin for SetHeader {
             value,
             facts: flag("facts"),
             late_change: flag("late-change"),
+            choose_backend: flag("choose-backend"),
             set_path: text("set-path"),
             set_query: text("set-query"),
             set_method: text("set-method"),
@@ -88,6 +94,14 @@ impl Plugin for SetHeader {
         }
         if let Err(e) = changes(config, request) {
             return Action::respond_text(400, &format!("refused: {e:?}\n"));
+        }
+        // Not UTF-8: still tried (lossily), so the host's refusal shows.
+        if config.choose_backend
+            && let Some(backend) = headers.get("x-set-backend")
+            && let Err(e) = request.set_backend(&String::from_utf8_lossy(&backend))
+        {
+            let body = format!("set-backend refused: {}\n", e.name());
+            return Action::respond_text(400, &body);
         }
         Action::Continue
     }
@@ -126,6 +140,8 @@ struct Config {
     value: String,
     facts: bool,
     late_change: bool,
+    /// Honour `x-set-backend`.
+    choose_backend: bool,
     set_path: Option<String>,
     set_query: Option<String>,
     set_method: Option<String>,
