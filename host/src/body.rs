@@ -435,20 +435,25 @@ pub trait Filter: Send + Sync {
 
 /// `B` passed through a [`Filter`], when there is one (none: `B` as it is, for the price of
 /// one branch per frame). A body with no data at all is never passed (no call for a GET);
-/// otherwise the filter's last data call has `end` set, before any trailers. Its length is
-/// unknown once filtered: the caller drops `Content-Length`.
+/// otherwise the filter's last data call has `end` set, before any trailers. Data frames that
+/// are already there are joined (up to [`Filter::MAX_CHUNK`]) before the filter sees them, so
+/// a client sending many tiny frames (one-byte chunks) costs one call per read, not one per
+/// frame; nothing waits to be joined. Its length is unknown once filtered: the caller drops
+/// `Content-Length`.
 pub struct Hooked<B, F> {
     inner: B,
     filter: Option<Box<F>>,
     /// Data taken from `inner` and not yet passed through the filter.
     rest: Bytes,
-    /// `inner` has nothing after `rest`.
+    /// Trailers taken from `inner`, not yet passed through the filter.
+    inner_trailers: Option<HeaderMap>,
+    /// `inner` has nothing after `rest` (and `inner_trailers`).
     inner_ended: bool,
     /// Some data was seen (so the filter owes an `end` call).
     seen: bool,
     /// The `end` call was made.
     end_called: bool,
-    /// Trailers to send after a last data frame.
+    /// Filtered trailers to send after a last data frame.
     held: Option<HeaderMap>,
     done: bool,
 }
@@ -459,6 +464,7 @@ impl<B, F> Hooked<B, F> {
             inner,
             filter,
             rest: Bytes::new(),
+            inner_trailers: None,
             inner_ended: false,
             seen: false,
             end_called: false,
@@ -470,6 +476,60 @@ impl<B, F> Hooked<B, F> {
     /// Passes the body through `filter` from now on.
     pub fn filter_with(&mut self, filter: Box<F>) {
         self.filter = Some(filter);
+    }
+}
+
+impl<B, F> Hooked<B, F>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    F: Filter,
+{
+    /// Takes what `inner` has ready, without waiting: data joined into `rest` up to a chunk,
+    /// then its trailers or its end. `Pending` with nothing taken is the caller's to return.
+    fn take_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        let mut joined: Option<bytes::BytesMut> = None;
+        loop {
+            let full = self.rest.len() + joined.as_ref().map_or(0, |j| j.len()) >= F::MAX_CHUNK;
+            if full || self.inner_ended {
+                break;
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending if self.rest.is_empty() && joined.is_none() => return Poll::Pending,
+                Poll::Pending => break,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => {
+                    self.inner_ended = true;
+                    break;
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    self.seen = true;
+                    if self.rest.is_empty() && joined.is_none() {
+                        self.rest = data;
+                    } else {
+                        let j = joined.get_or_insert_with(|| {
+                            let mut j = bytes::BytesMut::with_capacity(F::MAX_CHUNK);
+                            j.extend_from_slice(&self.rest);
+                            j
+                        });
+                        j.extend_from_slice(&data);
+                    }
+                    self.inner_ended = self.inner.is_end_stream();
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.inner_trailers = Some(trailers);
+                        self.inner_ended = true;
+                    }
+                }
+            }
+        }
+        if let Some(j) = joined {
+            self.rest = j.freeze();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -486,9 +546,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let Some(filter) = this.filter.as_deref_mut() else {
+        if this.filter.is_none() {
             return Pin::new(&mut this.inner).poll_frame(cx);
-        };
+        }
         loop {
             if let Some(t) = this.held.take() {
                 return Poll::Ready(Some(Ok(Frame::trailers(t))));
@@ -496,10 +556,19 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
+            if this.rest.is_empty() && !this.inner_ended {
+                if let Err(e) = ready!(this.take_ready(cx)) {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                continue;
+            }
+            let Some(filter) = this.filter.as_deref_mut() else {
+                return Poll::Ready(None);
+            };
             if !this.rest.is_empty() {
                 let n = this.rest.len().min(F::MAX_CHUNK);
                 let piece = this.rest.split_to(n);
-                let end = this.rest.is_empty() && this.inner_ended;
+                let end = this.rest.is_empty() && this.inner_ended && !this.end_called;
                 this.end_called |= end;
                 match filter.data(piece, end) {
                     Ok(out) if out.is_empty() => continue,
@@ -507,42 +576,21 @@ where
                     Err(Cut) => return abort(&mut this.done),
                 }
             }
-            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    this.done = true;
-                    return match end_call(filter, this.seen, &mut this.end_called) {
-                        Ok(Some(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Ok(None) => Poll::Ready(None),
-                        Err(Cut) => abort(&mut this.done),
-                    };
-                }
-            };
-            let frame = match frame.into_data() {
-                Ok(data) => {
-                    this.seen = true;
-                    this.rest = data;
-                    this.inner_ended = this.inner.is_end_stream();
-                    continue;
-                }
-                Err(frame) => frame,
-            };
-            let Ok(mut trailers) = frame.into_trailers() else {
-                continue;
-            };
+            // `inner` ended: the filter's end call (if owed), then the trailers, then the end.
+            this.done = true;
             let last = match end_call(filter, this.seen, &mut this.end_called) {
                 Ok(last) => last,
                 Err(Cut) => return abort(&mut this.done),
             };
-            if filter.trailers(&mut trailers).is_err() {
-                return abort(&mut this.done);
+            if let Some(mut trailers) = this.inner_trailers.take() {
+                if filter.trailers(&mut trailers).is_err() {
+                    return abort(&mut this.done);
+                }
+                this.held = Some(trailers);
             }
-            let Some(out) = last else {
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-            };
-            this.held = Some(trailers);
-            return Poll::Ready(Some(Ok(Frame::data(out))));
+            if let Some(out) = last {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
         }
     }
 
@@ -551,7 +599,11 @@ where
             None => self.inner.is_end_stream(),
             // An empty body stays empty; otherwise the filter may still add to it.
             Some(_) => {
-                self.done || (!self.seen && self.held.is_none() && self.inner.is_end_stream())
+                (self.done && self.held.is_none())
+                    || (!self.seen
+                        && self.inner_trailers.is_none()
+                        && self.held.is_none()
+                        && self.inner.is_end_stream())
             }
         }
     }
@@ -611,6 +663,94 @@ fn percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upper-cases data, appends `|end` at the end, marks trailers; counts calls.
+    #[derive(Default)]
+    struct Upper {
+        calls: usize,
+        ends: usize,
+    }
+
+    impl Filter for Upper {
+        const MAX_CHUNK: usize = 8;
+
+        fn data(&mut self, piece: Bytes, end: bool) -> Result<Bytes, Cut> {
+            assert!(piece.len() <= Self::MAX_CHUNK);
+            self.calls += 1;
+            let mut out = piece.to_ascii_uppercase();
+            if end {
+                self.ends += 1;
+                out.extend_from_slice(b"|end");
+            }
+            Ok(Bytes::from(out))
+        }
+
+        fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), Cut> {
+            trailers.insert("x-seen", HeaderValue::from_static("1"));
+            Ok(())
+        }
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BodyError>>>,
+    >;
+
+    fn frames(data: &[&str], trailers: bool) -> Frames {
+        let mut v: Vec<Result<Frame<Bytes>, BodyError>> = data
+            .iter()
+            .map(|d| Ok(Frame::data(Bytes::copy_from_slice(d.as_bytes()))))
+            .collect();
+        if trailers {
+            v.push(Ok(Frame::trailers(HeaderMap::new())));
+        }
+        http_body_util::StreamBody::new(futures_util::stream::iter(v))
+    }
+
+    async fn run(body: Frames) -> (String, Option<HeaderMap>, usize, usize) {
+        use http_body_util::BodyExt;
+        let mut hooked = Hooked::new(body, Some(Box::new(Upper::default())));
+        let mut out = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = hooked.frame().await {
+            let frame = frame.expect("no error");
+            match frame.into_data() {
+                Ok(d) => out.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        assert!(hooked.is_end_stream());
+        let f = hooked.filter.as_deref().expect("filter");
+        (
+            String::from_utf8(out).expect("utf-8"),
+            trailers,
+            f.calls,
+            f.ends,
+        )
+    }
+
+    /// Tiny frames that are all there are joined: 12 one-byte frames make two calls of at most
+    /// 8 bytes (the second one ends the body), nothing lost, trailers after, through the filter.
+    #[tokio::test]
+    async fn hooked_joins_ready_frames_and_ends_once() {
+        let tiny: Vec<&str> = "abcdefghijkl".split_inclusive(|_| true).collect();
+        let (out, trailers, calls, ends) = run(frames(&tiny, true)).await;
+        assert_eq!(out, "ABCDEFGHIJKL|end");
+        assert_eq!((calls, ends), (2, 1), "a full piece, then the last one");
+        assert_eq!(
+            trailers.and_then(|t| t.get("x-seen").cloned()),
+            Some(HeaderValue::from_static("1"))
+        );
+    }
+
+    /// A big frame is cut into pieces; a body without data gets no call at all.
+    #[tokio::test]
+    async fn hooked_splits_big_frames_and_leaves_empty_bodies_alone() {
+        let (out, _, calls, ends) = run(frames(&["0123456789abcdefXY"], false)).await;
+        assert_eq!(out, "0123456789ABCDEFXY|end");
+        assert!(calls >= 3 && ends == 1, "{calls} calls");
+        let (out, trailers, calls, _) = run(frames(&[], false)).await;
+        assert_eq!((out.as_str(), trailers.is_none(), calls), ("", true, 0));
+    }
 
     /// One 128 KiB frame at 32 KiB/s after 16 KiB goes out in pieces no larger than the
     /// budget, the last one about 3.5 s in (a controllable clock: no real waiting).

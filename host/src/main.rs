@@ -150,12 +150,32 @@ struct KubeArgs {
     /// this pod's own (refused by default in a cluster: only for people who know why).
     #[arg(long)]
     allow_local_endpoints: bool,
+    /// In a cluster, the hosts plugins may call at all with the `http` capability (comma
+    /// list of `HOST`, `*.SUFFIX`, each with an optional `:PORT`); an Ingress's grant can only
+    /// narrow it. Empty (the default): plugins make no outbound calls in a cluster. Use full
+    /// names: a short one goes through the pod's DNS search path (`idp.corp` may resolve to
+    /// Service `idp` of namespace `corp`).
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    plugin_http_allow: Vec<String>,
     /// This pod's own addresses, refused as endpoints (the downward API's status.podIPs).
     #[arg(long, value_name = "IP[,IP]", env = "POD_IPS", value_delimiter = ',')]
     pod_ips: Vec<std::net::IpAddr>,
 }
 
 impl KubeArgs {
+    /// In a cluster: plugins call only the hosts `--plugin-http-allow` lists.
+    fn restrict_plugin_calls(&self) -> anyhow::Result<()> {
+        let allowed = self
+            .plugin_http_allow
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| wasmgress::plugin::outbound::HostPattern::parse(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--plugin-http-allow: {e}"))?;
+        wasmgress::plugin::outbound::restrict_to(allowed);
+        Ok(())
+    }
+
     /// The endpoint addresses a cluster's tenants may not aim the proxy at.
     fn endpoint_guard(&self) -> Option<wasmgress::compile::EndpointGuard> {
         (!self.allow_local_endpoints).then(|| wasmgress::compile::EndpointGuard {
@@ -552,6 +572,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(guard) = &options.compile.endpoint_guard {
                     wasmgress::access::external::refuse_own_addresses(guard.own.clone());
                 }
+                kube.restrict_plugin_calls()?;
             }
             options.cluster = cluster;
             rt.block_on(run::run(options, shutdown_signal()))?;
@@ -567,6 +588,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let rt = runtime(None)?;
             let kube_mode = manifests.is_none();
+            if kube_mode {
+                // Judged as the controller judges.
+                kube.restrict_plugin_calls()?;
+            }
             let source = match manifests {
                 Some(manifests) => run::Source::Files { manifests },
                 None => run::Source::Kube {

@@ -166,6 +166,16 @@ pub fn compile(
             .at(origin.clone()),
         );
     }
+    if policy.http_version == crate::policy::HttpVersion::Http10
+        && policy.hooks.has_request_body_hooks()
+    {
+        // A hooked body has no length any more, and HTTP/1.0 cannot carry one without: it
+        // would reach the upstream empty.
+        error(
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-http-version]".into(),
+            "request-body and request-trailers hooks need HTTP/1.1 to the upstream (the body they pass on goes chunked); remove `proxy-http-version: \"1.0\"` or the hook".into(),
+        );
+    }
     if policy.http_version == crate::policy::HttpVersion::Http10 {
         notes.push(
             Diagnostic::warning(

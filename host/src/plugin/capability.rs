@@ -131,7 +131,7 @@ pub struct HostGrant {
 }
 
 impl HostGrant {
-    fn parse(s: &str) -> Result<HostGrant, String> {
+    pub(crate) fn parse(s: &str) -> Result<HostGrant, String> {
         let bad = || format!("`{s}` is not a host or `HOST:PORT`");
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (h, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -368,6 +368,16 @@ impl Granted {
         namespace: &str,
         source: &dyn SecretSource,
     ) -> Result<Granted, String> {
+        for h in &grant.hosts {
+            // Each port the grant may reach (a bare host: both schemes' defaults).
+            let ports = h.port.map_or(vec![80, 443], |p| vec![p]);
+            if let Some(why) = ports
+                .into_iter()
+                .find_map(|p| super::outbound::operator_refuses(&h.host, p))
+            {
+                return Err(format!("`http({})`: {why}", h.host));
+            }
+        }
         let mut secrets = BTreeMap::new();
         for name in &grant.secrets {
             secrets.insert(name.clone(), source.secret(name)?);

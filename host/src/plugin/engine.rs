@@ -81,7 +81,8 @@ pub fn engine() -> Result<&'static Engine, LoadError> {
         .map_err(|e| LoadError::new("the plugin engine", e.clone()))
 }
 
-/// Guest calls (instantiations included) in progress, process-wide.
+/// Guest calls in progress whose deadline is not well inside the idle window (instantiation,
+/// `configure`, hooks under a long `--plugin-hook-deadline-ms`), process-wide.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 /// Set by every call, cleared by the ticker at each tick: calls happened since the last one.
 static RECENT: AtomicBool = AtomicBool::new(false);
@@ -95,16 +96,28 @@ const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
 
 /// Marks a guest call in progress while alive: the epoch keeps advancing (deadlines keep
 /// working) as long as one exists. Every call into a guest must hold one.
-pub(crate) struct Running(());
+///
+/// Two kinds: a call whose deadline is well inside the ticker's idle window (every hook call
+/// at the default deadlines) only marks [`RECENT`], which keeps the ticker awake for the whole
+/// window, longer than the call may run; a longer one is also counted in [`ACTIVE`], which
+/// keeps the ticker awake however long it runs. Hook calls thus touch no shared counter.
+pub(crate) struct Running {
+    counted: bool,
+}
 
-/// Starts a [`Running`] guard, waking the ticker if it is parked.
-pub(crate) fn running() -> Running {
-    // SeqCst pairs with the ticker's store of PARKED and load of ACTIVE: either the ticker
-    // sees this call and stays awake, or this call sees PARKED and wakes it.
-    ACTIVE.fetch_add(1, Ordering::SeqCst);
-    // Load first: a store on every call would bounce the cache line between cores.
-    if !RECENT.load(Ordering::Relaxed) {
-        RECENT.store(true, Ordering::Relaxed);
+/// Starts a [`Running`] guard for a call of `deadline_ticks`, waking the ticker if it is
+/// parked.
+pub(crate) fn running(deadline_ticks: u64) -> Running {
+    let counted = deadline_ticks >= u64::from(IDLE_TICKS_BEFORE_PARKING / 2);
+    if counted {
+        ACTIVE.fetch_add(1, Ordering::SeqCst);
+    }
+    // SeqCst pairs with the ticker's store of PARKED and its loads of RECENT and ACTIVE:
+    // either the ticker sees this call (RECENT, or ACTIVE) and stays awake, or this call sees
+    // PARKED and wakes it. Load first: a store on every call would bounce the cache line
+    // between cores; RECENT already set means the ticker has not parked since.
+    if !RECENT.load(Ordering::SeqCst) {
+        RECENT.store(true, Ordering::SeqCst);
     }
     if PARKED.load(Ordering::SeqCst)
         && PARKED.swap(false, Ordering::SeqCst)
@@ -112,12 +125,14 @@ pub(crate) fn running() -> Running {
     {
         t.unpark();
     }
-    Running(())
+    Running { counted }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        if self.counted {
+            ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -130,7 +145,7 @@ fn tick(engine: &Engine) {
     loop {
         std::thread::sleep(EPOCH_TICK);
         engine.increment_epoch();
-        if ACTIVE.load(Ordering::SeqCst) > 0 || RECENT.swap(false, Ordering::Relaxed) {
+        if ACTIVE.load(Ordering::SeqCst) > 0 || RECENT.swap(false, Ordering::SeqCst) {
             idle = 0;
             continue;
         }
@@ -139,9 +154,13 @@ fn tick(engine: &Engine) {
             continue;
         }
         PARKED.store(true, Ordering::SeqCst);
-        // A call that started before PARKED was visible did not wake us, but is counted in
-        // ACTIVE; `park` may also return spuriously, hence the loop.
-        while PARKED.load(Ordering::SeqCst) && ACTIVE.load(Ordering::SeqCst) == 0 {
+        // A call that started before PARKED was visible did not wake us, but set RECENT (or
+        // is counted in ACTIVE): keep ticking for it. `park` may also return spuriously,
+        // hence the loop.
+        while PARKED.load(Ordering::SeqCst)
+            && ACTIVE.load(Ordering::SeqCst) == 0
+            && !RECENT.load(Ordering::SeqCst)
+        {
             std::thread::park();
         }
         PARKED.store(false, Ordering::SeqCst);
@@ -227,6 +246,9 @@ pub(crate) struct StoreState {
     pub(crate) limiter: Limiter,
     /// Outbound calls queued by the current call (`http.send`), made if it returns `wait`.
     pub(crate) calls: Vec<super::outbound::Call>,
+    /// The current call may wait (`on-request-headers`, `on-http-responses`): elsewhere
+    /// `http.send` is refused at once instead of queueing a call that is never made.
+    pub(crate) may_wait: bool,
 }
 
 impl StoreState {
@@ -245,6 +267,7 @@ impl StoreState {
             log_lines: 0,
             limiter: Limiter::new(memory_limit),
             calls: Vec::new(),
+            may_wait: false,
         }
     }
 }

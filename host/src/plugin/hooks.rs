@@ -215,7 +215,12 @@ impl BoundPlugin {
         results: &[Result<outbound::Answer, outbound::CallFailure>],
     ) -> Result<HookAction, CallError> {
         let mut inst = self.checkout()?;
-        let deadline = self.config.request_deadline;
+        // The answers (up to 4 MiB) must at least be read: as for messages and body chunks.
+        let bytes: usize = results
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |a| a.body.len()))
+            .sum();
+        let deadline = message_deadline(self.config.request_deadline, bytes);
         let r = inst.on_http_responses(request, headers, results, deadline);
         self.finish(inst, "on-http-responses", r)
     }

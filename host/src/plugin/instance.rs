@@ -24,7 +24,8 @@ use wasmtime::{Store, Trap};
 /// Per-plugin counters, readable at any time (for metrics). Monotonic.
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    /// Every call into the plugin (describe, configure, hooks).
+    /// Compile-time calls (describe, configure); [`PluginStats::snapshot`] adds the hook calls
+    /// to report every call (one counter per hook call, not two).
     pub calls: AtomicU64,
     /// Request-time hook calls only: zero for plugins whose policies are static.
     pub hook_calls: AtomicU64,
@@ -53,7 +54,7 @@ impl PluginStats {
     /// Read every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            calls: self.calls.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed) + self.hook_calls.load(Ordering::Relaxed),
             hook_calls: self.hook_calls.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
             deadline_hits: self.deadline_hits.load(Ordering::Relaxed),
@@ -318,7 +319,7 @@ impl LoadedPlugin {
         store.limiter(|s| &mut s.limiter);
         // Instantiation runs the component's start-up code: bound it like a compile-time call.
         store.set_epoch_deadline(ticks(config.compile_deadline));
-        let running = running();
+        let running = running(ticks(config.compile_deadline));
         let instantiated = match &self.pre {
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
             Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
@@ -398,16 +399,29 @@ impl PluginInstance {
         }
     }
 
-    /// Starts a call; the guard keeps the epoch ticker running until the call returns.
+    /// Starts a compile-time call; the guard keeps the epoch ticker running until it returns.
     #[must_use]
     fn begin(&mut self, deadline: Duration) -> Running {
-        let running = running();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.store.set_epoch_deadline(ticks(deadline));
+        self.start(deadline)
+    }
+
+    /// Starts a request-time hook call.
+    #[must_use]
+    fn begin_hook(&mut self, deadline: Duration) -> Running {
+        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+        self.start(deadline)
+    }
+
+    fn start(&mut self, deadline: Duration) -> Running {
+        let ticks = ticks(deadline);
+        let running = running(ticks);
+        self.store.set_epoch_deadline(ticks);
         let state = self.store.data_mut();
         state.log_lines = 0;
         // Calls an earlier call queued without waiting for them are never made.
         state.calls.clear();
+        state.may_wait = false;
         running
     }
 
@@ -464,8 +478,8 @@ impl PluginInstance {
         headers: &mut HeaderMap,
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
+        self.store.data_mut().may_wait = true;
         let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
         let r = match &self.filter {
             Bindings::V0_1(f) => {
@@ -508,8 +522,7 @@ impl PluginInstance {
         headers: &mut HeaderMap,
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
         let fields = Resource::<FieldsHandle>::new_borrow(FIELDS_REP);
         let r = match &self.filter {
             Bindings::V0_1(f) => {
@@ -542,8 +555,7 @@ impl PluginInstance {
         payload: &[u8],
         deadline: Duration,
     ) -> Result<wit::MessageAction, CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
         let r = match &self.filter {
             Bindings::V0_1(_) => Ok(wit::MessageAction::Forward),
             Bindings::V0_2(f) => {
@@ -570,10 +582,13 @@ impl PluginInstance {
         results: &[Result<super::outbound::Answer, super::outbound::CallFailure>],
         deadline: Duration,
     ) -> Result<wit::Action, CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
+        self.store.data_mut().may_wait = true;
         let r = match &self.filter {
-            Bindings::V0_1(_) => Ok(wit::Action::Continue),
+            // A 0.1.0 component cannot import `http`, so never waits: never here.
+            Bindings::V0_1(_) => Err(wasmtime::Error::msg(
+                "a 0.1.0 component was handed outbound answers",
+            )),
             Bindings::V0_2(f) => {
                 let pairs: Vec<Vec<(&str, &[u8])>> = results
                     .iter()
@@ -619,8 +634,7 @@ impl PluginInstance {
         end: bool,
         deadline: Duration,
     ) -> Result<wit::BodyAction, CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
         let (r, call) = match &self.filter {
             Bindings::V0_1(_) => (Ok(wit::BodyAction::Forward), "on-request-body"),
             Bindings::V0_2(f) => {
@@ -652,8 +666,7 @@ impl PluginInstance {
         trailers: &mut HeaderMap,
         deadline: Duration,
     ) -> Result<(), CallError> {
-        self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
-        let running = self.begin(deadline);
+        let running = self.begin_hook(deadline);
         let (r, call) = match &self.filter {
             Bindings::V0_1(_) => (Ok(()), "on-request-trailers"),
             Bindings::V0_2(f) => {

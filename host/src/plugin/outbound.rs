@@ -9,7 +9,8 @@
 //! client per loopback policy. This module must not call into guests; the hook chain hands
 //! the results to `on-http-responses`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::capability::Granted;
 use crate::access::external::{Guarded, dialable};
@@ -36,6 +38,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most header bytes a plugin may send on one call.
 const MAX_HEADER_BYTES: usize = 16 << 10;
+/// Calls in flight at once, process-wide, and per namespace: what bounds the sockets and the
+/// buffered answers (at most 1 MiB each) however many requests wait, and what keeps one
+/// tenant's slow (or looping) service from taking every other tenant's share. A call over
+/// either bound fails at once with `too-many`.
+pub const MAX_IN_FLIGHT: usize = 256;
+pub const MAX_IN_FLIGHT_PER_NAMESPACE: usize = 64;
 
 /// Why a call was refused or failed (`http-error` in the WIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub struct Call {
     request: Request<Full<Bytes>>,
     timeout: Duration,
     allow_loopback: bool,
+    /// The route's namespace, whose share of calls this one takes.
+    namespace: Arc<str>,
 }
 
 /// An answer, as the plugin is handed it.
@@ -71,6 +81,66 @@ pub struct Asked {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     pub timeout_ms: u32,
+}
+
+/// In a cluster, the hosts the operator lets plugins call at all (`--plugin-http-allow`): an
+/// Ingress author's grant can only narrow it. Unset outside a cluster, where the operator
+/// writes the Ingresses too.
+static OPERATOR: OnceLock<Vec<HostPattern>> = OnceLock::new();
+
+/// A host the operator allows: `HOST`, `*.SUFFIX` (any name under it), each with an optional
+/// `:PORT` (none: any port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses one `--plugin-http-allow` entry.
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.trim();
+        let (wild, rest) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let grant = super::capability::HostGrant::parse(rest)?;
+        let host = if wild {
+            format!(".{}", grant.host)
+        } else {
+            grant.host
+        };
+        Ok(HostPattern {
+            host,
+            port: grant.port,
+        })
+    }
+
+    fn covers(&self, host: &str, port: u16) -> bool {
+        let name = match self.host.strip_prefix('.') {
+            Some(_) => host.ends_with(&self.host),
+            None => host == self.host,
+        };
+        name && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// Restricts plugins' calls to `patterns`, for the life of the process (set once at start in
+/// a cluster; an empty list allows none). Loopback is then never reachable, whatever
+/// `--allow-local-endpoints` says about backends.
+pub fn restrict_to(patterns: Vec<HostPattern>) {
+    let _ = OPERATOR.set(patterns);
+}
+
+/// Why the operator does not let plugins call `host:port`, if it does not.
+pub fn operator_refuses(host: &str, port: u16) -> Option<String> {
+    let allowed = OPERATOR.get()?;
+    if allowed.iter().any(|p| p.covers(host, port)) {
+        return None;
+    }
+    Some(format!(
+        "the operator does not let plugins call `{host}:{port}` (wasmgress --plugin-http-allow)"
+    ))
 }
 
 /// Checks a call against the route's grant; `queued` calls are already waiting.
@@ -98,10 +168,10 @@ pub fn check(asked: Asked, granted: &Granted, queued: usize) -> Result<Call, Cal
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(&host);
     let port = authority.port_u16().unwrap_or(default_port);
-    if !granted.allows_host(host, port, default_port) {
+    if !granted.allows_host(host, port, default_port) || operator_refuses(host, port).is_some() {
         return Err(CallFailure::NotGranted);
     }
-    let allow_loopback = granted.allow_loopback;
+    let allow_loopback = granted.allow_loopback && OPERATOR.get().is_none();
     // A literal address never reaches the filtering resolver.
     dialable(&uri, allow_loopback).map_err(|_| CallFailure::NotGranted)?;
     if asked.body.len() > MAX_REQUEST_BODY {
@@ -122,6 +192,7 @@ pub fn check(asked: Asked, granted: &Granted, queued: usize) -> Result<Call, Cal
         request,
         timeout,
         allow_loopback,
+        namespace: granted.namespace.clone(),
     })
 }
 
@@ -155,7 +226,35 @@ pub async fn run(calls: Vec<Call>) -> Vec<Result<Answer, CallFailure>> {
     futures_util::future::join_all(pending).await
 }
 
+/// A call's place among those in flight: process-wide, and in its namespace.
+struct Slots {
+    _global: OwnedSemaphorePermit,
+    _namespace: OwnedSemaphorePermit,
+}
+
+fn slots(namespace: &Arc<str>) -> Option<Slots> {
+    static GLOBAL: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    static NAMESPACES: OnceLock<Mutex<HashMap<Arc<str>, Arc<Semaphore>>>> = OnceLock::new();
+    let global = GLOBAL.get_or_init(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT)));
+    let global = global.clone().try_acquire_owned().ok()?;
+    let ours = NAMESPACES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(namespace.clone())
+        .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_NAMESPACE)))
+        .clone();
+    let namespace = ours.try_acquire_owned().ok()?;
+    Some(Slots {
+        _global: global,
+        _namespace: namespace,
+    })
+}
+
 async fn one(call: Call) -> Result<Answer, CallFailure> {
+    let Some(_slots) = slots(&call.namespace) else {
+        return Err(CallFailure::TooMany);
+    };
     let client = client(call.allow_loopback);
     let work = async {
         let resp = client
@@ -182,7 +281,7 @@ async fn one(call: Call) -> Result<Answer, CallFailure> {
         Ok(Answer {
             status: parts.status.as_u16(),
             headers,
-            body: body.to_vec(),
+            body: Vec::from(body),
         })
     };
     tokio::time::timeout(call.timeout, work)
@@ -209,6 +308,7 @@ fn client(allow_loopback: bool) -> &'static PluginClient {
             .wrap_connector(http);
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(8)
             .build(https)
     })
 }
@@ -295,6 +395,18 @@ mod tests {
             check(asked("http://169.254.169.254/latest/meta-data"), &g, 0).err(),
             Some(CallFailure::NotGranted)
         );
+    }
+
+    #[test]
+    fn operator_patterns() {
+        let exact = HostPattern::parse("idp.example.com").unwrap();
+        assert!(exact.covers("idp.example.com", 443) && exact.covers("idp.example.com", 8080));
+        assert!(!exact.covers("x.idp.example.com", 443));
+        let wild = HostPattern::parse("*.example.com:443").unwrap();
+        assert!(wild.covers("idp.example.com", 443) && wild.covers("a.b.example.com", 443));
+        assert!(!wild.covers("example.com", 443) && !wild.covers("idp.example.com", 80));
+        assert!(!wild.covers("evilexample.com", 443));
+        assert!(HostPattern::parse("*.").is_err() && HostPattern::parse("a b").is_err());
     }
 
     #[test]

@@ -185,14 +185,20 @@ pub trait Plugin: 'static {
     /// request's again, `responses` each call's result in the order they were queued. Decides
     /// as [`on_request_headers`](Plugin::on_request_headers) does; returning
     /// [`Action::Wait`] again (after queueing more calls) starts another round, at most 4 waits
-    /// per request and plugin. Only called for a plugin that waits.
+    /// per request and plugin. Only called for a plugin that waits; a plugin that waits must
+    /// implement it: the default answers 500 (a plugin that asked a service before deciding
+    /// must not let the request through undecided).
     fn on_http_responses(
         _config: &Self::Config,
         _request: &Request<'_>,
         _headers: &Headers<'_>,
         _responses: Vec<Result<HttpResponse, HttpError>>,
     ) -> Action {
-        Action::Continue
+        crate::log(
+            Level::Error,
+            "the plugin waited for outbound calls but does not implement on_http_responses",
+        );
+        Action::respond_text(500, "plugin cannot decide\n")
     }
 
     /// Called per chunk of the request body (at most 64 KiB; `end` marks the last call, whose

@@ -124,6 +124,10 @@ impl http::Host for StoreState {
         request: types::HttpRequest,
     ) -> wasmtime::Result<Result<u32, types::HttpError>> {
         self.granted(Capability::Http)?;
+        if !self.may_wait {
+            // Only a call that can return `wait` may queue one.
+            return Ok(Err(types::HttpError::Invalid));
+        }
         let asked = Asked {
             method: request.method,
             url: request.url,
