@@ -435,19 +435,29 @@ pub trait Filter: Send + Sync {
 
 /// `B` passed through a [`Filter`], when there is one (none: `B` as it is, for the price of
 /// one branch per frame). A body with no data at all is never passed (no call for a GET);
-/// otherwise the filter's last data call has `end` set, before any trailers. Data frames that
-/// are already there are joined (up to [`Filter::MAX_CHUNK`]) before the filter sees them, so
-/// a client sending many tiny frames (one-byte chunks) costs one call per read, not one per
-/// frame; nothing waits to be joined. Its length is unknown once filtered: the caller drops
+/// otherwise the filter's last data call has `end` set, before any trailers. Frames are
+/// joined (up to [`Filter::MAX_CHUNK`]) before the filter sees them: what is there is taken at
+/// once, and while less than [`JOIN_BELOW`] bytes are gathered the body waits up to
+/// [`JOIN_WAIT`] for more, as Nagle's algorithm does (hyper's HTTP/1.1 reader hands over one
+/// chunk at a time, so "what is there" is one chunk). A client sending one-byte chunks thus
+/// costs at most one filter call per millisecond or per kibibyte, not one per chunk; a stream
+/// of bigger pieces is never held. Its length is unknown once filtered: the caller drops
 /// `Content-Length`.
 pub struct Hooked<B, F> {
     inner: B,
     filter: Option<Box<F>>,
-    /// Data taken from `inner` and not yet passed through the filter.
+    /// Data ready for the filter.
     rest: Bytes,
+    /// Data being gathered: the first frame as it came, then any later ones joined.
+    first: Option<Bytes>,
+    joined: bytes::BytesMut,
+    /// While a small gathering waits for more ([`JOIN_WAIT`]); made on the first wait.
+    join_timer: Option<Pin<Box<Sleep>>>,
+    /// The timer is set for the current gathering.
+    join_armed: bool,
     /// Trailers taken from `inner`, not yet passed through the filter.
     inner_trailers: Option<HeaderMap>,
-    /// `inner` has nothing after `rest` (and `inner_trailers`).
+    /// `inner` has nothing after what was taken.
     inner_ended: bool,
     /// Some data was seen (so the filter owes an `end` call).
     seen: bool,
@@ -464,6 +474,10 @@ impl<B, F> Hooked<B, F> {
             inner,
             filter,
             rest: Bytes::new(),
+            first: None,
+            joined: bytes::BytesMut::new(),
+            join_timer: None,
+            join_armed: false,
             inner_trailers: None,
             inner_ended: false,
             seen: false,
@@ -477,6 +491,22 @@ impl<B, F> Hooked<B, F> {
     pub fn filter_with(&mut self, filter: Box<F>) {
         self.filter = Some(filter);
     }
+
+    fn gathered(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.joined.len()
+    }
+
+    fn gather(&mut self, data: Bytes) {
+        match self.first.take() {
+            None if self.joined.is_empty() => self.first = Some(data),
+            first => {
+                if let Some(first) = first {
+                    self.joined.extend_from_slice(&first);
+                }
+                self.joined.extend_from_slice(&data);
+            }
+        }
+    }
 }
 
 impl<B, F> Hooked<B, F>
@@ -484,17 +514,15 @@ where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
     F: Filter,
 {
-    /// Takes what `inner` has ready, without waiting: data joined into `rest` up to a chunk,
-    /// then its trailers or its end. `Pending` with nothing taken is the caller's to return.
+    /// Gathers what `inner` has, as described on [`Hooked`], into `rest`, then its trailers
+    /// or its end. `Pending` while waiting for a first frame, or for more of a small gathering.
     fn take_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
-        let mut joined: Option<bytes::BytesMut> = None;
-        loop {
-            let full = self.rest.len() + joined.as_ref().map_or(0, |j| j.len()) >= F::MAX_CHUNK;
-            if full || self.inner_ended {
-                break;
-            }
+        while self.gathered() < F::MAX_CHUNK && !self.inner_ended {
             let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending if self.rest.is_empty() && joined.is_none() => return Poll::Pending,
+                Poll::Pending if self.gathered() == 0 => return Poll::Pending,
+                Poll::Pending if self.gathered() < JOIN_BELOW && !self.join_expired(cx) => {
+                    return Poll::Pending;
+                }
                 Poll::Pending => break,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => {
@@ -506,16 +534,7 @@ where
             match frame.into_data() {
                 Ok(data) => {
                     self.seen = true;
-                    if self.rest.is_empty() && joined.is_none() {
-                        self.rest = data;
-                    } else {
-                        let j = joined.get_or_insert_with(|| {
-                            let mut j = bytes::BytesMut::with_capacity(F::MAX_CHUNK);
-                            j.extend_from_slice(&self.rest);
-                            j
-                        });
-                        j.extend_from_slice(&data);
-                    }
+                    self.gather(data);
                     self.inner_ended = self.inner.is_end_stream();
                 }
                 Err(frame) => {
@@ -526,12 +545,34 @@ where
                 }
             }
         }
-        if let Some(j) = joined {
-            self.rest = j.freeze();
-        }
+        self.join_armed = false;
+        self.rest = match self.first.take() {
+            Some(first) => first,
+            None => self.joined.split().freeze(),
+        };
         Poll::Ready(Ok(()))
     }
+
+    /// Whether the current small gathering has waited [`JOIN_WAIT`]; arms the timer on its
+    /// first call for a gathering.
+    fn join_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + JOIN_WAIT;
+        let timer = self
+            .join_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.join_armed {
+            self.join_armed = true;
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
+
+/// Gathered data under this size waits (up to [`JOIN_WAIT`]) for more before a body filter
+/// sees it.
+pub const JOIN_BELOW: usize = 1024;
+/// How long a small gathering waits for more.
+pub const JOIN_WAIT: Duration = Duration::from_millis(1);
 
 impl<B, F> Body for Hooked<B, F>
 where
@@ -601,6 +642,7 @@ where
             Some(_) => {
                 (self.done && self.held.is_none())
                     || (!self.seen
+                        && self.gathered() == 0
                         && self.inner_trailers.is_none()
                         && self.held.is_none()
                         && self.inner.is_end_stream())
@@ -740,6 +782,33 @@ mod tests {
             trailers.and_then(|t| t.get("x-seen").cloned()),
             Some(HeaderValue::from_static("1"))
         );
+    }
+
+    /// A small piece followed by a pause waits [`JOIN_WAIT`] for more, then goes through on
+    /// its own: a stream is never held longer (controllable clock).
+    #[tokio::test(start_paused = true)]
+    async fn hooked_holds_a_small_piece_only_briefly() {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BodyError>>(8);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let body = http_body_util::StreamBody::new(Box::pin(stream));
+        let mut hooked = Hooked::new(body, Some(Box::new(Upper::default())));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .expect("send");
+        let started = Instant::now();
+        let frame = hooked.frame().await.expect("a frame").expect("no error");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"AB")));
+        let waited = started.elapsed();
+        assert!(waited >= JOIN_WAIT && waited < JOIN_WAIT * 3, "{waited:?}");
+        assert_eq!(hooked.filter.as_deref().map(|f| f.calls), Some(1));
+        // Still open: the piece went through without an end.
+        assert_eq!(hooked.filter.as_deref().map(|f| f.ends), Some(0));
+        drop(tx);
     }
 
     /// A big frame is cut into pieces; a body without data gets no call at all.

@@ -31,15 +31,16 @@ use crate::harness::{Conn, Ingress, Req, Wasmgress, prefix};
 /// wait so a broken build fails instead of hanging).
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// An API server, its kubeconfig, and how to start replicas against it.
-struct Cluster {
+/// An API server, its kubeconfig, and how to start replicas against it (also used by the
+/// cluster-mode plugin tests of `plugin_io.rs`).
+pub(crate) struct Cluster {
     api: ApiServer,
     _dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
 impl Cluster {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let api = ApiServer::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = api.kubeconfig(dir.path());
@@ -50,7 +51,7 @@ impl Cluster {
         }
     }
 
-    fn apply_all(&self, objects: &[Value]) {
+    pub(crate) fn apply_all(&self, objects: &[Value]) {
         for o in objects {
             self.api.apply(o.clone());
         }
@@ -59,7 +60,7 @@ impl Cluster {
     /// `wasmgress run --kube` as replica `pod`, with a short Lease so takeovers are quick;
     /// returns once it is ready. The test pods listen on loopback, which a controller in a
     /// cluster refuses as endpoints, so this one allows them.
-    async fn controller(&self, pod: &str, extra: &[&str]) -> Wasmgress {
+    pub(crate) async fn controller(&self, pod: &str, extra: &[&str]) -> Wasmgress {
         let mut extra = extra.to_vec();
         extra.push("--allow-local-endpoints");
         Wasmgress::run(&self.controller_args(pod, &extra)).await
@@ -121,7 +122,7 @@ impl Cluster {
     }
 
     /// Notes of the Events about Ingress `name`.
-    fn events_for(&self, name: &str) -> Vec<(String, String, String)> {
+    pub(crate) fn events_for(&self, name: &str) -> Vec<(String, String, String)> {
         self.api
             .list("events.k8s.io/v1", "Event")
             .into_iter()
@@ -140,7 +141,7 @@ impl Cluster {
 }
 
 /// Polls `ok` until it holds; panics naming `what` after [`LIMIT`].
-async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while tokio::time::Instant::now() < deadline {
         if ok().await {

@@ -6,17 +6,20 @@
 //!   order, several rounds, the 4-waits limit, a call's own deadline and connection failure;
 //! - grants: a host or port the route does not grant is refused at once, more than 4 calls or
 //!   an invalid URL too, and a plugin importing `http` without an `http(...)` grant does not
-//!   attach;
+//!   attach; in a cluster (`run --kube` against the in-test API server of `kubernetes.rs`) a
+//!   grant outside `--plugin-http-allow` rejects the Ingress, and loopback is never reachable;
 //! - waiting without holding a proxy worker: with `--workers 1`, requests waiting for a held
 //!   outbound answer do not stop other requests;
 //! - `request.set-backend`: a granted backend receives the request, anything else is refused;
 //! - body hooks: request and response bodies rewritten as they stream (at least one call per
-//!   64 KiB, nothing lost, a 1 MiB body included), aborted bodies, no call for empty bodies;
+//!   64 KiB, nothing lost, a 1 MiB body included), tiny chunks joined into few calls, aborted
+//!   bodies, no call for empty bodies; request body hooks refused with `proxy-http-version: 1.0`;
 //! - trailer hooks: request trailers over HTTP/1.1 and gRPC response trailers over h2c (an
 //!   HTTP/1.1 hop carries only the trailers its `Trailer` header announced, as the WIT says).
 //!
 //! Outbound calls go to a [`Callee`] in this process (files mode: no cluster, so loopback is
-//! reachable when granted); body tests use a [`BodyBackend`] that keeps what it received.
+//! reachable when granted, except in the one cluster-mode test); body tests use a
+//! [`BodyBackend`] that keeps what it received.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,9 +49,12 @@ use crate::harness::grpc::{GreeterBackend, SEED_PORT};
 use crate::harness::manifests::NS;
 use crate::harness::plugins::{Metrics, PluginDir};
 use crate::harness::process::{assert_no_error_about, validate, validate_error};
-use crate::harness::raw::exchange;
+use crate::harness::raw::{
+    H2_END_HEADERS, H2_END_STREAM, H2_HEADERS, H2_PREFACE, H2_SETTINGS, Raw, exchange, h2_frame,
+};
 use crate::harness::recorder::{Recorder, Silent, objects_at, refused};
 use crate::harness::{Backend, Ingress, Manifests, Req, Resp, Wasmgress, prefix};
+use crate::kubernetes::{Cluster, eventually};
 
 const PLUGINS: &str = "wasmgress.io/plugins";
 const OUT_GRANT: &str = "wasmgress.io/plugin.outbound.capabilities";
@@ -70,6 +76,9 @@ const GENEROUS_MS: &str = "10000";
 
 /// The largest piece a body hook is handed.
 const MAX_PIECE: usize = 64 << 10;
+
+/// The HTTP/2 DATA frame type (hand-made frames).
+const H2_DATA: u8 = 0x0;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -550,6 +559,75 @@ async fn outbound_calls_go_only_where_the_route_grants() {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.seen("x-outbound-status"), ["200"; 4]);
     assert_eq!(callee.calls_for("io-granted-1").len(), 4);
+}
+
+/// In a cluster the operator, not the Ingress author, decides which hosts plugins may call.
+/// `wasmgress run --kube` (against the in-test API server) with the `outbound` plugin and an
+/// Ingress granting `http(127.0.0.1:PORT)`: without `--plugin-http-allow` that Ingress is
+/// rejected, with a Warning Event naming `--plugin-http-allow`, and its host answers 404 while
+/// a plain Ingress next to it serves. With `--plugin-http-allow 127.0.0.1:PORT` the Ingress is
+/// accepted, yet the call is still refused because loopback is never reachable for plugins in a
+/// cluster (even with `--allow-local-endpoints`, which lets backends be there): the client gets
+/// 502 `send refused: not-granted`, the upstream is not reached and the called service never
+/// sees a request.
+#[tokio::test]
+async fn in_a_cluster_plugins_call_only_what_the_operator_allows_and_never_loopback() {
+    let plugins = PluginDir::with(&["outbound"]);
+    let callee = Callee::start().await;
+    let rec = Recorder::start("app").await;
+    let cluster = Cluster::new().await;
+    let grant = callee.grant();
+    let mut objects = rec.objects();
+    objects.extend([
+        outbound("out", &callee.url("/ok"), Some(&grant), &[]),
+        ingress("plain", "app", &[]),
+    ]);
+    cluster.apply_all(&objects);
+
+    // The operator allows nothing (the default): the grant itself is refused.
+    let strict = cluster.controller("strict", &plugins.args()).await;
+    eventually("the plain Ingress serves", async || {
+        strict.get("plain.test", "/").await.backend().as_deref() == Some("app")
+    })
+    .await;
+    eventually(
+        "a Warning Event on Ingress `out` names --plugin-http-allow",
+        async || {
+            cluster
+                .events_for("out")
+                .iter()
+                .any(|(kind, _, note)| kind == "Warning" && note.contains("--plugin-http-allow"))
+        },
+    )
+    .await;
+    strict.assert_routes(&[("out.test", "/", "404")]).await;
+    assert_eq!(callee.total(), 0, "nothing was called");
+    drop(strict);
+
+    // The operator allows that address: the Ingress serves, but loopback stays unreachable.
+    let allow = callee.addr.to_string();
+    let mut args = plugins.args().to_vec();
+    args.extend_from_slice(&["--plugin-http-allow", allow.as_str()]);
+    let allowing = cluster.controller("allowing", &args).await;
+    eventually("the Ingress granting the call is served", async || {
+        allowing.get("out.test", "/").await.status != 404
+    })
+    .await;
+    let r = refused(
+        &allowing,
+        &rec,
+        "a plugin's call to loopback in a cluster",
+        502,
+        &Req::get("out.test", "/"),
+    )
+    .await;
+    assert_eq!(
+        r.text(),
+        "send refused: not-granted\n",
+        "refused at once, as a host the route does not grant: {}",
+        r.summary()
+    );
+    assert_eq!(callee.total(), 0, "the called service never saw a request");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1220,6 +1298,152 @@ async fn large_bodies_stream_through_the_hooks_in_pieces() {
     want.extend_from_slice(b"|resp-end");
     assert_eq!(r.body.len(), want.len(), "nothing lost: {}", show(&r.body));
     assert!(r.body == want, "uppercased in full: {}", show(&r.body));
+}
+
+/// A client sending its body as many tiny pieces does not cost one plugin call per piece: what
+/// has already arrived is joined before the hook sees it. 2000 one-byte pieces sent in one
+/// write, to the route with only the `request-body` hook, first as 2000 DATA frames of one h2c
+/// stream, then as 2000 chunks of a chunked HTTP/1.1 POST: each time the upstream receives the
+/// 2000 bytes uppercased plus `|req-end`, exactly, and `wasmgress_plugin_hook_calls_total`
+/// grows by far fewer than 2000 (under 100).
+#[tokio::test]
+async fn tiny_request_chunks_are_joined_before_the_hook() {
+    let (backend, gw, _m, _plugins) = body_setup().await;
+    const PIECES: usize = 2000;
+    let sent = letters(PIECES);
+    let mut want = sent.to_ascii_uppercase();
+    want.extend_from_slice(b"|req-end");
+    let check = |how: &str, calls: usize| {
+        let up = backend.last();
+        assert!(up.complete, "{how}: the upstream's body ended cleanly");
+        assert!(
+            up.body == want,
+            "{how}: the upstream got every byte uppercased, then |req-end: {}",
+            show(&up.body)
+        );
+        assert!(
+            (1..100).contains(&calls),
+            "{how}: {calls} request body hook calls for {PIECES} one-byte pieces sent at \
+             once: pieces already there must be joined into few calls"
+        );
+    };
+
+    // h2c, prior knowledge: POST /upload (HPACK: :method POST and :scheme http indexed,
+    // :path and :authority literal), then one DATA frame per byte, the last ending the stream.
+    let mut block = vec![0x83, 0x86, 0x04, 7];
+    block.extend_from_slice(b"/upload");
+    block.extend_from_slice(&[0x01, 13]);
+    block.extend_from_slice(b"req-only.test");
+    let mut frames = H2_PREFACE.to_vec();
+    frames.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    frames.extend(h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &block));
+    for (i, byte) in sent.iter().enumerate() {
+        let flags = if i + 1 == PIECES { H2_END_STREAM } else { 0 };
+        frames.extend(h2_frame(H2_DATA, flags, 1, &[*byte]));
+    }
+    let calls_before = hook_calls(&gw).await;
+    let count = backend.count();
+    let mut raw = Raw::connect(gw.http).await;
+    raw.send(&frames, "2000 one-byte DATA frames over h2c")
+        .await;
+    wait_for(
+        &backend.state.changed,
+        "the upstream to receive the h2c request's whole body",
+        || backend.count() > count,
+    )
+    .await;
+    check("h2c", hook_calls(&gw).await - calls_before);
+    drop(raw);
+
+    let mut request = b"POST /upload HTTP/1.1\r\nHost: req-only.test\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    for byte in &sent {
+        request.extend_from_slice(b"1\r\n");
+        request.push(*byte);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let calls_before = hook_calls(&gw).await;
+    let r = exchange(gw.http, &request).await;
+    let calls = hook_calls(&gw).await - calls_before;
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(
+        r.text(),
+        format!("got {} bytes", want.len()),
+        "{}",
+        r.summary()
+    );
+    check("HTTP/1.1 chunked", calls);
+}
+
+/// `proxy-http-version: "1.0"` cannot carry a body a request hook has rewritten (its length is
+/// unknown, so it goes chunked, which HTTP/1.0 lacks: it would reach the upstream empty).
+/// An Ingress with that annotation and the `body` plugin's `request-body` or
+/// `request-trailers` hook (or every hook, the default) is rejected: `wasmgress validate`
+/// names `proxy-http-version`, and a running instance answers 404 for its host. With only
+/// `response-body` (and `response-trailers`) hooks the same annotation is accepted and serves:
+/// the request body reaches the upstream as sent, the answer comes back through the hook.
+#[tokio::test]
+async fn http_1_0_upstreams_refuse_request_body_hooks() {
+    const HTTP_VERSION: &str = "nginx.ingress.kubernetes.io/proxy-http-version";
+    let plugins = PluginDir::with(&["body"]);
+    let backend = BodyBackend::start().await;
+    let mut objects = objects_at("bodies", backend.addr);
+    let old = |name: &str, hooks: Option<&'static str>| {
+        let mut annotations = vec![(PLUGINS, "body"), (HTTP_VERSION, "1.0")];
+        if let Some(h) = hooks {
+            annotations.push((BODY_HOOKS, h));
+        }
+        ingress(name, "bodies", &annotations)
+    };
+    objects.extend([
+        old("req-body", Some("request-body")),
+        old("req-trailers", Some("request-trailers")),
+        old("every-hook", None),
+        old("resp-body", Some("response-body")),
+        old("resp-hooks", Some("response-body, response-trailers")),
+    ]);
+    let m = Manifests::new();
+    m.write("all.yaml", &objects);
+
+    let (code, stdout, stderr) = validate(&m, &plugins.args()).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in ["req-body", "req-trailers", "every-hook"] {
+        let line = validate_error(&stdout, NS, name, HTTP_VERSION);
+        assert!(
+            line.contains("request-body") && line.contains("HTTP/1.1"),
+            "{name}: says which hooks need HTTP/1.1: {line}"
+        );
+    }
+    for name in ["resp-body", "resp-hooks"] {
+        assert_no_error_about(&stdout, NS, name);
+    }
+
+    let gw = Wasmgress::start(&m, &roomy(&plugins)).await;
+    gw.assert_routes(&[
+        ("req-body.test", "/", "404"),
+        ("req-trailers.test", "/", "404"),
+        ("every-hook.test", "/", "404"),
+    ])
+    .await;
+    assert!(
+        gw.stderr_mentions("proxy-http-version").await,
+        "the log names the annotation that rejected them"
+    );
+    for host in ["resp-body.test", "resp-hooks.test"] {
+        let r = gw
+            .send(&Req::get(host, "/upload").method(Method::POST).body("hello"))
+            .await;
+        assert_eq!(r.status, 200, "{host}: {}", r.summary());
+        assert_eq!(r.text(), "GOT 5 BYTES|resp-end", "{host}: {}", r.summary());
+        let up = backend.last();
+        assert_eq!(
+            show(&up.body),
+            show(b"hello"),
+            "{host}: the request body as sent"
+        );
+    }
 }
 
 /// A request body chunk containing `BLOCK` aborts the body. Sent after a first chunk the
