@@ -5,6 +5,7 @@
 //! Routes on host [`HOST`], over HTTP/1.1 (plain port) and TLS with ALPN h2 and http/1.1:
 //! `/` to the HTTP echo backend; `/static` the same with a static request-header edit;
 //! `/plugin` (wasmgress only) the same with the `set-header` test plugin's per-request hook;
+//! `/body` (wasmgress only) the same with the `body` test plugin's response-body hook;
 //! `/auth` (wasmgress only) behind basic-auth (a bcrypt user); `/cors` (wasmgress only) behind
 //! an IP allow list and CORS with an origin list;
 //! `/ws` to the WebSocket echo; `/ws-guard` (wasmgress only) the same through the `ws-guard`
@@ -130,7 +131,7 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
         b64.encode(format!("{BENCH_HTPASSWD}\n"))
     );
     let static_edit = format!(r#"{{"set": {{"{SEEN_BY}": "static"}}}}"#);
-    let routes: [Route; 8] = [
+    let routes: [Route; 9] = [
         ("echo", "/", "echo", vec![]),
         (
             "static",
@@ -145,6 +146,15 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
             vec![
                 ("wasmgress.io/plugins", "set-header"),
                 ("wasmgress.io/plugin.set-header.value", "wasm"),
+            ],
+        ),
+        (
+            "body",
+            "/body",
+            "echo",
+            vec![
+                ("wasmgress.io/plugins", "body"),
+                ("wasmgress.io/plugin.body.hooks", "response-body"),
             ],
         ),
         (

@@ -376,6 +376,11 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
                 Kind::Wasmgress,
                 "/plugin",
             ),
+            (
+                "wasmgress, Wasm response-body hook (`/body`)",
+                Kind::Wasmgress,
+                "/body",
+            ),
             ("nginx, static header (`/static`)", Kind::Nginx, "/static"),
             ("Envoy, static header (`/static`)", Kind::Envoy, "/static"),
         ] {
@@ -394,7 +399,12 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
                  applies natively: no Wasm call per request); `/plugin` attaches the test plugin \
                  `set-header` (`wasmgress.io/plugins: set-header`, loaded with `--plugin-dir`), \
                  whose `on-request-headers` hook reads `user-agent` and sets `x-seen-by` on every \
-                 request. nginx and Envoy set the same header statically, for scale. The errors \
+                 request; `/body` attaches the test plugin `body` with only its response-body \
+                 hook (`wasmgress.io/plugin.body.hooks: response-body`), which upper-cases each \
+                 chunk of the echo's answer and appends `|resp-end` at its end: one \
+                 `on-response-body` call per response here (the echo's answer is one chunk with \
+                 a length), and the body goes out chunked. nginx and Envoy set the same header \
+                 statically, for scale. The errors \
                  column of wasmgress rows counts failed requests only; the plugin hook calls \
                  seen on /metrics are listed below the table.",
                 opts.h1_conns

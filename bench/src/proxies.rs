@@ -122,6 +122,8 @@ pub fn start(kind: Kind, s: &Setup, tools: &Tools) -> Result<Running> {
                 .context("copying the set-header plugin")?;
             std::fs::copy(&s.bins.ws_guard_wasm, plugins.join("ws-guard.wasm"))
                 .context("copying the ws-guard plugin")?;
+            std::fs::copy(&s.bins.body_wasm, plugins.join("body.wasm"))
+                .context("copying the body plugin")?;
             let mut cmd = procs::pinned(cpus, &s.bins.wasmgress);
             cmd.arg("run")
                 .arg("--manifests")

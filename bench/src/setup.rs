@@ -234,6 +234,8 @@ pub struct Binaries {
     pub set_header_wasm: PathBuf,
     /// The `ws-guard` example plugin (a WebSocket message hook).
     pub ws_guard_wasm: PathBuf,
+    /// The `body` test plugin (body and trailers hooks).
+    pub body_wasm: PathBuf,
 }
 
 /// `cargo build --release -p wasmgress -p wasmgress-examples` unless `skip`, then the paths.
@@ -267,6 +269,8 @@ pub fn build(root: &Path, target_dir: &Path, skip: bool) -> Result<Binaries> {
             .join("wasm-plugins/wasm32-wasip2/release/wasmgress_test_plugin_set_header.wasm"),
         ws_guard_wasm: target_dir
             .join("wasm-plugins/wasm32-wasip2/release/wasmgress_plugin_ws_guard.wasm"),
+        body_wasm: target_dir
+            .join("wasm-plugins/wasm32-wasip2/release/wasmgress_test_plugin_body.wasm"),
     };
     for p in [
         &b.wasmgress,
@@ -275,6 +279,7 @@ pub fn build(root: &Path, target_dir: &Path, skip: bool) -> Result<Binaries> {
         &b.ws_echo,
         &b.set_header_wasm,
         &b.ws_guard_wasm,
+        &b.body_wasm,
     ] {
         if !p.exists() {
             bail!("{} is missing after the release build", p.display());

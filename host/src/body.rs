@@ -445,7 +445,13 @@ pub trait Filter: Send + Sync {
 /// `Content-Length`.
 pub struct Hooked<B, F> {
     inner: B,
-    filter: Option<Box<F>>,
+    /// Boxed: a body without hooks (nearly all of them) carries one pointer, not the state.
+    filtering: Option<Box<Filtering<F>>>,
+}
+
+/// A hooked body's state.
+struct Filtering<F> {
+    filter: F,
     /// Data ready for the filter.
     rest: Bytes,
     /// Data being gathered: the first frame as it came, then any later ones joined.
@@ -469,9 +475,27 @@ pub struct Hooked<B, F> {
 }
 
 impl<B, F> Hooked<B, F> {
-    pub fn new(inner: B, filter: Option<Box<F>>) -> Self {
+    pub fn new(inner: B, filter: Option<F>) -> Self {
         Self {
             inner,
+            filtering: filter.map(|f| Box::new(Filtering::new(f))),
+        }
+    }
+
+    /// Passes the body through `filter` from now on.
+    pub fn filter_with(&mut self, filter: F) {
+        self.filtering = Some(Box::new(Filtering::new(filter)));
+    }
+
+    #[cfg(test)]
+    fn filter(&self) -> Option<&F> {
+        self.filtering.as_deref().map(|f| &f.filter)
+    }
+}
+
+impl<F> Filtering<F> {
+    fn new(filter: F) -> Self {
+        Filtering {
             filter,
             rest: Bytes::new(),
             first: None,
@@ -485,11 +509,6 @@ impl<B, F> Hooked<B, F> {
             held: None,
             done: false,
         }
-    }
-
-    /// Passes the body through `filter` from now on.
-    pub fn filter_with(&mut self, filter: Box<F>) {
-        self.filter = Some(filter);
     }
 
     fn gathered(&self) -> usize {
@@ -507,18 +526,41 @@ impl<B, F> Hooked<B, F> {
             }
         }
     }
+
+    /// Whether the current small gathering has waited [`JOIN_WAIT`]; arms the timer on its
+    /// first call for a gathering.
+    fn join_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + JOIN_WAIT;
+        let timer = self
+            .join_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.join_armed {
+            self.join_armed = true;
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn is_end_stream<B: Body>(&self, inner: &B) -> bool {
+        // An empty body stays empty; otherwise the filter may still add to it.
+        (self.done && self.held.is_none())
+            || (!self.seen
+                && self.gathered() == 0
+                && self.inner_trailers.is_none()
+                && self.held.is_none()
+                && inner.is_end_stream())
+    }
 }
 
-impl<B, F> Hooked<B, F>
-where
-    B: Body<Data = Bytes, Error = BodyError> + Unpin,
-    F: Filter,
-{
+impl<F: Filter> Filtering<F> {
     /// Gathers what `inner` has, as described on [`Hooked`], into `rest`, then its trailers
     /// or its end. `Pending` while waiting for a first frame, or for more of a small gathering.
-    fn take_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+    fn take_ready<B>(&mut self, inner: &mut B, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>>
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    {
         while self.gathered() < F::MAX_CHUNK && !self.inner_ended {
-            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            let frame = match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Pending if self.gathered() == 0 => return Poll::Pending,
                 Poll::Pending if self.gathered() < JOIN_BELOW && !self.join_expired(cx) => {
                     return Poll::Pending;
@@ -535,7 +577,7 @@ where
                 Ok(data) => {
                     self.seen = true;
                     self.gather(data);
-                    self.inner_ended = self.inner.is_end_stream();
+                    self.inner_ended = inner.is_end_stream();
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -553,18 +595,55 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// Whether the current small gathering has waited [`JOIN_WAIT`]; arms the timer on its
-    /// first call for a gathering.
-    fn join_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + JOIN_WAIT;
-        let timer = self
-            .join_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.join_armed {
-            self.join_armed = true;
-            timer.as_mut().reset(deadline);
+    /// The next frame out: filtered data, then the filter's end, then the trailers.
+    fn poll_next<B>(
+        &mut self,
+        inner: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    {
+        loop {
+            if let Some(t) = self.held.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if self.rest.is_empty() && !self.inner_ended {
+                if let Err(e) = ready!(self.take_ready(inner, cx)) {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                continue;
+            }
+            if !self.rest.is_empty() {
+                let n = self.rest.len().min(F::MAX_CHUNK);
+                let piece = self.rest.split_to(n);
+                let end = self.rest.is_empty() && self.inner_ended && !self.end_called;
+                self.end_called |= end;
+                match self.filter.data(piece, end) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    Err(Cut) => return abort(&mut self.done),
+                }
+            }
+            // `inner` ended: the filter's end call (if owed), then the trailers, then the end.
+            self.done = true;
+            let last = match end_call(&mut self.filter, self.seen, &mut self.end_called) {
+                Ok(last) => last,
+                Err(Cut) => return abort(&mut self.done),
+            };
+            if let Some(mut trailers) = self.inner_trailers.take() {
+                if self.filter.trailers(&mut trailers).is_err() {
+                    return abort(&mut self.done);
+                }
+                self.held = Some(trailers);
+            }
+            if let Some(out) = last {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
         }
-        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -587,71 +666,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if this.filter.is_none() {
-            return Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        loop {
-            if let Some(t) = this.held.take() {
-                return Poll::Ready(Some(Ok(Frame::trailers(t))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            if this.rest.is_empty() && !this.inner_ended {
-                if let Err(e) = ready!(this.take_ready(cx)) {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                continue;
-            }
-            let Some(filter) = this.filter.as_deref_mut() else {
-                return Poll::Ready(None);
-            };
-            if !this.rest.is_empty() {
-                let n = this.rest.len().min(F::MAX_CHUNK);
-                let piece = this.rest.split_to(n);
-                let end = this.rest.is_empty() && this.inner_ended && !this.end_called;
-                this.end_called |= end;
-                match filter.data(piece, end) {
-                    Ok(out) if out.is_empty() => continue,
-                    Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                    Err(Cut) => return abort(&mut this.done),
-                }
-            }
-            // `inner` ended: the filter's end call (if owed), then the trailers, then the end.
-            this.done = true;
-            let last = match end_call(filter, this.seen, &mut this.end_called) {
-                Ok(last) => last,
-                Err(Cut) => return abort(&mut this.done),
-            };
-            if let Some(mut trailers) = this.inner_trailers.take() {
-                if filter.trailers(&mut trailers).is_err() {
-                    return abort(&mut this.done);
-                }
-                this.held = Some(trailers);
-            }
-            if let Some(out) = last {
-                return Poll::Ready(Some(Ok(Frame::data(out))));
-            }
+        match this.filtering.as_deref_mut() {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some(f) => f.poll_next(&mut this.inner, cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self.filter {
+        match self.filtering.as_deref() {
             None => self.inner.is_end_stream(),
-            // An empty body stays empty; otherwise the filter may still add to it.
-            Some(_) => {
-                (self.done && self.held.is_none())
-                    || (!self.seen
-                        && self.gathered() == 0
-                        && self.inner_trailers.is_none()
-                        && self.held.is_none()
-                        && self.inner.is_end_stream())
-            }
+            Some(f) => f.is_end_stream(&self.inner),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.filter {
+        match self.filtering {
             None => self.inner.size_hint(),
             Some(_) if self.is_end_stream() => SizeHint::with_exact(0),
             Some(_) => SizeHint::default(),
@@ -750,7 +779,7 @@ mod tests {
 
     async fn run(body: Frames) -> (String, Option<HeaderMap>, usize, usize) {
         use http_body_util::BodyExt;
-        let mut hooked = Hooked::new(body, Some(Box::new(Upper::default())));
+        let mut hooked = Hooked::new(body, Some(Upper::default()));
         let mut out = Vec::new();
         let mut trailers = None;
         while let Some(frame) = hooked.frame().await {
@@ -761,7 +790,7 @@ mod tests {
             }
         }
         assert!(hooked.is_end_stream());
-        let f = hooked.filter.as_deref().expect("filter");
+        let f = hooked.filter().expect("filter");
         (
             String::from_utf8(out).expect("utf-8"),
             trailers,
@@ -796,7 +825,7 @@ mod tests {
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
         let body = http_body_util::StreamBody::new(Box::pin(stream));
-        let mut hooked = Hooked::new(body, Some(Box::new(Upper::default())));
+        let mut hooked = Hooked::new(body, Some(Upper::default()));
         tx.send(Ok(Frame::data(Bytes::from_static(b"ab"))))
             .await
             .expect("send");
@@ -805,9 +834,9 @@ mod tests {
         assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"AB")));
         let waited = started.elapsed();
         assert!(waited >= JOIN_WAIT && waited < JOIN_WAIT * 3, "{waited:?}");
-        assert_eq!(hooked.filter.as_deref().map(|f| f.calls), Some(1));
+        assert_eq!(hooked.filter().map(|f| f.calls), Some(1));
         // Still open: the piece went through without an end.
-        assert_eq!(hooked.filter.as_deref().map(|f| f.ends), Some(0));
+        assert_eq!(hooked.filter().map(|f| f.ends), Some(0));
         drop(tx);
     }
 

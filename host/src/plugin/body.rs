@@ -23,25 +23,25 @@ pub struct BodyHooks {
 
 impl BodyHooks {
     /// The request body's hooks, if the chain has any.
-    pub fn request(chain: &HookChain, request: Option<&HookRequest>) -> Option<Box<Self>> {
+    pub fn request(chain: &HookChain, request: Option<&HookRequest>) -> Option<Self> {
         chain
             .has_request_body_hooks()
             .then(|| Self::new(chain, request, Direction::ToUpstream))
     }
 
     /// The response body's hooks, if the chain has any.
-    pub fn response(chain: &HookChain, request: Option<&HookRequest>) -> Option<Box<Self>> {
+    pub fn response(chain: &HookChain, request: Option<&HookRequest>) -> Option<Self> {
         chain
             .has_response_body_hooks()
             .then(|| Self::new(chain, request, Direction::ToClient))
     }
 
-    fn new(chain: &HookChain, request: Option<&HookRequest>, direction: Direction) -> Box<Self> {
-        Box::new(BodyHooks {
+    fn new(chain: &HookChain, request: Option<&HookRequest>, direction: Direction) -> Self {
+        BodyHooks {
             chain: chain.clone(),
             request: request.map(|r| Box::new(r.clone())),
             direction,
-        })
+        }
     }
 }
 
