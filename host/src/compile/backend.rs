@@ -22,6 +22,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// so every route to it shares the round-robin position.
 pub struct Resolver<'a> {
     guard: Option<&'a EndpointGuard>,
+    rotations: &'a crate::route::Rotations,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     endpoints: HashMap<(&'a str, &'a str), &'a Endpoints>,
@@ -75,7 +76,11 @@ fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(snapshot: &'a Snapshot, guard: Option<&'a EndpointGuard>) -> Self {
+    pub fn new(
+        snapshot: &'a Snapshot,
+        guard: Option<&'a EndpointGuard>,
+        rotations: &'a crate::route::Rotations,
+    ) -> Self {
         let services = snapshot
             .services
             .iter()
@@ -100,6 +105,7 @@ impl<'a> Resolver<'a> {
             .collect();
         Self {
             guard,
+            rotations,
             services,
             slices,
             endpoints,
@@ -202,7 +208,10 @@ impl<'a> Resolver<'a> {
             None => (addrs, Vec::new()),
         };
         let refused: Arc<[IpAddr]> = refused.iter().map(SocketAddr::ip).collect();
-        let backend = Arc::new(Backend::new(key.as_str(), addrs).with_h2c(h2c));
+        let backend = Backend::new(key.as_str(), addrs)
+            .with_h2c(h2c)
+            .with_rotation(self.rotations.get(&key));
+        let backend = Arc::new(backend);
         self.built.insert(key, (backend.clone(), refused.clone()));
         Ok(Resolved {
             empty: backend.endpoints().is_empty(),

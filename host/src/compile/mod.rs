@@ -118,7 +118,11 @@ where
 
 pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> Compiled {
     let mut diagnostics = snapshot.problems.clone();
-    let mut resolver = backend::Resolver::new(snapshot, options.endpoint_guard.as_ref());
+    let mut resolver = backend::Resolver::new(
+        snapshot,
+        options.endpoint_guard.as_ref(),
+        &options.upstreams.rotations,
+    );
     let secrets = by_name(&snapshot.secrets);
     let config_maps = by_name(&snapshot.config_maps);
     let mut cx = ingress::Context {
@@ -586,6 +590,63 @@ mod tests {
 
     fn served_by(c: &Compiled, host: &str, path: &str) -> Option<String> {
         c.routes.find(host, path).map(|r| r.ingress.to_string())
+    }
+
+    /// Three ready pods behind `web`.
+    const THREE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80, targetPort: web}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\n\
+        addressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]\n\
+        ports: [{name: http, port: 8080}]\n";
+
+    fn picks(c: &Compiled, n: usize) -> Vec<String> {
+        let route = c.routes.find("rr.test", "/").expect("route");
+        (0..n)
+            .map(|_| route.backend.pick().expect("endpoint").addr.to_string())
+            .collect()
+    }
+
+    /// An EndpointSlice change recompiles the route; the round-robin goes on where it was
+    /// (before, every recompile restarted it at the first address, on every replica).
+    #[test]
+    fn round_robin_survives_recompiles() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = [
+            ("backend.yaml", THREE.to_string()),
+            (
+                "rr.yaml",
+                ingress(
+                    "rr",
+                    "",
+                    "  ingressClassName: wasmgress\n",
+                    "rr.test",
+                    "/",
+                    "web",
+                ),
+            ),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.path().join(name), text).expect("write manifest");
+        }
+        let opts = options();
+        let snapshot = FileSource::new(dir.path()).load().expect("load");
+        let first = compile(&snapshot, &opts, &LastGood::default());
+        let before = picks(&first, 4);
+        let distinct: std::collections::HashSet<_> = before.iter().collect();
+        assert_eq!(distinct.len(), 3, "three addresses in turn: {before:?}");
+        let second = compile(&snapshot, &opts, &first.last_good);
+        // The fifth and sixth picks of one rotation (period 3): what the first generation
+        // would have picked next, not the rotation's start again.
+        let after = picks(&second, 2);
+        assert_eq!(after, before[1..3].to_vec(), "before: {before:?}");
+        // Another replica (its own upstream state) has a rotation of its own: its picks do
+        // not move this one.
+        let replica = compile(&snapshot, &options(), &LastGood::default());
+        let _ = picks(&replica, 5);
+        assert_eq!(
+            picks(&second, 1),
+            before[..1].to_vec(),
+            "before: {before:?}"
+        );
     }
 
     #[test]

@@ -33,13 +33,47 @@ impl Endpoint {
     }
 }
 
+/// Round-robin positions by backend (`namespace/service:port`), kept across generations: an
+/// EndpointSlice change recompiles every route to the Service, and the rotation goes on where
+/// it was instead of starting again at the first address. A backend seen for the first time
+/// starts at a position drawn from a per-process random hash, so replicas do not all send
+/// their first requests to the same pod. Positions of backends no generation holds are
+/// forgotten.
+#[derive(Debug, Default)]
+pub struct Rotations {
+    positions: std::sync::Mutex<std::collections::HashMap<Arc<str>, std::sync::Weak<AtomicUsize>>>,
+    seed: std::hash::RandomState,
+}
+
+impl Rotations {
+    /// The position of backend `key`.
+    pub fn get(&self, key: &str) -> Arc<AtomicUsize> {
+        use std::hash::BuildHasher;
+        let mut map = self
+            .positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(live) = map.get(key).and_then(std::sync::Weak::upgrade) {
+            return live;
+        }
+        let start = usize::try_from(self.seed.hash_one(key) % (1 << 16)).unwrap_or(0);
+        let position = Arc::new(AtomicUsize::new(start));
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(key.into(), Arc::downgrade(&position));
+        position
+    }
+}
+
 /// A Service port resolved to the addresses that serve it.
 #[derive(Debug)]
 pub struct Backend {
     /// `namespace/service:port`, for messages and metrics.
     pub name: Arc<str>,
     endpoints: Box<[Endpoint]>,
-    next: AtomicUsize,
+    /// The round-robin position, shared with this backend's earlier and later generations.
+    next: Arc<AtomicUsize>,
     /// The Service port declares `appProtocol` `kubernetes.io/h2c` or `grpc`.
     pub h2c: bool,
 }
@@ -49,9 +83,15 @@ impl Backend {
         Self {
             name: name.into(),
             endpoints: addrs.into_iter().map(Endpoint::new).collect(),
-            next: AtomicUsize::new(0),
+            next: Arc::default(),
             h2c: false,
         }
+    }
+
+    /// Continues the round-robin at `position` (see [`Rotations`]).
+    pub fn with_rotation(mut self, position: Arc<AtomicUsize>) -> Self {
+        self.next = position;
+        self
     }
 
     pub fn with_h2c(mut self, h2c: bool) -> Self {

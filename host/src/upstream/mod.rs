@@ -374,10 +374,12 @@ enum SendError {
     Other(String),
 }
 
-/// Hands out shared clients; used at compile time only.
+/// Hands out shared clients and round-robin positions; used at compile time only.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<(Transport, Duration), Client>>,
+    /// Round-robin positions, kept across generations.
+    pub rotations: crate::route::Rotations,
 }
 
 impl Upstreams {
