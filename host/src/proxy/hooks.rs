@@ -143,7 +143,7 @@ pub fn target(exchange: &Exchange<'_>, target: PathAndQuery) -> PathAndQuery {
 /// upstream's body that remains then goes through the body hooks, if the route has any.
 pub fn on_response(exchange: &mut Exchange<'_>, resp: Response<InnerBody>) -> Response<InnerBody> {
     let hooks = &exchange.route.policy.hooks;
-    if hooks.is_empty() {
+    if !hooks.has_response_hooks() && !hooks.has_response_body_hooks() {
         return resp;
     }
     let (mut parts, mut body) = resp.into_parts();
@@ -157,8 +157,9 @@ pub fn on_response(exchange: &mut Exchange<'_>, resp: Response<InnerBody>) -> Re
         }
     }
     if let Either::Left(streamed) = &mut body
-        && let Some(filter) = BodyHooks::response(hooks, exchange.request.as_deref())
+        && parts.status != StatusCode::SWITCHING_PROTOCOLS
         && !http_body::Body::is_end_stream(streamed)
+        && let Some(filter) = BodyHooks::response(hooks, exchange.request.as_deref())
     {
         // Hooks may change the body's length.
         parts.headers.remove(http::header::CONTENT_LENGTH);
