@@ -20,7 +20,7 @@ use tokio::process::Command;
 use crate::harness::certs::TestCa;
 use crate::harness::manifests::{NS, ServicePort, endpoint_slice, ready, service};
 use crate::harness::plugins::PluginDir;
-use crate::harness::process::{RELOAD_LIMIT, validate};
+use crate::harness::process::{RELOAD_LIMIT, validate, validate_error};
 use crate::harness::raw::exchange;
 use crate::harness::recorder::Recorder;
 use crate::harness::{Ingress, Manifests, Port, Req, Resp, Wasmgress, prefix};
@@ -60,21 +60,6 @@ async fn app_with(ingresses: Vec<Value>) -> (Recorder, Manifests) {
     let m = Manifests::new();
     m.write("all.yaml", &objects);
     (rec, m)
-}
-
-/// The `error:` line of `wasmgress validate` output about Ingress `name` that names
-/// annotation `key`, or a panic showing all of stdout.
-fn validate_error<'a>(stdout: &'a str, name: &str, key: &str) -> &'a str {
-    let object = format!("Ingress {NS}/{name}:");
-    let field = format!("metadata.annotations[{key}]");
-    stdout
-        .lines()
-        .find(|l| l.starts_with("error:") && l.contains(&object) && l.contains(&field))
-        .unwrap_or_else(|| {
-            panic!(
-                "no `error: ... {object} {field}: why` line in `wasmgress validate` output:\n{stdout}"
-            )
-        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,12 +285,12 @@ async fn a_malformed_range_rejects_its_ingress() {
 
     let (code, stdout, stderr) = validate(&m, &[]).await;
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let line = validate_error(&stdout, "bad-range", ALLOW);
+    let line = validate_error(&stdout, NS, "bad-range", ALLOW);
     assert!(
         line.contains("10.0.0.0/33") && line.contains("office"),
         "the diagnostic names both bad entries: {line}"
     );
-    validate_error(&stdout, "bad-deny", DENY);
+    validate_error(&stdout, NS, "bad-deny", DENY);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,7 +888,7 @@ async fn proxy_body_size_per_ingress() {
 
     let (code, stdout, stderr) = validate(&m, &[]).await;
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let line = validate_error(&stdout, "bad-size", BODY_SIZE);
+    let line = validate_error(&stdout, NS, "bad-size", BODY_SIZE);
     assert!(
         line.contains("big"),
         "the diagnostic quotes the value: {line}"

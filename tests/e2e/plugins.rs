@@ -18,7 +18,7 @@ use crate::harness::manifests::{
     NS, ServicePort, endpoint_slice, implementation_specific, ready, service,
 };
 use crate::harness::plugins::{Metrics, PluginDir, sha256_hex, wasm, with_custom_section};
-use crate::harness::process::{describe, validate};
+use crate::harness::process::{assert_no_error_about, describe, validate};
 use crate::harness::{Ingress, Manifests, Port, Req, Resp, Wasmgress, prefix};
 
 const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
@@ -80,20 +80,6 @@ fn diagnostic<'a>(stdout: &'a str, severity: &str, name: &str, key: &str) -> &'a
                     .join("\n")
             )
         })
-}
-
-/// No `error:` line of `validate` output names Ingress `name`.
-fn assert_no_error_about(stdout: &str, name: &str) {
-    let object = format!("Ingress {NS}/{name}:");
-    let errors: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("error:") && l.contains(&object))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "Ingress {name} must not be rejected, but validate said:\n{}",
-        errors.join("\n")
-    );
 }
 
 /// Asserts `r` is a redirect with `status` to `location` that never reached a backend.
@@ -462,7 +448,7 @@ async fn a_configuration_snippet_of_header_directives_is_translated() {
         code, 0,
         "a translatable snippet is accepted; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert_no_error_about(&stdout, "snippet");
+    assert_no_error_about(&stdout, NS, "snippet");
 }
 
 /// Snippets carrying Lua, `include`, `load_module`, a `}` breakout, a `#` comment hiding a
@@ -575,7 +561,7 @@ async fn dangerous_snippets_are_refused_by_name_and_never_executed() {
             "the diagnostic for {name} should name {needle}: {line}"
         );
     }
-    assert_no_error_about(&stdout, "neighbour");
+    assert_no_error_about(&stdout, NS, "neighbour");
 }
 
 /// The `redirect` plugin's annotations: `permanent-redirect` (+ `-code`), `app-root`,
@@ -764,7 +750,7 @@ async fn the_api_key_example_plugin_guards_its_route() {
         "keyless is rejected; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     diagnostic(&stdout, "error", "keyless", API_KEY_KEYS);
-    assert_no_error_about(&stdout, "keyed");
+    assert_no_error_about(&stdout, NS, "keyed");
 
     let (code, stdout, stderr) = validate(&m, &[]).await;
     assert_eq!(
@@ -931,7 +917,7 @@ async fn plugins_failing_in_configure_reject_only_their_ingress() {
             "the diagnostic for {name} should name plugin {plugin} and say {why}: {line}"
         );
     }
-    assert_no_error_about(&stdout, "good");
+    assert_no_error_about(&stdout, NS, "good");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "validate took {:?}",
@@ -981,7 +967,7 @@ async fn a_sha256_pin_mismatch_rejects_the_ingress() {
         line.contains(&actual),
         "the diagnostic should show the loaded binary's SHA-256 {actual}: {line}"
     );
-    assert_no_error_about(&stdout, "right-pin");
+    assert_no_error_about(&stdout, NS, "right-pin");
 
     let gw = Wasmgress::start(&m, &plugins.args()).await;
     gw.assert_routes(&[("wrong-pin.test", "/", "404"), ("open.test", "/", "echo")])
@@ -1023,7 +1009,7 @@ async fn unknown_annotations_warn_without_rejecting() {
         code, 0,
         "unknown annotations must not reject; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert_no_error_about(&stdout, "curious");
+    assert_no_error_about(&stdout, NS, "curious");
     for key in unknown {
         diagnostic(&stdout, "warning", "curious", key);
     }
