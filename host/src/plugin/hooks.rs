@@ -59,24 +59,11 @@ pub(crate) struct Attachment {
 pub enum HookAction {
     Continue,
     Respond(FixedResponse),
-    /// Wait for outbound calls, then ask the same instance again.
-    Wait(Waiting),
-}
-
-/// A hook waiting for its outbound calls. Its instance went back to the free list: a wait
-/// holds no instance (a slow service cannot exhaust the process-wide pool), and the
-/// continuation runs on any instance configured for the route (what it needs of the request
-/// travels in the request's values).
-pub struct Waiting {
-    calls: Vec<outbound::Call>,
-}
-
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting")
-            .field("calls", &self.calls.len())
-            .finish_non_exhaustive()
-    }
+    /// Wait for these outbound calls, then ask the plugin again (`on-http-responses`). The
+    /// instance that asked went back to the free list: a wait holds no instance (a slow
+    /// service cannot exhaust the process-wide pool), and the continuation runs on any
+    /// instance configured for the route (what it needs travels in the request's values).
+    Wait(Vec<outbound::Call>),
 }
 
 impl BoundPlugin {
@@ -184,15 +171,15 @@ impl BoundPlugin {
             detail,
         };
         match action {
-            wit::Action::Wait if call == "on-response-headers" => Err(invalid(
-                "a response hook cannot wait: outbound calls are for request hooks".into(),
+            // Only request hooks and `on-http-responses` can queue calls (`http.send`
+            // refuses elsewhere), so a response hook's wait lands here too.
+            wit::Action::Wait if calls.is_empty() => Err(invalid(
+                "it returned `wait` with no call queued (only request hooks can queue calls)"
+                    .into(),
             )),
-            wit::Action::Wait if calls.is_empty() => {
-                Err(invalid("it returned `wait` with no call queued".into()))
-            }
             wit::Action::Wait => {
                 self.checkin(inst);
-                Ok(HookAction::Wait(Waiting { calls }))
+                Ok(HookAction::Wait(calls))
             }
             wit::Action::Continue => {
                 self.checkin(inst);
@@ -368,7 +355,7 @@ impl PartialEq for HookOutcome {
 #[derive(Debug)]
 pub struct Suspended {
     index: usize,
-    waiting: Waiting,
+    calls: Vec<outbound::Call>,
     /// Waits so far by this plugin for this request.
     round: u8,
 }
@@ -553,10 +540,10 @@ impl HookChain {
             match p.on_request_headers(request, headers) {
                 Ok(HookAction::Continue) => {}
                 Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
-                Ok(HookAction::Wait(waiting)) => {
+                Ok(HookAction::Wait(calls)) => {
                     return HookOutcome::Wait(Box::new(Suspended {
                         index: i,
-                        waiting,
+                        calls,
                         round: 1,
                     }));
                 }
@@ -573,58 +560,54 @@ impl HookChain {
     /// Makes the calls a suspended chain waits for (the request's task awaits them; no
     /// worker is held), hands their results to the plugin that waited, and runs the rest of
     /// the chain, waiting again as often as plugins ask (each at most
-    /// [`outbound::MAX_ROUNDS`] times per request). Never returns [`HookOutcome::Wait`].
+    /// [`outbound::MAX_ROUNDS`] times per request). `Some` is the answer to send instead of
+    /// going upstream.
     pub async fn resume(
         &self,
         mut suspended: Box<Suspended>,
         request: &mut Option<Box<HookRequest>>,
         headers: &mut HeaderMap,
-    ) -> HookOutcome {
+    ) -> Option<FixedResponse> {
         loop {
             let Suspended {
                 index,
-                waiting,
+                calls,
                 round,
             } = *suspended;
-            let results = outbound::run(waiting.calls).await;
+            let results = outbound::run(calls).await;
             let p = &self.plugins[index];
             open(request, index);
             let decided = p.on_http_responses(request, headers, &results);
             if let Some(r) = request.as_deref_mut() {
                 r.open = false;
             }
-            let next = match decided {
-                Ok(HookAction::Continue) => index + 1,
-                Ok(HookAction::Respond(r)) => return HookOutcome::Respond(r),
-                Ok(HookAction::Wait(_)) if round >= outbound::MAX_ROUNDS => {
-                    let e = CallError {
-                        plugin: p.name().to_string(),
-                        call: "on-http-responses",
-                        kind: CallErrorKind::InvalidOutput,
-                        deadline: p.config.request_deadline,
-                        detail: format!("it waited more than {} times", outbound::MAX_ROUNDS),
-                    };
-                    match failed(p, &e) {
-                        Some(outcome) => return outcome,
-                        None => index + 1,
-                    }
-                }
-                Ok(HookAction::Wait(waiting)) => {
+            let failure = match decided {
+                Ok(HookAction::Continue) => None,
+                Ok(HookAction::Respond(r)) => return Some(r),
+                Ok(HookAction::Wait(calls)) if round < outbound::MAX_ROUNDS => {
                     *suspended = Suspended {
                         index,
-                        waiting,
+                        calls,
                         round: round + 1,
                     };
                     continue;
                 }
-                Err(e) => match failed(p, &e) {
-                    Some(outcome) => return outcome,
-                    None => index + 1,
-                },
+                Ok(HookAction::Wait(_)) => Some(CallError {
+                    plugin: p.name().to_string(),
+                    call: "on-http-responses",
+                    kind: CallErrorKind::InvalidOutput,
+                    deadline: p.config.request_deadline,
+                    detail: format!("it waited more than {} times", outbound::MAX_ROUNDS),
+                }),
+                Err(e) => Some(e),
             };
-            match self.run_request_from(next, request, headers) {
+            if let Some(HookOutcome::Respond(r)) = failure.and_then(|e| failed(p, &e)) {
+                return Some(r);
+            }
+            match self.run_request_from(index + 1, request, headers) {
+                HookOutcome::Continue => return None,
+                HookOutcome::Respond(r) => return Some(r),
                 HookOutcome::Wait(more) => suspended = more,
-                done => return done,
             }
         }
     }

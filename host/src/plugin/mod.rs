@@ -109,8 +109,7 @@ pub use engine::{EPOCH_TICK, MAX_MEMORY_LIMIT, RuntimeConfig};
 pub use error::{CallError, CallErrorKind, DirError, LoadError};
 pub use hooks::{
     BodyOutcome, BoundPlugin, Direction, HOOK_FAILED_CLOSE, HookAction, HookChain, HookOutcome,
-    MAX_BODY_CHUNK, MAX_MESSAGE_BYTES, Message, MessageOutcome, Suspended, Waiting,
-    plugin_failure_response,
+    MAX_BODY_CHUNK, MAX_MESSAGE_BYTES, Message, MessageOutcome, Suspended, plugin_failure_response,
 };
 pub use instance::{
     HookSet, LoadedPlugin, PluginInfo, PluginOrigin, PluginStats, Route, StatsSnapshot,

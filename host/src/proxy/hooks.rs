@@ -85,30 +85,37 @@ pub fn on_request(exchange: &mut Exchange<'_>, parts: &mut Parts) -> RequestHook
 }
 
 /// Makes the outbound calls a request hook waits for and runs the rest of the chain. Kept
-/// out of [`on_request`], so requests whose hooks never wait do not carry its state.
+/// out of [`on_request`], so requests whose hooks never wait do not carry its state. `Some`
+/// is a plugin's answer.
 pub async fn resume(
     exchange: &mut Exchange<'_>,
     parts: &mut Parts,
     suspended: Box<plugin::Suspended>,
 ) -> Option<Response<InnerBody>> {
     let hooks = &exchange.route.policy.hooks;
-    let outcome = hooks
+    if let Some(answer) = hooks
         .resume(suspended, &mut exchange.request, &mut parts.headers)
-        .await;
-    match decided(exchange, parts, outcome) {
-        RequestHooks::Proceed => None,
-        RequestHooks::Answer(answer) => Some(*answer),
-        // `resume` never stops at a wait.
-        RequestHooks::Wait(_) => Some(fixed(plugin::plugin_failure_response("(chain)"))),
+        .await
+    {
+        return Some(fixed(answer));
     }
+    apply_method(exchange, parts);
+    None
 }
 
 fn decided(exchange: &mut Exchange<'_>, parts: &mut Parts, outcome: HookOutcome) -> RequestHooks {
     match outcome {
-        HookOutcome::Continue => {}
-        HookOutcome::Respond(answer) => return RequestHooks::Answer(Box::new(fixed(answer))),
-        HookOutcome::Wait(suspended) => return RequestHooks::Wait(suspended),
+        HookOutcome::Continue => {
+            apply_method(exchange, parts);
+            RequestHooks::Proceed
+        }
+        HookOutcome::Respond(answer) => RequestHooks::Answer(Box::new(fixed(answer))),
+        HookOutcome::Wait(suspended) => RequestHooks::Wait(suspended),
     }
+}
+
+/// The request hooks' method change, onto what goes upstream.
+fn apply_method(exchange: &Exchange<'_>, parts: &mut Parts) {
     if let Some(method) = exchange
         .request
         .as_deref()
@@ -116,7 +123,6 @@ fn decided(exchange: &mut Exchange<'_>, parts: &mut Parts, outcome: HookOutcome)
     {
         parts.method = method.clone();
     }
-    RequestHooks::Proceed
 }
 
 /// The upstream target `target` (what it would be without hooks) after the request hooks'
