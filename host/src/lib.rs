@@ -8,6 +8,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod canary;
 pub mod cluster;
 pub mod compat;
 pub mod compile;

@@ -115,6 +115,8 @@ pub struct RouteStats {
     upstream_duration: Histogram,
     grpc_status: [AtomicU64; 17],
     connect_errors: AtomicU64,
+    /// Requests its canary took.
+    canary: AtomicU64,
 }
 
 impl RouteStats {
@@ -126,6 +128,7 @@ impl RouteStats {
             upstream_duration: Histogram::default(),
             grpc_status: std::array::from_fn(|_| AtomicU64::new(0)),
             connect_errors: AtomicU64::new(0),
+            canary: AtomicU64::new(0),
         }
     }
 
@@ -153,6 +156,15 @@ impl RouteStats {
 
     pub fn connect_error(&self) {
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request sent to the route's canary.
+    pub fn canary(&self) {
+        self.canary.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn canary_requests(&self) -> u64 {
+        self.canary.load(Ordering::Relaxed)
     }
 
     /// Counts a gRPC status seen in a response's headers or trailers.
@@ -265,6 +277,7 @@ impl Process {
         )?;
         let mut grpc = Vec::new();
         let mut connect = Vec::new();
+        let mut canary = Vec::new();
         for r in &routes {
             for (code, n) in r.grpc_status.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
@@ -275,6 +288,10 @@ impl Process {
                 }
             }
             connect.push((base(r), r.connect_errors.load(Ordering::Relaxed)));
+            let taken = r.canary.load(Ordering::Relaxed);
+            if taken > 0 {
+                canary.push((base(r), taken));
+            }
         }
         counter(
             encoder,
@@ -287,6 +304,12 @@ impl Process {
             "wasmgress_upstream_connect_errors",
             "Upstream connections that failed, by route.",
             &connect,
+        )?;
+        counter(
+            encoder,
+            "wasmgress_canary_requests",
+            "Requests a route's canary Ingress took, by main route.",
+            &canary,
         )?;
         for (name, help, pick) in [
             (

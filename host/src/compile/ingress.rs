@@ -36,6 +36,9 @@ pub struct Unit {
     /// `force_ssl_redirect`).
     pub policy: Policy,
     pub force_ssl_redirect: bool,
+    /// A canary Ingress: its paths never serve on their own, they attach to the main routes
+    /// with the same host and path (see `compile::canary`).
+    pub canary: Option<Arc<crate::canary::Rule>>,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,7 @@ pub fn compile(
         ingress.metadata.annotations.clone().unwrap_or_default();
     let mut policy = cx.defaults.clone();
     let (mut ssl_redirect, mut force_ssl_redirect, mut regex_paths) = (true, false, false);
+    let mut canary = None;
     let route = plugin::Route::ingress(namespace, name);
     let secrets = super::access::PluginSecrets {
         refs: &cx.refs,
@@ -108,6 +112,7 @@ pub fn compile(
             );
             let p = configured.policy;
             p.apply_to(&mut policy);
+            canary = p.canary.clone();
             ssl_redirect = p.ssl_redirect.unwrap_or(true);
             force_ssl_redirect = p.force_ssl_redirect.unwrap_or(false);
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
@@ -422,6 +427,18 @@ pub fn compile(
         }
     }
 
+    if canary.is_some() {
+        let found =
+            super::canary::check_unit(&annotations, default_backend.is_some(), &mut certificates);
+        for (field, message, refused) in found {
+            match refused {
+                true => error(field, message),
+                false => {
+                    notes.push(Diagnostic::warning(&object, field, message).at(origin.clone()))
+                }
+            }
+        }
+    }
     if paths.is_empty() && default_backend.is_none() && errors.is_empty() {
         notes.push(
             Diagnostic::warning(
@@ -447,6 +464,7 @@ pub fn compile(
             certificates,
             policy,
             force_ssl_redirect,
+            canary,
         },
         notes,
     ))

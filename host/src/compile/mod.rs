@@ -11,6 +11,7 @@ mod access;
 
 pub use access::LimitsRegistry;
 pub mod backend;
+mod canary;
 pub mod class;
 mod ingress;
 
@@ -213,7 +214,11 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
             }
         });
     let certs = certificates(&units, options, &mut diagnostics);
-    let routes = routes(&units, &certs, fallback.as_ref(), options, &mut diagnostics);
+    let (routes, lone_canaries) =
+        routes(&units, &certs, fallback.as_ref(), options, &mut diagnostics);
+    // A canary whose main route is missing serves nothing: it counts as rejected.
+    accepted -= lone_canaries.len().min(accepted);
+    rejected += lone_canaries.len();
     let last_good = LastGood(good);
     Compiled {
         routes,
@@ -241,6 +246,8 @@ fn certificates(
         .map(ToString::to_string)
         .collect();
     let mut owner: HashMap<&str, &str> = HashMap::new();
+    // A canary's hosts are its main Ingress's: it binds no certificate.
+    let units: Vec<&Arc<Unit>> = units.iter().filter(|u| u.canary.is_none()).collect();
     let with_rules = units.iter().filter(|u| !u.hosts.is_empty());
     let without = units.iter().filter(|u| u.hosts.is_empty());
     for unit in with_rules.chain(without) {
@@ -269,14 +276,14 @@ fn certificates(
             }
         }
     }
-    client_auth(units, &mut store, diagnostics);
+    client_auth(&units, &mut store, diagnostics);
     store
 }
 
 /// Hosts whose handshakes ask for a client certificate: those of Ingresses with
 /// `auth-tls-*`, oldest Ingress first. Requests are checked per route, so another Ingress on
 /// the same host is not bound by these rules (only asked for a certificate it may ignore).
-fn client_auth(units: &[Arc<Unit>], store: &mut CertStore, diagnostics: &mut Vec<Diagnostic>) {
+fn client_auth(units: &[&Arc<Unit>], store: &mut CertStore, diagnostics: &mut Vec<Diagnostic>) {
     for unit in units {
         let Some(client_tls) = &unit.policy.client_tls else {
             continue;
@@ -324,6 +331,7 @@ fn route(
     options: &Options,
     rule: (&HostMatch, &str),
     path_regex: Option<regex::Regex>,
+    canary: Option<Arc<crate::canary::Canary>>,
 ) -> Arc<Route> {
     let host: Arc<str> = match rule.0 {
         HostMatch::Exact(h) => h.as_str().into(),
@@ -336,14 +344,10 @@ fn route(
         path: rule.1.into(),
         service: backend.name.clone(),
     });
-    routed(
-        unit.key.clone(),
-        backend,
-        policy,
-        options,
-        stats,
-        path_regex,
-    )
+    let mut route = routed(unit.key.clone(), backend, policy, options, stats);
+    route.path_regex = path_regex;
+    route.canary = canary;
+    Arc::new(route)
 }
 
 fn routed(
@@ -352,8 +356,7 @@ fn routed(
     mut policy: Policy,
     options: &Options,
     stats: Arc<crate::metrics::RouteStats>,
-    path_regex: Option<regex::Regex>,
-) -> Arc<Route> {
+) -> Route {
     if !policy.hooks.is_empty() {
         policy.hooks.set_route(hook_route(&ingress, &backend.name));
     }
@@ -366,15 +369,16 @@ fn routed(
     };
     let grpc_client = (transport == Transport::Http1 && backend.h2c)
         .then(|| upstreams.client(Transport::H2c, policy.connect_timeout));
-    Arc::new(Route {
+    Route {
         ingress,
         backend: backend.clone(),
         client: upstreams.client(transport, policy.connect_timeout),
         grpc_client,
         policy,
-        path_regex,
+        path_regex: None,
         stats,
-    })
+        canary: None,
+    }
 }
 
 /// What hooks are told about their route: the Ingress `namespace/name` and the backend
@@ -408,6 +412,7 @@ fn default_backend(
         options,
         (&HostMatch::Any, "(default backend)"),
         None,
+        None,
     );
     let lost = |winner: Arc<Route>, what: String| {
         Diagnostic::warning(
@@ -438,15 +443,17 @@ fn default_backend(
     }
 }
 
+/// The route table, and the canary Ingresses left without a main route (rejected).
 fn routes(
     units: &[Arc<Unit>],
     certs: &CertStore,
     fallback: Option<&Arc<Backend>>,
     options: &Options,
     diagnostics: &mut Vec<Diagnostic>,
-) -> RouteTable {
+) -> (RouteTable, Vec<Arc<str>>) {
     let mut table = RouteTableBuilder::default();
-    for unit in units {
+    let mut canaries = canary::Canaries::collect(units, diagnostics);
+    for unit in units.iter().filter(|u| u.canary.is_none()) {
         let conflict = |field: &str, winner: &Route| {
             Diagnostic::warning(
                 format!("Ingress {}", unit.key),
@@ -479,11 +486,14 @@ fn routes(
                 options,
                 (&p.host, &p.path),
                 p.regex.clone(),
+                canaries.for_main(unit, p),
             );
-            if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
-                && winner.ingress != unit.key
-            {
-                diagnostics.push(conflict(&p.field, &winner));
+            match table.add(&p.host, p.kind, &p.path, route) {
+                Ok(()) => canaries.attached(p),
+                Err(winner) if winner.ingress != unit.key => {
+                    diagnostics.push(conflict(&p.field, &winner))
+                }
+                Err(_) => {}
             }
         }
         if let Some(backend) = &unit.default_backend {
@@ -499,16 +509,16 @@ fn routes(
             path: label.1.into(),
             service: backend.name.clone(),
         });
-        table.set_fallback(routed(
+        table.set_fallback(Arc::new(routed(
             CONTROLLER.into(),
             backend,
             policy,
             options,
             stats,
-            None,
-        ));
+        )));
     }
-    table.build()
+    let lone = canaries.finish(diagnostics);
+    (table.build(), lone)
 }
 
 /// Severity counts, for a one-line summary.

@@ -71,6 +71,8 @@ pub struct PluginPolicy {
     pub global_auth: Option<bool>,
     /// Response bandwidth per request.
     pub response_rate: Option<exec::ResponseRate>,
+    /// This route is a canary of the main route with the same host and path.
+    pub canary: Option<Arc<crate::canary::Rule>>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -250,6 +252,7 @@ impl PluginPolicy {
             "response rate",
             o,
         );
+        take(&mut self.canary, later.canary, "canary rule", o);
         self.access.allow.extend(later.access.allow);
         self.access.deny.extend(later.access.deny);
         self.request_headers.extend(later.request_headers);
@@ -515,6 +518,17 @@ fn basic_auth(b: wit::BasicAuth) -> Result<BasicAuthRule, String> {
     })
 }
 
+fn canary(c: wit::Canary) -> Result<crate::canary::Rule, String> {
+    crate::canary::Rule::new(crate::canary::RuleText {
+        by_header: c.by_header,
+        by_header_value: c.by_header_value,
+        by_header_pattern: c.by_header_pattern,
+        by_cookie: c.by_cookie,
+        weight: c.weight,
+        total: c.weight_total,
+    })
+}
+
 fn client_tls(c: wit::ClientTls) -> Result<ClientTlsRule, String> {
     if c.secret.name.is_empty() {
         return Err("client-tls names no Secret".into());
@@ -668,6 +682,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             }
             D::ClientTls(c) => out.client_tls = Some(client_tls(c)?),
             D::GlobalAuth(b) => out.global_auth = Some(b),
+            D::Canary(c) => out.canary = Some(Arc::new(canary(c)?)),
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

@@ -27,13 +27,16 @@ use crate::upstream::{self, ResponseBody, UpstreamError, Wait};
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// Phase 6: the backend this request goes to: the route's, or the one a request hook chose
-/// among those its route grants.
+/// Phase 6: the backend this request goes to: the one a request hook chose among those its
+/// route grants, else the canary's when [`pick`] sent the request there, else the route's.
 pub fn backend<'r>(ex: &Exchange<'r>) -> &'r Backend {
     let route = ex.route;
     let chosen = ex.request.as_deref().and_then(HookRequest::chosen_backend);
     match chosen {
-        None => &route.backend,
+        None => match &route.canary {
+            Some(canary) if ex.canary => &canary.backend,
+            _ => &route.backend,
+        },
         Some(name) => route
             .policy
             .backends
@@ -43,8 +46,20 @@ pub fn backend<'r>(ex: &Exchange<'r>) -> &'r Backend {
     }
 }
 
-/// Phase 6: the endpoint this request goes to.
-pub fn pick<'r>(ex: &Exchange<'r>) -> Option<&'r Endpoint> {
+/// Phase 6: the endpoint this request goes to. A route's canary rule is read here, once, from
+/// the request's headers as the hooks left them; a hook's choice of backend comes first.
+pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoint> {
+    if let Some(canary) = &ex.route.canary
+        && ex
+            .request
+            .as_deref()
+            .and_then(HookRequest::chosen_backend)
+            .is_none()
+        && canary.rule.chooses(headers)
+    {
+        ex.canary = true;
+        ex.route.stats.canary();
+    }
     backend(ex).pick()
 }
 

@@ -13,7 +13,8 @@
 //!    and external authentication, `satisfy`).
 //! 5. request hooks ([`hooks`]): the route's Wasm plugins, in attach order; they may change
 //!    the method, path and query that go upstream.
-//! 6. upstream pick ([`forward::pick`]): the endpoint.
+//! 6. upstream pick ([`forward::pick`]): the backend (a hook's choice, else the canary's when
+//!    its rule takes the request, else the route's) and its endpoint.
 //! 7. forward ([`forward`], [`websocket`] for tunnels): the upstream request and its wait.
 //! 8. response ([`response`]): native header edits; then the response hooks ([`hooks`], in
 //!    reverse attach order) over whatever the route answered, the proxy's own answers included.
@@ -160,6 +161,8 @@ pub(crate) struct Exchange<'a> {
     pub record: &'a mut Option<Box<log::Record>>,
     /// What the route's hooks see and change; `None` on routes without hooks.
     pub request: Option<Box<crate::plugin::HookRequest>>,
+    /// Phase 6 sent this request to the route's canary.
+    pub canary: bool,
 }
 
 impl Proxy {
@@ -271,6 +274,7 @@ impl Proxy {
             settings: &self.settings,
             record,
             request: hooks::request(route, view, conn, &parts),
+            canary: false,
         };
         let resp = self.answer(&mut exchange, parts, body).await;
         hooks::on_response(&mut exchange, resp)
@@ -322,7 +326,7 @@ impl Proxy {
                 }
             }
         }
-        let Some(endpoint) = forward::pick(exchange) else {
+        let Some(endpoint) = forward::pick(exchange, &parts.headers) else {
             tracing::warn!(ingress = %route.ingress, service = %forward::backend(exchange).name,
                 id = ?view.request_id, "no ready endpoints");
             return local::failure(local::NO_ENDPOINTS, grpc, &view.request_id);

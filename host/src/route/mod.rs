@@ -128,6 +128,8 @@ pub struct Route {
     pub path_regex: Option<regex::Regex>,
     /// Request counters and histograms, shared with earlier generations of the same route.
     pub stats: Arc<crate::metrics::RouteStats>,
+    /// The canary Ingress taking a share of this route's requests.
+    pub canary: Option<Arc<crate::canary::Canary>>,
 }
 
 /// Which hosts a rule applies to.
@@ -400,6 +402,11 @@ impl Route {
                 "rewriteTarget": p.rewrite_target.as_deref(),
             },
             "plugins": p.hooks.plugins().iter().map(|h| h.name().to_owned()).collect::<Vec<_>>(),
+            "canary": self.canary.as_ref().map(|c| {
+                let mut c = c.describe();
+                c["requests"] = self.stats.canary_requests().into();
+                c
+            }),
         })
     }
 }
@@ -511,6 +518,7 @@ mod tests {
                 path: "/".into(),
                 service: name.into(),
             }),
+            canary: None,
         })
     }
 

@@ -59,8 +59,8 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, BodyAction, ClientTls, ClientVerify,
-    Config, Cors, Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields,
+    Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, BodyAction, Canary, ClientTls,
+    ClientVerify, Config, Cors, Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields,
     FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpError, HttpRequest,
     HttpResponse, HttpVersion, Info, MessageAction, MessageKind, ObjectRef, Policy, RateLimit,
     Redirect, RequestError, RequestVariable, Response, ResponseRate, RouteInfo, RouteRef, Satisfy,
