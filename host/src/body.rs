@@ -353,7 +353,8 @@ impl Progress {
 /// (`proxy-body-size`; 0 is no limit), bounded in client silence (`client-body-timeout`), and
 /// reporting its [`Progress`].
 pub struct Upload<B> {
-    inner: Idle<B>,
+    /// `None`: no body at all (a bodyless request sent again on another endpoint).
+    inner: Option<Idle<B>>,
     limit: u64,
     seen: u64,
     progress: Option<Arc<Progress>>,
@@ -362,10 +363,20 @@ pub struct Upload<B> {
 impl<B> Upload<B> {
     pub fn new(inner: Idle<B>, limit: u64, progress: Option<Arc<Progress>>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             limit,
             seen: 0,
             progress,
+        }
+    }
+
+    /// No body: the end of stream at once.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            progress: None,
         }
     }
 }
@@ -382,7 +393,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let end = inner.is_end_stream();
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
             if this.limit > 0 && this.seen > this.limit {
@@ -399,7 +414,7 @@ where
             Poll::Pending => Stage::WaitingForClient,
             Poll::Ready(None) | Poll::Ready(Some(Err(BodyError::Peer(_)))) => Stage::Done,
             Poll::Ready(Some(Err(_))) => Stage::ClientIdle,
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => Stage::Done,
+            Poll::Ready(Some(Ok(_))) if end => Stage::Done,
             Poll::Ready(Some(Ok(_))) => Stage::Sending,
         };
         progress.set(stage);
@@ -407,11 +422,13 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

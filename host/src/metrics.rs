@@ -117,6 +117,8 @@ pub struct RouteStats {
     connect_errors: AtomicU64,
     /// Requests its canary took.
     canary: AtomicU64,
+    /// Attempts sent again to another endpoint.
+    retries: AtomicU64,
 }
 
 impl RouteStats {
@@ -129,6 +131,7 @@ impl RouteStats {
             grpc_status: std::array::from_fn(|_| AtomicU64::new(0)),
             connect_errors: AtomicU64::new(0),
             canary: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -161,6 +164,11 @@ impl RouteStats {
     /// Counts a request sent to the route's canary.
     pub fn canary(&self) {
         self.canary.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an attempt sent again to another endpoint.
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn canary_requests(&self) -> u64 {
@@ -278,6 +286,7 @@ impl Process {
         let mut grpc = Vec::new();
         let mut connect = Vec::new();
         let mut canary = Vec::new();
+        let mut retries = Vec::new();
         for r in &routes {
             for (code, n) in r.grpc_status.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
@@ -288,6 +297,10 @@ impl Process {
                 }
             }
             connect.push((base(r), r.connect_errors.load(Ordering::Relaxed)));
+            let retried = r.retries.load(Ordering::Relaxed);
+            if retried > 0 {
+                retries.push((base(r), retried));
+            }
             let taken = r.canary.load(Ordering::Relaxed);
             if taken > 0 {
                 canary.push((base(r), taken));
@@ -310,6 +323,12 @@ impl Process {
             "wasmgress_canary_requests",
             "Requests a route's canary Ingress took, by main route.",
             &canary,
+        )?;
+        counter(
+            encoder,
+            "wasmgress_upstream_retries",
+            "Attempts sent again to another endpoint (proxy-next-upstream), by route.",
+            &retries,
         )?;
         for (name, help, pick) in [
             (

@@ -186,6 +186,78 @@ pub enum StaticResponse {
     },
 }
 
+/// When a failed attempt goes to another endpoint (ingress-nginx `proxy-next-upstream`,
+/// `-tries`, `-timeout`); executed by `proxy::forward`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextUpstream {
+    /// Conditions, as [`NextUpstream`]'s `ON_*` bits.
+    pub on: u16,
+    /// Attempts in all, the first included; 0 is as many as the backend has endpoints.
+    pub tries: u32,
+    /// No new attempt after this long since the first; `None` is no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl NextUpstream {
+    pub const ON_ERROR: u16 = 1;
+    pub const ON_TIMEOUT: u16 = 1 << 1;
+    pub const ON_INVALID_HEADER: u16 = 1 << 2;
+    pub const ON_NON_IDEMPOTENT: u16 = 1 << 3;
+    /// The statuses that may be retried, each with its bit (`1 << (4 + index)`).
+    pub const STATUSES: [u16; 7] = [500, 502, 503, 504, 403, 404, 429];
+
+    /// The bit of a retried status, if it is one.
+    pub fn status_bit(status: u16) -> Option<u16> {
+        Self::STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .map(|i| 1 << (4 + i))
+    }
+
+    pub fn on(&self, bit: u16) -> bool {
+        self.on & bit != 0
+    }
+
+    /// Whether a response with this status is retried.
+    pub fn on_status(&self, status: http::StatusCode) -> bool {
+        Self::status_bit(status.as_u16()).is_some_and(|bit| self.on(bit))
+    }
+
+    /// The conditions by nginx's names, for `/debug/routes`.
+    pub fn names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (bit, name) in [
+            (Self::ON_ERROR, "error"),
+            (Self::ON_TIMEOUT, "timeout"),
+            (Self::ON_INVALID_HEADER, "invalid_header"),
+        ] {
+            if self.on(bit) {
+                out.push(name.to_owned());
+            }
+        }
+        for status in Self::STATUSES {
+            if Self::status_bit(status).is_some_and(|bit| self.on(bit)) {
+                out.push(format!("http_{status}"));
+            }
+        }
+        if self.on(Self::ON_NON_IDEMPOTENT) {
+            out.push("non_idempotent".to_owned());
+        }
+        out
+    }
+}
+
+impl Default for NextUpstream {
+    /// ingress-nginx's: `error timeout`, 3 tries, no time limit.
+    fn default() -> Self {
+        Self {
+            on: Self::ON_ERROR | Self::ON_TIMEOUT,
+            tries: 3,
+            timeout: None,
+        }
+    }
+}
+
 /// What the proxy does for a route, decided at compile time so requests pay nothing to decide it.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -222,6 +294,8 @@ pub struct Policy {
     pub client_tls: Option<Arc<crate::tls::ClientTls>>,
     /// Response bandwidth per request (`limit-rate`, `limit-rate-after`).
     pub response_rate: Option<ResponseRate>,
+    /// Retries on another endpoint.
+    pub next_upstream: NextUpstream,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
     /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
@@ -258,6 +332,7 @@ impl Default for Policy {
             limits: None,
             client_tls: None,
             response_rate: None,
+            next_upstream: NextUpstream::default(),
             hooks: HookChain::default(),
             backends: Arc::new([]),
         }

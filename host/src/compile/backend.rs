@@ -23,6 +23,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Resolver<'a> {
     guard: Option<&'a EndpointGuard>,
     rotations: &'a crate::route::Rotations,
+    health: &'a crate::route::HealthRegistry,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     endpoints: HashMap<(&'a str, &'a str), &'a Endpoints>,
@@ -80,6 +81,7 @@ impl<'a> Resolver<'a> {
         snapshot: &'a Snapshot,
         guard: Option<&'a EndpointGuard>,
         rotations: &'a crate::route::Rotations,
+        health: &'a crate::route::HealthRegistry,
     ) -> Self {
         let services = snapshot
             .services
@@ -106,6 +108,7 @@ impl<'a> Resolver<'a> {
         Self {
             guard,
             rotations,
+            health,
             services,
             slices,
             endpoints,
@@ -210,7 +213,8 @@ impl<'a> Resolver<'a> {
         let refused: Arc<[IpAddr]> = refused.iter().map(SocketAddr::ip).collect();
         let backend = Backend::new(key.as_str(), addrs)
             .with_h2c(h2c)
-            .with_rotation(self.rotations.get(&key));
+            .with_rotation(self.rotations.get(&key))
+            .with_health(self.health);
         let backend = Arc::new(backend);
         self.built.insert(key, (backend.clone(), refused.clone()));
         Ok(Resolved {
@@ -255,13 +259,12 @@ fn slice_addresses(slices: &[&EndpointSlice], sp: &ServicePort, single: bool) ->
             continue;
         };
         for endpoint in &slice.endpoints {
-            // A missing `ready` means unknown, which consumers must treat as ready.
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            if !ready {
+            // A missing `ready` means unknown, which consumers must treat as ready; a
+            // terminating pod takes no new requests whatever `ready` says.
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready || terminating {
                 continue;
             }
             out.extend(

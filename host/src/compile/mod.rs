@@ -123,6 +123,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
         snapshot,
         options.endpoint_guard.as_ref(),
         &options.upstreams.rotations,
+        &options.upstreams.health,
     );
     let secrets = by_name(&snapshot.secrets);
     let config_maps = by_name(&snapshot.config_maps);

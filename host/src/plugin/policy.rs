@@ -73,6 +73,8 @@ pub struct PluginPolicy {
     pub response_rate: Option<exec::ResponseRate>,
     /// This route is a canary of the main route with the same host and path.
     pub canary: Option<Arc<crate::canary::Rule>>,
+    /// Retries on another endpoint.
+    pub next_upstream: Option<exec::NextUpstream>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -253,6 +255,12 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.canary, later.canary, "canary rule", o);
+        take(
+            &mut self.next_upstream,
+            later.next_upstream,
+            "proxy-next-upstream",
+            o,
+        );
         self.access.allow.extend(later.access.allow);
         self.access.deny.extend(later.access.deny);
         self.request_headers.extend(later.request_headers);
@@ -314,6 +322,9 @@ impl PluginPolicy {
         }
         if let Some(rate) = self.response_rate {
             route.response_rate = Some(rate);
+        }
+        if let Some(next) = self.next_upstream {
+            route.next_upstream = next;
         }
     }
 }
@@ -529,6 +540,40 @@ fn canary(c: wit::Canary) -> Result<crate::canary::Rule, String> {
     })
 }
 
+fn next_upstream(n: wit::NextUpstream) -> exec::NextUpstream {
+    use exec::NextUpstream as N;
+    use wit::NextUpstreamOn as W;
+    let mut on = 0;
+    for (flag, bit) in [
+        (W::ERROR, N::ON_ERROR),
+        (W::TIMEOUT, N::ON_TIMEOUT),
+        (W::INVALID_HEADER, N::ON_INVALID_HEADER),
+        (W::NON_IDEMPOTENT, N::ON_NON_IDEMPOTENT),
+    ] {
+        if n.on.contains(flag) {
+            on |= bit;
+        }
+    }
+    for (flag, status) in [
+        (W::HTTP_500, 500),
+        (W::HTTP_502, 502),
+        (W::HTTP_503, 503),
+        (W::HTTP_504, 504),
+        (W::HTTP_403, 403),
+        (W::HTTP_404, 404),
+        (W::HTTP_429, 429),
+    ] {
+        if n.on.contains(flag) {
+            on |= N::status_bit(status).unwrap_or(0);
+        }
+    }
+    N {
+        on,
+        tries: n.tries,
+        timeout: (n.timeout_ms > 0).then(|| Duration::from_millis(u64::from(n.timeout_ms))),
+    }
+}
+
 fn client_tls(c: wit::ClientTls) -> Result<ClientTlsRule, String> {
     if c.secret.name.is_empty() {
         return Err("client-tls names no Secret".into());
@@ -683,6 +728,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::ClientTls(c) => out.client_tls = Some(client_tls(c)?),
             D::GlobalAuth(b) => out.global_auth = Some(b),
             D::Canary(c) => out.canary = Some(Arc::new(canary(c)?)),
+            D::NextUpstream(n) => out.next_upstream = Some(next_upstream(n)),
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

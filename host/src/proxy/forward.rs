@@ -17,12 +17,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::{Exchange, InnerBody, local, websocket};
+use super::{Exchange, InnerBody, local, retry, websocket};
 use crate::body::{Hooked, Idle, OnIdle, Progress, Stage, Upload};
 use crate::plugin::{BodyHooks, HookRequest};
 use crate::policy::{self, HttpVersion, RequestVars};
 use crate::route::{Backend, Endpoint};
-use crate::upstream::{self, ResponseBody, UpstreamError, Wait};
+use crate::upstream::{self, ResponseBody, UpstreamBody, UpstreamError, Wait};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -63,7 +63,8 @@ pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoi
     backend(ex).pick()
 }
 
-/// Phase 7: sends the request upstream and waits for the response head.
+/// Phase 7: sends the request upstream and waits for the response head; a failed attempt
+/// goes to another endpoint as the route's `proxy-next-upstream` allows.
 pub async fn send(
     ex: &mut Exchange<'_>,
     mut parts: Parts,
@@ -85,6 +86,10 @@ pub async fn send(
         Some(h2c) if grpc => h2c,
         _ => &route.client,
     };
+    let backend = backend(ex);
+    // A copy, only of requests that may go out again once sent (see `retry::keeps`).
+    let kept = retry::keeps(&policy.next_upstream, &parts.method, has_body, backend)
+        .then(|| parts.clone());
     if let Err(e) = prepare(ex, &mut parts, client, endpoint) {
         tracing::debug!(id = ?view.request_id, error = %e, "request target cannot be forwarded");
         return Err(local::bad_request(
@@ -116,21 +121,72 @@ pub async fn send(
         progress,
         deadline,
     };
-    let sent_at = tokio::time::Instant::now();
-    let result = client
-        .send(
-            Request::from_parts(parts, body),
-            endpoint,
-            &backend(ex).name,
-            &wait,
-        )
-        .await;
-    let upstream_took = sent_at.elapsed();
-    route.stats.upstream(upstream_took);
-    if let Some(r) = ex.record.as_mut() {
-        r.upstream_duration = Some(upstream_took);
+    let mut attempts = retry::Attempts::new(&policy.next_upstream, backend);
+    let (mut req, mut endpoint) = (Request::from_parts(parts, body), endpoint);
+    loop {
+        let sent_at = tokio::time::Instant::now();
+        let result = client.send(req, endpoint, &backend.name, &wait).await;
+        let upstream_took = sent_at.elapsed();
+        route.stats.upstream(upstream_took);
+        if let Some(r) = ex.record.as_mut() {
+            r.upstream_duration = Some(upstream_took);
+        }
+        let stage = wait.progress.as_deref().map(Progress::stage);
+        let (again, next) = match result {
+            Ok(resp) => {
+                endpoint.health.answered();
+                match attempts.after_status(resp.status(), kept.is_some(), endpoint) {
+                    Some(next) => (None, next),
+                    None => return Ok(resp),
+                }
+            }
+            Err(f) => match attempts.after_failure(&f, stage, kept.is_some(), endpoint) {
+                Some(next) => {
+                    tracing::info!(ingress = %route.ingress, id = ?view.request_id, error = %f.error,
+                        next = %next.addr, "upstream attempt failed; trying another endpoint");
+                    (f.unsent, next)
+                }
+                None => return Err(failed(ex, &f.error, wait.progress.as_deref())),
+            },
+        };
+        route.stats.retry();
+        req = match (again, &kept) {
+            (Some(mut unsent), _) => {
+                retarget(&mut unsent, client, next);
+                *unsent
+            }
+            (None, Some(kept)) => {
+                let mut parts = kept.clone();
+                if prepare(ex, &mut parts, client, next).is_err() {
+                    return Err(local::bad_request(
+                        &"request target",
+                        grpc,
+                        &view.request_id,
+                    ));
+                }
+                Request::from_parts(parts, Hooked::new(Upload::empty(), None))
+            }
+            // Not reached: `after_*` offer a next endpoint only when one of the two is there.
+            (None, None) => return Err(local::failure(local::UPSTREAM, grpc, &view.request_id)),
+        };
+        if let Some(r) = ex.record.as_mut() {
+            r.upstream = Some(next.addr);
+        }
+        endpoint = next;
     }
-    result.map_err(|e| failed(ex, &e, wait.progress.as_deref()))
+}
+
+/// Points a request that was never sent at another endpoint (HTTP/2 upstreams carry the
+/// endpoint in the URI's authority; HTTP/1.1 ones keep the client's `Host`).
+fn retarget(req: &mut Request<UpstreamBody>, client: &upstream::Client, endpoint: &Endpoint) {
+    if !client.transport.is_h2() {
+        return;
+    }
+    let mut uri = req.uri().clone().into_parts();
+    uri.authority = Some(endpoint.authority.clone());
+    if let Ok(uri) = Uri::from_parts(uri) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// The request line and headers the upstream gets.

@@ -34,6 +34,7 @@ pub mod log;
 mod messages;
 pub mod proxy_protocol;
 mod response;
+mod retry;
 mod routing;
 pub mod view;
 pub mod websocket;

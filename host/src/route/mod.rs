@@ -7,6 +7,7 @@
 //! elements, the longest prefix wins, and paths are case-sensitive. This module knows nothing of
 //! Kubernetes objects or of how a route is served.
 
+pub mod health;
 pub mod path;
 
 use std::borrow::Cow;
@@ -17,19 +18,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::policy::Policy;
 use crate::upstream::Client;
+pub use health::{Health, HealthRegistry};
 
 /// One address serving a backend, with its URI authority prepared once at compile time.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub authority: http::uri::Authority,
+    /// Passive health, shared with other generations and backends listing the address.
+    pub health: Arc<Health>,
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         let authority = http::uri::Authority::try_from(addr.to_string())
             .expect("a socket address is a valid URI authority");
-        Self { addr, authority }
+        Self {
+            addr,
+            authority,
+            health: Arc::default(),
+        }
     }
 }
 
@@ -94,6 +102,14 @@ impl Backend {
         self
     }
 
+    /// Shares the endpoints' passive health with every generation (see [`HealthRegistry`]).
+    pub fn with_health(mut self, registry: &HealthRegistry) -> Self {
+        for e in &mut self.endpoints {
+            e.health = registry.get(e.addr);
+        }
+        self
+    }
+
     pub fn with_h2c(mut self, h2c: bool) -> Self {
         self.h2c = h2c;
         self
@@ -105,11 +121,32 @@ impl Backend {
 
     /// Round-robin over the ready endpoints; `None` when there are none.
     pub fn pick(&self) -> Option<&Endpoint> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => Some(&self.endpoints[0]),
-            n => Some(&self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n]),
+        self.pick_at(health::now_ms)
+    }
+
+    /// [`pick`](Self::pick) on a given clock: round-robin, skipping ejected endpoints unless
+    /// every one is (the clock is read only when an endpoint on the way failed).
+    fn pick_at(&self, now: impl Fn() -> u64) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        if n <= 1 {
+            return self.endpoints.first();
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = |i: usize| &self.endpoints[(start + i) % n];
+        (0..n)
+            .map(at)
+            .find(|e| e.health.is_up(&now))
+            .or_else(|| Some(at(0)))
+    }
+
+    /// Another endpoint than `failed` for a retry, if the backend has one that is up (the
+    /// round-robin goes on; an ejected or just-failed endpoint is passed over).
+    pub fn pick_other(&self, failed: SocketAddr) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| e.addr != failed && e.health.is_up(health::now_ms))
     }
 }
 
@@ -400,7 +437,13 @@ impl Route {
                 "respond": p.respond.as_ref().map(|r| format!("{r:?}")),
                 "appRoot": p.app_root.as_deref(),
                 "rewriteTarget": p.rewrite_target.as_deref(),
+                "nextUpstream": {
+                    "on": p.next_upstream.names(),
+                    "tries": p.next_upstream.tries,
+                    "timeoutMs": p.next_upstream.timeout.map(|t| t.as_millis() as u64),
+                },
             },
+            "ejectedEndpoints": self.backend.endpoints().iter().filter(|e| e.health.ejected()).map(|e| e.addr.to_string()).collect::<Vec<_>>(),
             "plugins": p.hooks.plugins().iter().map(|h| h.name().to_owned()).collect::<Vec<_>>(),
             "canary": self.canary.as_ref().map(|c| {
                 let mut c = c.describe();
@@ -502,6 +545,36 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn picks_skip_ejected_endpoints_but_never_all() {
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:80").parse().expect("addr"))
+            .collect();
+        let backend = Backend::new("ns/svc:80", addrs.clone());
+        let eject = |e: &Endpoint| {
+            for _ in 0..health::MAX_FAILS {
+                e.health.failed(1_000);
+            }
+        };
+        eject(&backend.endpoints()[1]);
+        let now = || 2_000;
+        let picked: Vec<SocketAddr> = (0..6)
+            .map(|_| backend.pick_at(now).expect("an endpoint").addr)
+            .collect();
+        assert!(!picked.contains(&addrs[1]), "{picked:?}");
+        assert!(picked.contains(&addrs[0]) && picked.contains(&addrs[2]));
+        // Every endpoint ejected: the round-robin goes on over all of them.
+        eject(&backend.endpoints()[0]);
+        eject(&backend.endpoints()[2]);
+        let picked: std::collections::HashSet<SocketAddr> = (0..6)
+            .map(|_| backend.pick_at(now).expect("an endpoint").addr)
+            .collect();
+        assert_eq!(picked.len(), 3);
+        // After the fail timeout they are back.
+        let later = || 1_000 + health::FAIL_TIMEOUT.as_millis() as u64;
+        assert!(backend.endpoints().iter().all(|e| e.health.is_up(later)));
+    }
 
     fn route(name: &str) -> Arc<Route> {
         Arc::new(Route {

@@ -31,10 +31,19 @@ use super::{PerEndpoint, UpstreamBody, dial};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a request could not be sent.
-#[derive(Debug)]
 pub enum SendError {
-    Connect(String),
+    /// No connection: the request was not sent and comes back.
+    Connect(String, Box<Request<UpstreamBody>>),
     Protocol(hyper::Error),
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(cause, _) => f.debug_tuple("Connect").field(cause).finish(),
+            SendError::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
+        }
+    }
 }
 
 type Sender = http1::SendRequest<UpstreamBody>;
@@ -156,7 +165,10 @@ impl H1Pool {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TCP, maybe TLS, the handshake) is rare and its state
                 // large; inline, it would grow every request's future.
-                None => (Box::pin(self.connect(addr)).await?, false),
+                None => match Box::pin(self.connect(addr)).await {
+                    Ok(sender) => (sender, false),
+                    Err(cause) => return Err(SendError::Connect(cause, Box::new(req))),
+                },
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -178,25 +190,22 @@ impl H1Pool {
         }
     }
 
-    async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Sender, SendError> {
+    /// A new connection; `Err` says why not.
+    async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Sender, String> {
         self.sweeper.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self)));
         });
         let connected = async {
-            let io = dial(addr, self.tls.as_ref())
-                .await
-                .map_err(SendError::Connect)?;
+            let io = dial(addr, self.tls.as_ref()).await?;
             let (sender, conn) = http1::handshake(io)
                 .await
-                .map_err(|e| SendError::Connect(format!("HTTP/1.1: {e}")))?;
+                .map_err(|e| format!("HTTP/1.1: {e}"))?;
             tokio::spawn(conn);
             Ok(sender)
         };
         tokio::time::timeout(self.connect_timeout, connected)
             .await
-            .map_err(|_| {
-                SendError::Connect(format!("timed out after {:?}", self.connect_timeout))
-            })?
+            .map_err(|_| format!("timed out after {:?}", self.connect_timeout))?
     }
 }
 
@@ -382,6 +391,6 @@ mod tests {
         drop(listener);
         let pool = Arc::new(H1Pool::new(None, Duration::from_secs(2)));
         let err = pool.connect(addr).await.expect_err("nothing listens");
-        assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+        assert!(err.contains("refused"), "{err:?}");
     }
 }

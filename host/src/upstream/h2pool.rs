@@ -27,10 +27,19 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 pub const MAX_CONNECTIONS: usize = 8;
 
 /// Why a call could not be sent.
-#[derive(Debug)]
 pub enum SendError {
-    Connect(String),
+    /// No connection: the request was not sent and comes back.
+    Connect(String, Box<Request<UpstreamBody>>),
     Protocol(hyper::Error),
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(cause, _) => f.debug_tuple("Connect").field(cause).finish(),
+            SendError::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
+        }
+    }
 }
 
 struct Connection {
@@ -96,7 +105,10 @@ impl H2Pool {
                     None => {
                         // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is rare and its state
                         // large; inline, it would grow every call's future.
-                        let c = Arc::new(Box::pin(self.connect(addr)).await?);
+                        let c = match Box::pin(self.connect(addr)).await {
+                            Ok(c) => Arc::new(c),
+                            Err(cause) => return Err(SendError::Connect(cause, Box::new(req))),
+                        };
                         c.in_flight.fetch_add(1, Ordering::Relaxed);
                         let mut list = endpoint
                             .connections
@@ -116,11 +128,10 @@ impl H2Pool {
         Ok((resp, in_flight))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Connection, SendError> {
+    /// A new connection; `Err` says why not.
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, String> {
         let connected = async {
-            let io = dial(addr, self.tls.as_ref())
-                .await
-                .map_err(SendError::Connect)?;
+            let io = dial(addr, self.tls.as_ref()).await?;
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -130,15 +141,13 @@ impl H2Pool {
             let (sender, conn) = builder
                 .handshake(io)
                 .await
-                .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
             tokio::spawn(conn);
-            Ok(sender)
+            Ok::<_, String>(sender)
         };
         let sender = tokio::time::timeout(self.connect_timeout, connected)
             .await
-            .map_err(|_| {
-                SendError::Connect(format!("timed out after {:?}", self.connect_timeout))
-            })??;
+            .map_err(|_| format!("timed out after {:?}", self.connect_timeout))??;
         Ok(Connection {
             sender,
             in_flight: AtomicUsize::new(0),

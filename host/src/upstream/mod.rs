@@ -280,12 +280,14 @@ impl Client {
         endpoint: &Endpoint,
         backend: &str,
         wait: &Wait,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, Failed> {
         let sent = async {
             match &self.inner {
                 Inner::H1(pool) => match pool.send(req, endpoint.addr, &endpoint.authority).await {
                     Ok((resp, lent)) => Ok(resp.map(|body| ResponseBody::h1(body, lent))),
-                    Err(h1pool::SendError::Connect(cause)) => Err(SendError::Connect(cause)),
+                    Err(h1pool::SendError::Connect(cause, req)) => {
+                        Err(SendError::Connect(cause, req))
+                    }
                     Err(h1pool::SendError::Protocol(e)) => Err(SendError::Other(root_cause(&e))),
                 },
                 Inner::H2(pool) => match pool.send(req, endpoint.addr).await {
@@ -293,7 +295,9 @@ impl Client {
                         inner,
                         hold: Hold::H2(in_flight),
                     })),
-                    Err(h2pool::SendError::Connect(cause)) => Err(SendError::Connect(cause)),
+                    Err(h2pool::SendError::Connect(cause, req)) => {
+                        Err(SendError::Connect(cause, req))
+                    }
                     Err(h2pool::SendError::Protocol(e)) => Err(SendError::Other(root_cause(&e))),
                 },
             }
@@ -308,7 +312,7 @@ impl Client {
         };
         let result = match timed(sent, wait, started).await {
             Some(result) => result,
-            None => return Err(timeout()),
+            None => return Err(timeout().into()),
         };
         match result {
             // A task polled late sees the upstream's answer and the expired timer together;
@@ -319,22 +323,26 @@ impl Client {
                     .deadline
                     .is_some_and(|d| tokio::time::Instant::now() >= d) =>
             {
-                Err(timeout())
+                Err(timeout().into())
             }
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let (endpoint, backend) = (endpoint(), backend.to_owned());
                 Err(match e {
-                    SendError::Connect(cause) => UpstreamError::Connect {
-                        endpoint,
-                        backend,
-                        cause,
+                    SendError::Connect(cause, req) => Failed {
+                        error: UpstreamError::Connect {
+                            endpoint,
+                            backend,
+                            cause,
+                        },
+                        unsent: Some(req),
                     },
                     SendError::Other(cause) => UpstreamError::Protocol {
                         endpoint,
                         backend,
                         cause,
-                    },
+                    }
+                    .into(),
                 })
             }
         }
@@ -370,8 +378,24 @@ async fn timed<F: std::future::Future>(
 
 /// A failed send, before it is named for the client.
 enum SendError {
-    Connect(String),
+    Connect(String, Box<Request<UpstreamBody>>),
     Other(String),
+}
+
+/// A request the upstream did not answer: why, and the request itself when none of it was
+/// sent (it could not connect), so it can go to another endpoint as it is.
+pub struct Failed {
+    pub error: UpstreamError,
+    pub unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+impl From<UpstreamError> for Failed {
+    fn from(error: UpstreamError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
 }
 
 /// Hands out shared clients and round-robin positions; used at compile time only.
@@ -380,6 +404,8 @@ pub struct Upstreams {
     clients: Mutex<HashMap<(Transport, Duration), Client>>,
     /// Round-robin positions, kept across generations.
     pub rotations: crate::route::Rotations,
+    /// Passive health by address, kept across generations.
+    pub health: crate::route::HealthRegistry,
 }
 
 impl Upstreams {
