@@ -186,6 +186,15 @@ pub enum StaticResponse {
     },
 }
 
+/// How a route chooses among its backend's endpoints (ingress-nginx `load-balance`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Peak-EWMA over two random choices (see `route::load`).
+    Ewma,
+}
+
 /// When a failed attempt goes to another endpoint (ingress-nginx `proxy-next-upstream`,
 /// `-tries`, `-timeout`); executed by `proxy::forward`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,6 +305,8 @@ pub struct Policy {
     pub response_rate: Option<ResponseRate>,
     /// Retries on another endpoint.
     pub next_upstream: NextUpstream,
+    /// How endpoints are chosen.
+    pub balance: Balance,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
     /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
@@ -333,6 +344,7 @@ impl Default for Policy {
             client_tls: None,
             response_rate: None,
             next_upstream: NextUpstream::default(),
+            balance: Balance::RoundRobin,
             hooks: HookChain::default(),
             backends: Arc::new([]),
         }

@@ -22,8 +22,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// so every route to it shares the round-robin position.
 pub struct Resolver<'a> {
     guard: Option<&'a EndpointGuard>,
-    rotations: &'a crate::route::Rotations,
-    health: &'a crate::route::HealthRegistry,
+    /// Round-robin positions, health and load kept across generations.
+    upstreams: &'a crate::upstream::Upstreams,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     endpoints: HashMap<(&'a str, &'a str), &'a Endpoints>,
@@ -80,8 +80,7 @@ impl<'a> Resolver<'a> {
     pub fn new(
         snapshot: &'a Snapshot,
         guard: Option<&'a EndpointGuard>,
-        rotations: &'a crate::route::Rotations,
-        health: &'a crate::route::HealthRegistry,
+        upstreams: &'a crate::upstream::Upstreams,
     ) -> Self {
         let services = snapshot
             .services
@@ -107,8 +106,7 @@ impl<'a> Resolver<'a> {
             .collect();
         Self {
             guard,
-            rotations,
-            health,
+            upstreams,
             services,
             slices,
             endpoints,
@@ -213,8 +211,8 @@ impl<'a> Resolver<'a> {
         let refused: Arc<[IpAddr]> = refused.iter().map(SocketAddr::ip).collect();
         let backend = Backend::new(key.as_str(), addrs)
             .with_h2c(h2c)
-            .with_rotation(self.rotations.get(&key))
-            .with_health(self.health);
+            .with_rotation(self.upstreams.rotations.get(&key))
+            .with_memory(&self.upstreams.health, &self.upstreams.loads);
         let backend = Arc::new(backend);
         self.built.insert(key, (backend.clone(), refused.clone()));
         Ok(Resolved {

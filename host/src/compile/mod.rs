@@ -122,8 +122,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     let mut resolver = backend::Resolver::new(
         snapshot,
         options.endpoint_guard.as_ref(),
-        &options.upstreams.rotations,
-        &options.upstreams.health,
+        &options.upstreams,
     );
     let secrets = by_name(&snapshot.secrets);
     let config_maps = by_name(&snapshot.config_maps);
@@ -612,7 +611,14 @@ mod tests {
     fn picks(c: &Compiled, n: usize) -> Vec<String> {
         let route = c.routes.find("rr.test", "/").expect("route");
         (0..n)
-            .map(|_| route.backend.pick().expect("endpoint").addr.to_string())
+            .map(|_| {
+                route
+                    .backend
+                    .pick(crate::policy::Balance::RoundRobin)
+                    .expect("endpoint")
+                    .addr
+                    .to_string()
+            })
             .collect()
     }
 

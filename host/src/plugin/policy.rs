@@ -75,6 +75,8 @@ pub struct PluginPolicy {
     pub canary: Option<Arc<crate::canary::Rule>>,
     /// Retries on another endpoint.
     pub next_upstream: Option<exec::NextUpstream>,
+    /// How endpoints are chosen.
+    pub balance: Option<exec::Balance>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -255,6 +257,7 @@ impl PluginPolicy {
             o,
         );
         take(&mut self.canary, later.canary, "canary rule", o);
+        take(&mut self.balance, later.balance, "load-balance", o);
         take(
             &mut self.next_upstream,
             later.next_upstream,
@@ -325,6 +328,9 @@ impl PluginPolicy {
         }
         if let Some(next) = self.next_upstream {
             route.next_upstream = next;
+        }
+        if let Some(balance) = self.balance {
+            route.balance = balance;
         }
     }
 }
@@ -729,6 +735,12 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::GlobalAuth(b) => out.global_auth = Some(b),
             D::Canary(c) => out.canary = Some(Arc::new(canary(c)?)),
             D::NextUpstream(n) => out.next_upstream = Some(next_upstream(n)),
+            D::LoadBalance(b) => {
+                out.balance = Some(match b {
+                    wit::Balance::RoundRobin => exec::Balance::RoundRobin,
+                    wit::Balance::Ewma => exec::Balance::Ewma,
+                })
+            }
             D::Satisfy(s) => {
                 out.access.satisfy = Some(match s {
                     wit::Satisfy::All => access::Satisfy::All,

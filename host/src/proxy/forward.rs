@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use super::{Exchange, InnerBody, local, retry, websocket};
 use crate::body::{Hooked, Idle, OnIdle, Progress, Stage, Upload};
 use crate::plugin::{BodyHooks, HookRequest};
-use crate::policy::{self, HttpVersion, RequestVars};
+use crate::policy::{self, Balance, HttpVersion, RequestVars};
 use crate::route::{Backend, Endpoint};
 use crate::upstream::{self, ResponseBody, UpstreamBody, UpstreamError, Wait};
 
@@ -60,7 +60,7 @@ pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoi
         ex.canary = true;
         ex.route.stats.canary();
     }
-    backend(ex).pick()
+    backend(ex).pick(ex.route.policy.balance)
 }
 
 /// Phase 7: sends the request upstream and waits for the response head; a failed attempt
@@ -125,8 +125,18 @@ pub async fn send(
     let (mut req, mut endpoint) = (Request::from_parts(parts, body), endpoint);
     loop {
         let sent_at = tokio::time::Instant::now();
+        let busy = (policy.balance == Balance::Ewma).then(|| endpoint.load.begin());
         let result = client.send(req, endpoint, &backend.name, &wait).await;
         let upstream_took = sent_at.elapsed();
+        if let Some(busy) = busy {
+            // A failure counts at least as a connect timeout: failing fast must not look fast.
+            let took = match &result {
+                Ok(_) => upstream_took,
+                Err(_) => upstream_took.max(policy.connect_timeout),
+            };
+            endpoint.load.observe(took, crate::route::load::now_us());
+            drop(busy);
+        }
         route.stats.upstream(upstream_took);
         if let Some(r) = ex.record.as_mut() {
             r.upstream_duration = Some(upstream_took);

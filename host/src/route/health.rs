@@ -77,25 +77,37 @@ impl Health {
     }
 }
 
-/// Health by address, kept across generations; addresses no generation holds are forgotten.
-#[derive(Debug, Default)]
-pub struct HealthRegistry {
-    by_addr: Mutex<HashMap<SocketAddr, Weak<Health>>>,
+/// Per-address state kept across generations (health, load); addresses no generation holds
+/// are forgotten.
+#[derive(Debug)]
+pub struct PerAddress<T> {
+    by_addr: Mutex<HashMap<SocketAddr, Weak<T>>>,
 }
 
-impl HealthRegistry {
-    /// The health of `addr` (used at compile time only).
-    pub fn get(&self, addr: SocketAddr) -> Arc<Health> {
+impl<T> Default for PerAddress<T> {
+    fn default() -> Self {
+        Self {
+            by_addr: Mutex::default(),
+        }
+    }
+}
+
+/// Health by address.
+pub type HealthRegistry = PerAddress<Health>;
+
+impl<T: Default> PerAddress<T> {
+    /// The state of `addr` (used at compile time only).
+    pub fn get(&self, addr: SocketAddr) -> Arc<T> {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(live) = map.get(&addr).and_then(Weak::upgrade) {
             return live;
         }
-        let health = Arc::new(Health::default());
+        let state = Arc::new(T::default());
         if map.len() >= 64 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        map.insert(addr, Arc::downgrade(&health));
-        health
+        map.insert(addr, Arc::downgrade(&state));
+        state
     }
 }
 

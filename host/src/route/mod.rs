@@ -8,6 +8,7 @@
 //! Kubernetes objects or of how a route is served.
 
 pub mod health;
+pub mod load;
 pub mod path;
 
 use std::borrow::Cow;
@@ -18,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::policy::Policy;
 use crate::upstream::Client;
-pub use health::{Health, HealthRegistry};
+pub use health::{Health, HealthRegistry, PerAddress};
+pub use load::Load;
 
 /// One address serving a backend, with its URI authority prepared once at compile time.
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     /// Passive health, shared with other generations and backends listing the address.
     pub health: Arc<Health>,
+    /// Response times and requests in flight (EWMA routes), shared likewise.
+    pub load: Arc<Load>,
 }
 
 impl Endpoint {
@@ -37,6 +41,7 @@ impl Endpoint {
             addr,
             authority,
             health: Arc::default(),
+            load: Arc::default(),
         }
     }
 }
@@ -102,11 +107,14 @@ impl Backend {
         self
     }
 
-    /// Shares the endpoints' passive health with every generation (see [`HealthRegistry`]).
-    pub fn with_health(mut self, registry: &HealthRegistry) -> Self {
+    /// Shares the endpoints' health and load with every generation (see [`PerAddress`]); new
+    /// endpoints start at the others' average load ([`load::slow_start`]).
+    pub fn with_memory(mut self, health: &HealthRegistry, loads: &PerAddress<Load>) -> Self {
         for e in &mut self.endpoints {
-            e.health = registry.get(e.addr);
+            e.health = health.get(e.addr);
+            e.load = loads.get(e.addr);
         }
+        load::slow_start(self.endpoints.iter().map(|e| &*e.load), load::now_us());
         self
     }
 
@@ -120,8 +128,34 @@ impl Backend {
     }
 
     /// Round-robin over the ready endpoints; `None` when there are none.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        self.pick_at(health::now_ms)
+    pub fn pick(&self, balance: crate::policy::Balance) -> Option<&Endpoint> {
+        match balance {
+            crate::policy::Balance::RoundRobin => self.pick_at(health::now_ms),
+            crate::policy::Balance::Ewma => self.pick_ewma(load::now_us(), fastrand::usize),
+        }
+    }
+
+    /// The better of two random endpoints by [`Load::score`] at `now`, an ejected one only if
+    /// both are (then round-robin over the rest decides).
+    fn pick_ewma(
+        &self,
+        now: u64,
+        draw: impl FnMut(std::ops::RangeTo<usize>) -> usize,
+    ) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        if n <= 1 {
+            return self.endpoints.first();
+        }
+        let mut draw = draw;
+        let (a, b) = load::two_of(n, |below| draw(..below));
+        let (a, b) = (&self.endpoints[a], &self.endpoints[b]);
+        let up = |e: &Endpoint| e.health.is_up(health::now_ms);
+        match (up(a), up(b)) {
+            (true, true) if b.load.score(now) < a.load.score(now) => Some(b),
+            (true, _) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => self.pick_at(health::now_ms),
+        }
     }
 
     /// [`pick`](Self::pick) on a given clock: round-robin, skipping ejected endpoints unless
@@ -437,6 +471,10 @@ impl Route {
                 "respond": p.respond.as_ref().map(|r| format!("{r:?}")),
                 "appRoot": p.app_root.as_deref(),
                 "rewriteTarget": p.rewrite_target.as_deref(),
+                "loadBalance": match p.balance {
+                    crate::policy::Balance::RoundRobin => "round_robin",
+                    crate::policy::Balance::Ewma => "ewma",
+                },
                 "nextUpstream": {
                     "on": p.next_upstream.names(),
                     "tries": p.next_upstream.tries,
@@ -545,6 +583,38 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn ewma_takes_the_cheaper_of_two_and_avoids_ejected_ones() {
+        let addrs: Vec<SocketAddr> = (1..=2)
+            .map(|i| format!("10.0.0.{i}:80").parse().expect("addr"))
+            .collect();
+        let backend = Backend::new("ns/svc:80", addrs.clone());
+        let (fast, slow) = (&backend.endpoints()[0], &backend.endpoints()[1]);
+        fast.load.observe(Duration::from_millis(5), 1);
+        slow.load.observe(Duration::from_millis(50), 1);
+        // Whichever of the two is drawn first, the fast one wins.
+        for first in 0..2 {
+            let mut draws = [first, 0].into_iter();
+            let picked = backend
+                .pick_ewma(2, |_| draws.next().expect("two draws"))
+                .expect("an endpoint");
+            assert_eq!(picked.addr, addrs[0]);
+        }
+        // Busy enough, the fast one loses: 5 ms x 11 in flight > 50 ms x 1.
+        let busy: Vec<_> = (0..10).map(|_| fast.load.begin()).collect();
+        let mut draws = [0, 0].into_iter();
+        let picked = backend.pick_ewma(2, |_| draws.next().expect("two draws"));
+        assert_eq!(picked.expect("an endpoint").addr, addrs[1]);
+        drop(busy);
+        // An ejected endpoint is passed over whatever its score.
+        for _ in 0..health::MAX_FAILS {
+            fast.health.failed(health::now_ms());
+        }
+        let mut draws = [0, 0].into_iter();
+        let picked = backend.pick_ewma(2, |_| draws.next().expect("two draws"));
+        assert_eq!(picked.expect("an endpoint").addr, addrs[1]);
+    }
 
     #[test]
     fn picks_skip_ejected_endpoints_but_never_all() {
@@ -833,10 +903,18 @@ mod tests {
         let c: SocketAddr = "127.0.0.1:2".parse().expect("addr");
         let backend = Backend::new("b", vec![a, c]);
         let picks: Vec<_> = (0..4)
-            .filter_map(|_| backend.pick().map(|e| e.addr))
+            .filter_map(|_| {
+                backend
+                    .pick(crate::policy::Balance::RoundRobin)
+                    .map(|e| e.addr)
+            })
             .collect();
         assert_eq!(picks, vec![a, c, a, c]);
-        assert!(Backend::new("none", Vec::new()).pick().is_none());
+        assert!(
+            Backend::new("none", Vec::new())
+                .pick(crate::policy::Balance::RoundRobin)
+                .is_none()
+        );
     }
 
     #[test]

@@ -406,6 +406,8 @@ pub struct Upstreams {
     pub rotations: crate::route::Rotations,
     /// Passive health by address, kept across generations.
     pub health: crate::route::HealthRegistry,
+    /// EWMA load by address, kept across generations.
+    pub loads: crate::route::PerAddress<crate::route::Load>,
 }
 
 impl Upstreams {

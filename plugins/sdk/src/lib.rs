@@ -59,7 +59,7 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, AuthCacheDuration, AuthSecretFormat, BasicAuth, BodyAction, Canary, ClientTls,
+    Action, AuthCacheDuration, AuthSecretFormat, Balance, BasicAuth, BodyAction, Canary, ClientTls,
     ClientVerify, Config, Cors, Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields,
     FixedResponse, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpError, HttpRequest,
     HttpResponse, HttpVersion, Info, MessageAction, MessageKind, NextUpstream, NextUpstreamOn,
