@@ -153,7 +153,7 @@ impl Rule {
 }
 
 /// The first value of cookie `name` in the request's `Cookie` headers (nginx `$cookie_NAME`).
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -161,8 +161,10 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
         .find_map(|pair| {
             let pair = pair.trim_ascii_start();
             let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-            // As nginx: the name is followed by `=` directly (`name = v` is another name).
-            (k == name.as_bytes()).then(|| v[1..].trim_ascii_end())
+            // As nginx: the name is followed by `=` directly (`name = v` is another name), and
+            // compared without regard to case.
+            k.eq_ignore_ascii_case(name.as_bytes())
+                .then(|| v[1..].trim_ascii_end())
         })
 }
 

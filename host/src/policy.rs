@@ -307,6 +307,10 @@ pub struct Policy {
     pub next_upstream: NextUpstream,
     /// How endpoints are chosen.
     pub balance: Balance,
+    /// Consistent hashing on a request key, instead of `balance`.
+    pub hash_by: Option<Arc<crate::route::hash::HashBy>>,
+    /// Requests go to the Service's cluster IP, not its endpoints.
+    pub service_upstream: bool,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
     /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
@@ -345,6 +349,8 @@ impl Default for Policy {
             response_rate: None,
             next_upstream: NextUpstream::default(),
             balance: Balance::RoundRobin,
+            hash_by: None,
+            service_upstream: false,
             hooks: HookChain::default(),
             backends: Arc::new([]),
         }

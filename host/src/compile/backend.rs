@@ -137,13 +137,12 @@ impl<'a> Resolver<'a> {
         self.resolve(namespace, &backend)
     }
 
-    /// Resolves `backend` in `namespace`; the error says what is missing, for a diagnostic on
-    /// the field the caller names.
-    pub fn resolve(
-        &mut self,
+    /// The Service and port `backend` names in `namespace`; the error says what is missing.
+    fn service_port(
+        &self,
         namespace: &str,
         backend: &IngressServiceBackend,
-    ) -> Result<Resolved, (&'static str, String)> {
+    ) -> Result<(&'a Service, &'a ServicePort), (&'static str, String)> {
         let name = backend.name.as_str();
         let service = self
             .services
@@ -182,6 +181,76 @@ impl<'a> Resolver<'a> {
             (None, None) => return Err(("port", "a port number or name is required".into())),
         };
 
+        Ok((service, port))
+    }
+
+    /// `backend`'s Service at its cluster IP and port (ingress-nginx `service-upstream`):
+    /// one address, and kube-proxy (or a mesh) picks the pod.
+    pub fn resolve_cluster_ip(
+        &mut self,
+        namespace: &str,
+        backend: &IngressServiceBackend,
+    ) -> Result<Resolved, (&'static str, String)> {
+        let (service, port) = self.service_port(namespace, backend)?;
+        let name = backend.name.as_str();
+        let ip = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
+        let ip: IpAddr = match ip {
+            Some(ip) if ip != "None" && !ip.is_empty() => ip.parse().map_err(|_| {
+                (
+                    "name",
+                    format!(
+                        "Service {namespace}/{name} has a cluster IP that is not an address: {ip:?}"
+                    ),
+                )
+            })?,
+            _ => {
+                return Err((
+                    "name",
+                    format!(
+                        "Service {namespace}/{name} has no cluster IP (headless, or not allocated yet): service-upstream needs one"
+                    ),
+                ));
+            }
+        };
+        let key = format!("{namespace}/{name}:{} (cluster IP)", port.port);
+        let port_number = u16::try_from(port.port)
+            .map_err(|_| ("port", format!("port {} is out of range", port.port)))?;
+        let addr = SocketAddr::new(ip, port_number);
+        let refused: Arc<[IpAddr]> = match self.guard.and_then(|g| g.refuses(ip)) {
+            Some(_) => Arc::from([ip]),
+            None => Arc::from([]),
+        };
+        let addrs = if refused.is_empty() {
+            vec![addr]
+        } else {
+            Vec::new()
+        };
+        let backend = Arc::new(
+            Backend::new(key.as_str(), addrs)
+                .with_h2c(declares_h2c(port))
+                .with_memory(&self.upstreams.health, &self.upstreams.loads),
+        );
+        Ok(Resolved {
+            empty: backend.endpoints().is_empty(),
+            backend,
+            refused,
+        })
+    }
+
+    /// Resolves `backend` in `namespace`; the error says what is missing, for a diagnostic on
+    /// the field the caller names.
+    pub fn resolve(
+        &mut self,
+        namespace: &str,
+        backend: &IngressServiceBackend,
+    ) -> Result<Resolved, (&'static str, String)> {
+        let (service, port) = self.service_port(namespace, backend)?;
+        let name = backend.name.as_str();
+        let ports = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_deref())
+            .unwrap_or(&[]);
         let key = format!("{namespace}/{name}:{}", port.port);
         if let Some((built, refused)) = self.built.get(&key) {
             return Ok(Resolved {
@@ -199,9 +268,7 @@ impl<'a> Resolver<'a> {
                 .map(|e| legacy_addresses(e, port, single_port))
                 .unwrap_or_default(),
         };
-        let h2c = port.app_protocol.as_deref().is_some_and(|p| {
-            p.eq_ignore_ascii_case("kubernetes.io/h2c") || p.eq_ignore_ascii_case("grpc")
-        });
+        let h2c = declares_h2c(port);
         let (addrs, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = match self.guard {
             Some(guard) => addrs
                 .into_iter()
@@ -221,6 +288,13 @@ impl<'a> Resolver<'a> {
             refused,
         })
     }
+}
+
+/// The Service port declares `appProtocol` `kubernetes.io/h2c` or `grpc`.
+fn declares_h2c(port: &ServicePort) -> bool {
+    port.app_protocol.as_deref().is_some_and(|p| {
+        p.eq_ignore_ascii_case("kubernetes.io/h2c") || p.eq_ignore_ascii_case("grpc")
+    })
 }
 
 /// Whether an endpoint port (`name`, `number`) serves the Service port: same name, as

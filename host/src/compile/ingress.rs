@@ -193,6 +193,7 @@ pub fn compile(
     }
 
     let spec = ingress.spec.clone().unwrap_or_default();
+    let service_upstream = policy.service_upstream;
     let mut backend = |b: &IngressBackend, field: &str, notes: &mut Vec<Diagnostic>| {
         let Some(service) = &b.service else {
             return Err((
@@ -200,7 +201,10 @@ pub fn compile(
                 "resource backends are not supported; use a Service backend".to_owned(),
             ));
         };
-        let resolved = cx.resolver.resolve(namespace, service);
+        let resolved = match service_upstream {
+            true => cx.resolver.resolve_cluster_ip(namespace, service),
+            false => cx.resolver.resolve(namespace, service),
+        };
         let resolved = match (resolved, mode) {
             (Err((sub, why)), Mode::LastGood) => {
                 notes.push(

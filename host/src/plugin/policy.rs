@@ -77,6 +77,10 @@ pub struct PluginPolicy {
     pub next_upstream: Option<exec::NextUpstream>,
     /// How endpoints are chosen.
     pub balance: Option<exec::Balance>,
+    /// Consistent hashing on a request key.
+    pub hash_by: Option<Arc<crate::route::hash::HashBy>>,
+    /// Send to the Service's cluster IP.
+    pub service_upstream: Option<bool>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -258,6 +262,13 @@ impl PluginPolicy {
         );
         take(&mut self.canary, later.canary, "canary rule", o);
         take(&mut self.balance, later.balance, "load-balance", o);
+        take(&mut self.hash_by, later.hash_by, "upstream-hash-by", o);
+        take(
+            &mut self.service_upstream,
+            later.service_upstream,
+            "service-upstream",
+            o,
+        );
         take(
             &mut self.next_upstream,
             later.next_upstream,
@@ -331,6 +342,12 @@ impl PluginPolicy {
         }
         if let Some(balance) = self.balance {
             route.balance = balance;
+        }
+        if let Some(hash) = &self.hash_by {
+            route.hash_by = Some(hash.clone());
+        }
+        if let Some(on) = self.service_upstream {
+            route.service_upstream = on;
         }
     }
 }
@@ -546,6 +563,40 @@ fn canary(c: wit::Canary) -> Result<crate::canary::Rule, String> {
     })
 }
 
+fn hash_by(h: wit::HashBy) -> Result<crate::route::hash::HashBy, String> {
+    use crate::route::hash::Part;
+    if h.key.is_empty() {
+        return Err("upstream-hash-by has an empty key".into());
+    }
+    let key = h
+        .key
+        .into_iter()
+        .map(|p| {
+            Ok(match p {
+                wit::HashPart::Literal(s) => Part::Literal(s.into_bytes().into()),
+                wit::HashPart::RequestUri => Part::RequestUri,
+                wit::HashPart::Uri => Part::Uri,
+                wit::HashPart::Host => Part::Host,
+                wit::HashPart::RemoteAddr => Part::RemoteAddr,
+                wit::HashPart::BinaryRemoteAddr => Part::BinaryRemoteAddr,
+                wit::HashPart::Header(n) => Part::Header(
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| format!("`{n}` is not a valid header name"))?,
+                ),
+                wit::HashPart::Cookie(n) => Part::Cookie(n.into()),
+                wit::HashPart::Arg(n) => Part::Arg(n.into()),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    if h.subset_size == Some(0) {
+        return Err("upstream-hash-by-subset-size must be at least 1".into());
+    }
+    Ok(crate::route::hash::HashBy {
+        key,
+        subset: h.subset_size,
+    })
+}
+
 fn next_upstream(n: wit::NextUpstream) -> exec::NextUpstream {
     use exec::NextUpstream as N;
     use wit::NextUpstreamOn as W;
@@ -735,6 +786,8 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::GlobalAuth(b) => out.global_auth = Some(b),
             D::Canary(c) => out.canary = Some(Arc::new(canary(c)?)),
             D::NextUpstream(n) => out.next_upstream = Some(next_upstream(n)),
+            D::HashBy(h) => out.hash_by = Some(Arc::new(hash_by(h)?)),
+            D::ServiceUpstream(on) => out.service_upstream = Some(on),
             D::LoadBalance(b) => {
                 out.balance = Some(match b {
                     wit::Balance::RoundRobin => exec::Balance::RoundRobin,

@@ -47,7 +47,8 @@ pub fn backend<'r>(ex: &Exchange<'r>) -> &'r Backend {
 }
 
 /// Phase 6: the endpoint this request goes to. A route's canary rule is read here, once, from
-/// the request's headers as the hooks left them; a hook's choice of backend comes first.
+/// the request's headers as the hooks left them; a hook's choice of backend comes first. The
+/// endpoint is the request key's on `upstream-hash-by` routes, else the balancer's.
 pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoint> {
     if let Some(canary) = &ex.route.canary
         && ex
@@ -60,7 +61,21 @@ pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoi
         ex.canary = true;
         ex.route.stats.canary();
     }
-    backend(ex).pick(ex.route.policy.balance)
+    let policy = &ex.route.policy;
+    match &policy.hash_by {
+        None => backend(ex).pick(policy.balance),
+        Some(rule) => {
+            let view = ex.view;
+            let facts = crate::route::hash::Facts {
+                request_uri: view.request_uri(),
+                path: view.path(),
+                host: view.host(),
+                client: view.client,
+                headers,
+            };
+            backend(ex).pick_hashed(rule, &facts)
+        }
+    }
 }
 
 /// Phase 7: sends the request upstream and waits for the response head; a failed attempt

@@ -7,6 +7,7 @@
 //! elements, the longest prefix wins, and paths are case-sensitive. This module knows nothing of
 //! Kubernetes objects or of how a route is served.
 
+pub mod hash;
 pub mod health;
 pub mod load;
 pub mod path;
@@ -89,7 +90,14 @@ pub struct Backend {
     next: Arc<AtomicUsize>,
     /// The Service port declares `appProtocol` `kubernetes.io/h2c` or `grpc`.
     pub h2c: bool,
+    /// The consistent-hash ring of the endpoints, built by the first hashed request.
+    ring: std::sync::OnceLock<hash::Ring>,
+    /// Groups and their ring for `upstream-hash-by-subset`, by the first subset size asked.
+    subsets: std::sync::OnceLock<(u32, Subsets)>,
 }
+
+/// Endpoint groups (by index) and the ring over them.
+type Subsets = (Vec<Vec<usize>>, hash::Ring);
 
 impl Backend {
     pub fn new(name: impl Into<Arc<str>>, addrs: Vec<SocketAddr>) -> Self {
@@ -98,6 +106,8 @@ impl Backend {
             endpoints: addrs.into_iter().map(Endpoint::new).collect(),
             next: Arc::default(),
             h2c: false,
+            ring: std::sync::OnceLock::new(),
+            subsets: std::sync::OnceLock::new(),
         }
     }
 
@@ -171,6 +181,45 @@ impl Backend {
             .map(at)
             .find(|e| e.health.is_up(&now))
             .or_else(|| Some(at(0)))
+    }
+
+    /// The endpoint the request's key maps to (`upstream-hash-by`); when it is ejected, the
+    /// round-robin over the others.
+    pub fn pick_hashed(&self, rule: &hash::HashBy, facts: &hash::Facts<'_>) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        if n <= 1 {
+            return self.endpoints.first();
+        }
+        let key = rule.hash(facts);
+        let addrs = || self.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>();
+        let chosen = match rule.subset {
+            None => {
+                let ring = self.ring.get_or_init(|| hash::endpoint_ring(&addrs()));
+                ring.member(key).and_then(|i| self.endpoints.get(i))
+            }
+            Some(size) => {
+                let (built, (groups, ring)) = self
+                    .subsets
+                    .get_or_init(|| (size, hash::subset_ring(&addrs(), size)));
+                // Another route asking another size of the same backend: built for this
+                // request (rare; routes of one Service rarely disagree).
+                let other;
+                let (groups, ring) = if *built == size {
+                    (groups, ring)
+                } else {
+                    other = hash::subset_ring(&addrs(), size);
+                    (&other.0, &other.1)
+                };
+                ring.member(key)
+                    .and_then(|g| groups.get(g))
+                    .filter(|g| !g.is_empty())
+                    .and_then(|g| self.endpoints.get(g[fastrand::usize(..g.len())]))
+            }
+        };
+        match chosen {
+            Some(e) if e.health.is_up(health::now_ms) => Some(e),
+            _ => self.pick_at(health::now_ms),
+        }
     }
 
     /// Another endpoint than `failed` for a retry, if the backend has one that is up (the
@@ -475,6 +524,9 @@ impl Route {
                     crate::policy::Balance::RoundRobin => "round_robin",
                     crate::policy::Balance::Ewma => "ewma",
                 },
+                "hashBy": p.hash_by.as_ref().map(|h| format!("{:?}", h.key)),
+                "hashBySubsetSize": p.hash_by.as_ref().and_then(|h| h.subset),
+                "serviceUpstream": p.service_upstream,
                 "nextUpstream": {
                     "on": p.next_upstream.names(),
                     "tries": p.next_upstream.tries,
@@ -583,6 +635,65 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn hashed_picks_agree_across_backends_and_skip_ejected_endpoints() {
+        let addrs: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}:80").parse().expect("addr"))
+            .collect();
+        let (a, b) = (
+            Backend::new("ns/svc:80", addrs.clone()),
+            Backend::new("ns/svc:80", addrs.clone()),
+        );
+        let rule = hash::HashBy {
+            key: vec![hash::Part::Arg("user".into())].into(),
+            subset: None,
+        };
+        let headers = http::HeaderMap::new();
+        let facts = |uri: &'static str| hash::Facts {
+            request_uri: uri,
+            path: "/",
+            host: "a.test",
+            client: "192.0.2.1".parse().expect("ip"),
+            headers: &headers,
+        };
+        let uris = ["/?user=1", "/?user=2", "/?user=3", "/?user=4", "/?user=5"];
+        let on_a: Vec<SocketAddr> = uris
+            .iter()
+            .map(|u| a.pick_hashed(&rule, &facts(u)).expect("endpoint").addr)
+            .collect();
+        let on_b: Vec<SocketAddr> = uris
+            .iter()
+            .map(|u| b.pick_hashed(&rule, &facts(u)).expect("endpoint").addr)
+            .collect();
+        assert_eq!(on_a, on_b, "another generation or replica agrees");
+        let again = a.pick_hashed(&rule, &facts(uris[0])).expect("endpoint");
+        assert_eq!(again.addr, on_a[0], "the same key, the same endpoint");
+        // The key's endpoint ejected: another one answers.
+        let owner = a
+            .endpoints()
+            .iter()
+            .find(|e| e.addr == on_a[0])
+            .expect("listed");
+        for _ in 0..health::MAX_FAILS {
+            owner.health.failed(health::now_ms());
+        }
+        let moved = a.pick_hashed(&rule, &facts(uris[0])).expect("endpoint");
+        assert_ne!(moved.addr, on_a[0]);
+        // Subsets: the key's group, a random member of it.
+        let subset = hash::HashBy {
+            subset: Some(2),
+            ..rule.clone()
+        };
+        let members: std::collections::HashSet<SocketAddr> = (0..50)
+            .map(|_| {
+                b.pick_hashed(&subset, &facts(uris[1]))
+                    .expect("endpoint")
+                    .addr
+            })
+            .collect();
+        assert_eq!(members.len(), 2, "{members:?}");
+    }
 
     #[test]
     fn ewma_takes_the_cheaper_of_two_and_avoids_ejected_ones() {
