@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod affinity;
 pub mod body;
 pub mod canary;
 pub mod cluster;

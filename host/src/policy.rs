@@ -311,6 +311,8 @@ pub struct Policy {
     pub hash_by: Option<Arc<crate::route::hash::HashBy>>,
     /// Requests go to the Service's cluster IP, not its endpoints.
     pub service_upstream: bool,
+    /// Cookie session affinity (per route: its cookie path is the route's).
+    pub affinity: Option<Arc<crate::affinity::Affinity>>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
     /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
@@ -351,6 +353,7 @@ impl Default for Policy {
             balance: Balance::RoundRobin,
             hash_by: None,
             service_upstream: false,
+            affinity: None,
             hooks: HookChain::default(),
             backends: Arc::new([]),
         }

@@ -39,6 +39,9 @@ pub struct Unit {
     /// A canary Ingress: its paths never serve on their own, they attach to the main routes
     /// with the same host and path (see `compile::canary`).
     pub canary: Option<Arc<crate::canary::Rule>>,
+    /// Cookie session affinity, made per route (its cookie path defaults to the route's), and
+    /// the key material of its persistent names (the Ingress's UID, else its name).
+    pub affinity: Option<(crate::affinity::RuleText, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,7 @@ pub fn compile(
     let mut policy = cx.defaults.clone();
     let (mut ssl_redirect, mut force_ssl_redirect, mut regex_paths) = (true, false, false);
     let mut canary = None;
+    let mut affinity = None;
     let route = plugin::Route::ingress(namespace, name);
     let secrets = super::access::PluginSecrets {
         refs: &cx.refs,
@@ -113,6 +117,7 @@ pub fn compile(
             let p = configured.policy;
             p.apply_to(&mut policy);
             canary = p.canary.clone();
+            affinity = p.affinity.clone();
             ssl_redirect = p.ssl_redirect.unwrap_or(true);
             force_ssl_redirect = p.force_ssl_redirect.unwrap_or(false);
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();
@@ -457,6 +462,10 @@ pub fn compile(
         errors.extend(notes);
         return Err(errors);
     }
+    let affinity = affinity.map(|rule| {
+        let uid = ingress.metadata.uid.as_deref().filter(|u| !u.is_empty());
+        (rule, uid.map_or_else(|| key.clone(), Arc::from))
+    });
     Ok((
         Unit {
             order: (ingress.metadata.creation_timestamp.clone(), key.clone()),
@@ -469,6 +478,7 @@ pub fn compile(
             policy,
             force_ssl_redirect,
             canary,
+            affinity,
         },
         notes,
     ))

@@ -81,6 +81,8 @@ pub struct PluginPolicy {
     pub hash_by: Option<Arc<crate::route::hash::HashBy>>,
     /// Send to the Service's cluster IP.
     pub service_upstream: Option<bool>,
+    /// Cookie session affinity.
+    pub affinity: Option<crate::affinity::RuleText>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -263,6 +265,7 @@ impl PluginPolicy {
         take(&mut self.canary, later.canary, "canary rule", o);
         take(&mut self.balance, later.balance, "load-balance", o);
         take(&mut self.hash_by, later.hash_by, "upstream-hash-by", o);
+        take(&mut self.affinity, later.affinity, "session affinity", o);
         take(
             &mut self.service_upstream,
             later.service_upstream,
@@ -563,6 +566,48 @@ fn canary(c: wit::Canary) -> Result<crate::canary::Rule, String> {
     })
 }
 
+fn affinity(a: wit::Affinity) -> Result<crate::affinity::RuleText, String> {
+    use crate::affinity::{Mode, SameSite};
+    let token = |s: &str| !s.is_empty() && HeaderName::from_bytes(s.as_bytes()).is_ok();
+    if !token(&a.name) {
+        return Err(format!("session cookie name `{}` is not a token", a.name));
+    }
+    // Attributes go into a Set-Cookie value: no separators or controls.
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+    };
+    for (what, v) in [("path", &a.path), ("domain", &a.domain)] {
+        if let Some(v) = v
+            && !plain(v)
+        {
+            return Err(format!(
+                "session cookie {what} `{v}` cannot go into a cookie"
+            ));
+        }
+    }
+    Ok(crate::affinity::RuleText {
+        mode: match a.mode {
+            wit::AffinityMode::Balanced => Mode::Balanced,
+            wit::AffinityMode::Persistent => Mode::Persistent,
+        },
+        name: a.name,
+        path: a.path,
+        domain: a.domain,
+        max_age: a.max_age,
+        expires: a.expires,
+        secure: a.secure,
+        same_site: a.same_site.map(|s| match s {
+            wit::SameSite::None => SameSite::None,
+            wit::SameSite::Lax => SameSite::Lax,
+            wit::SameSite::Strict => SameSite::Strict,
+        }),
+        conditional_same_site_none: a.conditional_same_site_none,
+        change_on_failure: a.change_on_failure,
+        canary_sticky: a.canary_sticky,
+    })
+}
+
 fn hash_by(h: wit::HashBy) -> Result<crate::route::hash::HashBy, String> {
     use crate::route::hash::Part;
     if h.key.is_empty() {
@@ -788,6 +833,7 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::NextUpstream(n) => out.next_upstream = Some(next_upstream(n)),
             D::HashBy(h) => out.hash_by = Some(Arc::new(hash_by(h)?)),
             D::ServiceUpstream(on) => out.service_upstream = Some(on),
+            D::Affinity(a) => out.affinity = Some(affinity(a)?),
             D::LoadBalance(b) => {
                 out.balance = Some(match b {
                     wit::Balance::RoundRobin => exec::Balance::RoundRobin,

@@ -122,7 +122,11 @@ fn builtins_describe_themselves() {
             "cors",
             "rate-limit",
             "external-auth",
-            "client-mtls"
+            "client-mtls",
+            "canary",
+            "retries",
+            "load-balance",
+            "affinity"
         ]
     );
     for p in registry().builtins() {
@@ -301,10 +305,10 @@ fn several_plugins_merge_in_attach_order() {
 /// Ingress with the reason (never served open), ignored ones are warnings with the reason.
 #[test]
 fn documented_annotations_without_a_plugin_have_their_fate() {
-    let d = rejected(&[("nginx.ingress.kubernetes.io/canary", "true")]);
+    let d = rejected(&[("nginx.ingress.kubernetes.io/ssl-passthrough", "true")]);
     assert!(
         d.iter().any(|d| d.severity == Severity::Error
-            && d.key == "nginx.ingress.kubernetes.io/canary"
+            && d.key == "nginx.ingress.kubernetes.io/ssl-passthrough"
             && d.message.starts_with("refused: ")),
         "{d:#?}"
     );

@@ -46,21 +46,44 @@ pub fn backend<'r>(ex: &Exchange<'r>) -> &'r Backend {
     }
 }
 
-/// Phase 6: the endpoint this request goes to. A route's canary rule is read here, once, from
-/// the request's headers as the hooks left them; a hook's choice of backend comes first. The
-/// endpoint is the request key's on `upstream-hash-by` routes, else the balancer's.
+/// Phase 6: the endpoint this request goes to. A hook's choice of backend comes first; then a
+/// client's session affinity (its cookie), which also keeps it off the canary unless the rule
+/// says `legacy`; then the canary rule, read once from the request's headers as the hooks left
+/// them; then the route's balancer (or the request key's endpoint on `upstream-hash-by`
+/// routes). A client without a usable affinity cookie gets one ([`Exchange::set_cookie`]).
 pub fn pick<'r>(ex: &mut Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoint> {
-    if let Some(canary) = &ex.route.canary
-        && ex
-            .request
-            .as_deref()
-            .and_then(HookRequest::chosen_backend)
-            .is_none()
+    let route = ex.route;
+    let hooked = ex
+        .request
+        .as_deref()
+        .and_then(HookRequest::chosen_backend)
+        .is_some();
+    let affinity = route.policy.affinity.as_deref().filter(|_| !hooked);
+    let stuck = affinity.and_then(|a| Some((a, a.find(headers, &route.backend)?)));
+    if let Some(canary) = &route.canary
+        && !hooked
+        && !stuck.is_some_and(|(a, _)| a.rule.canary_sticky)
         && canary.rule.chooses(headers)
     {
         ex.canary = true;
-        ex.route.stats.canary();
+        route.stats.canary();
+        return balanced(ex, headers);
     }
+    if let Some((_, endpoint)) = stuck {
+        return Some(endpoint);
+    }
+    if let Some(a) = affinity {
+        let (endpoint, value) = a.choose(&route.backend, || balanced(ex, headers), None)?;
+        let user_agent = headers.get(http::header::USER_AGENT);
+        ex.set_cookie = Some(a.set_cookie(value, ex.view.secure, user_agent));
+        return Some(endpoint);
+    }
+    balanced(ex, headers)
+}
+
+/// The balancer's endpoint of the request's backend: the request key's on `upstream-hash-by`
+/// routes, else round-robin or EWMA.
+fn balanced<'r>(ex: &Exchange<'r>, headers: &HeaderMap) -> Option<&'r Endpoint> {
     let policy = &ex.route.policy;
     match &policy.hash_by {
         None => backend(ex).pick(policy.balance),
@@ -137,6 +160,12 @@ pub async fn send(
         deadline,
     };
     let mut attempts = retry::Attempts::new(&policy.next_upstream, backend);
+    // Only where a retry may rewrite the affinity cookie (its SameSite depends on it).
+    let user_agent = policy
+        .affinity
+        .as_deref()
+        .filter(|a| a.rule.change_on_failure)
+        .and_then(|_| req_user_agent(&kept, &parts));
     let (mut req, mut endpoint) = (Request::from_parts(parts, body), endpoint);
     loop {
         let sent_at = tokio::time::Instant::now();
@@ -194,11 +223,30 @@ pub async fn send(
             // Not reached: `after_*` offer a next endpoint only when one of the two is there.
             (None, None) => return Err(local::failure(local::UPSTREAM, grpc, &view.request_id)),
         };
+        let mut next = next;
+        if let Some(a) = policy
+            .affinity
+            .as_deref()
+            .filter(|a| a.rule.change_on_failure)
+            && !ex.canary
+            && let Some((moved, value)) = a.choose(backend, || Some(next), Some(endpoint))
+        {
+            // The client moves for good to where its retry goes (ingress-nginx's
+            // `session-cookie-change-on-failure`); otherwise it keeps its cookie.
+            next = moved;
+            ex.set_cookie = Some(a.set_cookie(value, view.secure, user_agent.as_ref()));
+        }
         if let Some(r) = ex.record.as_mut() {
             r.upstream = Some(next.addr);
         }
         endpoint = next;
     }
+}
+
+/// The request's `User-Agent` (from the parts before they go into the request).
+fn req_user_agent(kept: &Option<Parts>, parts: &Parts) -> Option<HeaderValue> {
+    let headers = kept.as_ref().map_or(&parts.headers, |k| &k.headers);
+    headers.get(http::header::USER_AGENT).cloned()
 }
 
 /// Points a request that was never sent at another endpoint (HTTP/2 upstreams carry the

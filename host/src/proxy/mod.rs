@@ -164,6 +164,8 @@ pub(crate) struct Exchange<'a> {
     pub request: Option<Box<crate::plugin::HookRequest>>,
     /// Phase 6 sent this request to the route's canary.
     pub canary: bool,
+    /// Phase 6 gave the client a session affinity cookie: it goes on the response.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -276,6 +278,7 @@ impl Proxy {
             record,
             request: hooks::request(route, view, conn, &parts),
             canary: false,
+            set_cookie: None,
         };
         let resp = self.answer(&mut exchange, parts, body).await;
         hooks::on_response(&mut exchange, resp)
@@ -347,11 +350,19 @@ impl Proxy {
                 &self.tunnels,
                 slot,
             ));
-            return tunnel.await;
+            let mut resp = tunnel.await;
+            if let Some(cookie) = exchange.set_cookie.take() {
+                resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+            }
+            return resp;
         }
-        match forward::send(exchange, parts, body, endpoint).await {
+        let mut resp = match forward::send(exchange, parts, body, endpoint).await {
             Ok(resp) => response::filter(exchange, resp, slot),
             Err(failed) => failed,
+        };
+        if let Some(cookie) = exchange.set_cookie.take() {
+            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
+        resp
     }
 }

@@ -183,6 +183,17 @@ impl Backend {
             .or_else(|| Some(at(0)))
     }
 
+    /// The endpoint a hash maps to on the endpoints' consistent-hash ring (built on first use).
+    pub fn endpoint_for_hash(&self, hash: u32) -> Option<&Endpoint> {
+        if self.endpoints.len() <= 1 {
+            return self.endpoints.first();
+        }
+        let ring = self.ring.get_or_init(|| {
+            hash::endpoint_ring(&self.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>())
+        });
+        ring.member(hash).and_then(|i| self.endpoints.get(i))
+    }
+
     /// The endpoint the request's key maps to (`upstream-hash-by`); when it is ejected, the
     /// round-robin over the others.
     pub fn pick_hashed(&self, rule: &hash::HashBy, facts: &hash::Facts<'_>) -> Option<&Endpoint> {
@@ -193,10 +204,7 @@ impl Backend {
         let key = rule.hash(facts);
         let addrs = || self.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>();
         let chosen = match rule.subset {
-            None => {
-                let ring = self.ring.get_or_init(|| hash::endpoint_ring(&addrs()));
-                ring.member(key).and_then(|i| self.endpoints.get(i))
-            }
+            None => self.endpoint_for_hash(key),
             Some(size) => {
                 let (built, (groups, ring)) = self
                     .subsets

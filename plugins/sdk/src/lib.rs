@@ -59,13 +59,13 @@ pub mod bindings {
 
 pub use bindings::wasmgress::plugin::log::Level;
 pub use bindings::wasmgress::plugin::types::{
-    Action, AuthCacheDuration, AuthSecretFormat, Balance, BasicAuth, BodyAction, Canary, ClientTls,
-    ClientVerify, Config, Cors, Diagnostic, DigestAuth, Direction, Directive, ExternalAuth, Fields,
-    FixedResponse, HashBy, HashPart, Header, HeaderEdit, HeaderError, HeaderValue, Hook, HttpError,
-    HttpRequest, HttpResponse, HttpVersion, Info, MessageAction, MessageKind, NextUpstream,
-    NextUpstreamOn, ObjectRef, Policy, RateLimit, Redirect, RequestError, RequestVariable,
-    Response, ResponseRate, RouteInfo, RouteRef, Satisfy, Severity, StaticResponse, TemplatePart,
-    TlsInfo, UpstreamProtocol,
+    Action, Affinity, AffinityMode, AuthCacheDuration, AuthSecretFormat, Balance, BasicAuth,
+    BodyAction, Canary, ClientTls, ClientVerify, Config, Cors, Diagnostic, DigestAuth, Direction,
+    Directive, ExternalAuth, Fields, FixedResponse, HashBy, HashPart, Header, HeaderEdit,
+    HeaderError, HeaderValue, Hook, HttpError, HttpRequest, HttpResponse, HttpVersion, Info,
+    MessageAction, MessageKind, NextUpstream, NextUpstreamOn, ObjectRef, Policy, RateLimit,
+    Redirect, RequestError, RequestVariable, Response, ResponseRate, RouteInfo, RouteRef, SameSite,
+    Satisfy, Severity, StaticResponse, TemplatePart, TlsInfo, UpstreamProtocol,
 };
 
 pub mod capabilities;
