@@ -6,6 +6,7 @@ mod access;
 mod apiserver;
 mod harness;
 
+mod canary;
 mod classes;
 mod client_tls;
 mod cors;
@@ -28,6 +29,7 @@ mod quickstart;
 mod redirect;
 mod rejection;
 mod reload;
+mod retries;
 mod routing;
 mod services;
 mod tls;

@@ -7,8 +7,7 @@
 //! namespace: a tenant cannot take a share of another tenant's traffic. Whatever the two
 //! Ingresses' ages, the canary attaches to whichever main route won its host and path.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -71,112 +70,98 @@ fn route_key(p: &UnitPath) -> RouteKey {
     (p.host.clone(), p.kind, path)
 }
 
-/// One canary path waiting for its main route.
-struct Pending<'u> {
-    unit: &'u Unit,
-    path: &'u UnitPath,
-    canary: Arc<Canary>,
-    /// The main Ingress it attached to.
-    attached: bool,
-    /// Why a main route with this host and path could not take it.
-    refused: Option<String>,
+/// The canary paths of a generation, by the main route they attach to. A canary Ingress
+/// attaches whole or not at all: every one of its paths must find a main route of its own
+/// namespace that no older canary took, else it is rejected and none of its paths serve.
+pub(super) struct Canaries {
+    by_route: HashMap<RouteKey, Arc<Canary>>,
+    rejected: Vec<Arc<str>>,
 }
 
-/// The canary paths of a generation, by the main route they belong to.
-pub(super) struct Canaries<'u> {
-    pending: HashMap<RouteKey, Pending<'u>>,
-}
-
-impl<'u> Canaries<'u> {
-    /// The canary units' paths (units in precedence order: the oldest canary of a route wins,
-    /// a younger one is reported).
-    pub fn collect(units: &'u [Arc<Unit>], diagnostics: &mut Vec<Diagnostic>) -> Self {
-        let mut pending: HashMap<RouteKey, Pending<'u>> = HashMap::new();
+impl Canaries {
+    /// Matches the canary units' paths with the main routes (`units` in precedence order, the
+    /// order in which the route table lets the first Ingress of a host and path win).
+    pub fn collect(units: &[Arc<Unit>], diagnostics: &mut Vec<Diagnostic>) -> Self {
+        let mut mains: HashMap<RouteKey, &Unit> = HashMap::new();
+        for unit in units.iter().filter(|u| u.canary.is_none()) {
+            for path in &unit.paths {
+                mains.entry(route_key(path)).or_insert(unit);
+            }
+        }
+        let mut by_route: HashMap<RouteKey, (Arc<Canary>, &Unit)> = HashMap::new();
+        let mut rejected = Vec::new();
         for unit in units {
             let Some(rule) = &unit.canary else { continue };
+            let mut found = Vec::new();
             for path in &unit.paths {
                 let key = route_key(path);
-                if let Some(first) = pending.get(&key) {
-                    diagnostics.push(
-                        Diagnostic::error(
-                            format!("Ingress {}", unit.key),
-                            &path.field,
-                            format!(
-                                "host {} path {} already has a canary, the older Ingress {}; a main route takes at most one canary",
-                                path.host, path.path, first.unit.key
-                            ),
-                        )
-                        .at(unit.origin.clone()),
-                    );
-                    continue;
+                let why = match (mains.get(&key), by_route.get(&key)) {
+                    (_, Some((_, older))) => Some(format!(
+                        "host {} path {} already has a canary, the older Ingress {}; a main route takes at most one canary",
+                        path.host, path.path, older.key
+                    )),
+                    (None, None) => Some(format!(
+                        "no main Ingress in namespace {} serves host {} path {} ({:?}): a canary never serves on its own",
+                        namespace(&unit.key),
+                        path.host,
+                        path.path,
+                        path.kind
+                    )),
+                    (Some(main), None) if namespace(&main.key) != namespace(&unit.key) => {
+                        Some(format!(
+                            "the main route for host {} path {} belongs to Ingress {} of another namespace; a canary attaches only to a main Ingress of its own namespace",
+                            path.host, path.path, main.key
+                        ))
+                    }
+                    (Some(_), None) => None,
+                };
+                found.push((path, key, why));
+            }
+            if found.iter().all(|(_, _, why)| why.is_none()) {
+                for (path, key, _) in found {
+                    let canary = Arc::new(Canary {
+                        rule: rule.clone(),
+                        backend: path.backend.clone(),
+                        ingress: unit.key.clone(),
+                    });
+                    by_route.insert(key, (canary, unit));
                 }
-                let canary = Arc::new(Canary {
-                    rule: rule.clone(),
-                    backend: path.backend.clone(),
-                    ingress: unit.key.clone(),
-                });
-                pending.insert(
-                    key,
-                    Pending {
-                        unit,
-                        path,
-                        canary,
-                        attached: false,
-                        refused: None,
-                    },
+                continue;
+            }
+            for (path, _, why) in found {
+                let Some(why) = why else { continue };
+                diagnostics.push(
+                    Diagnostic::error(format!("Ingress {}", unit.key), &path.field, why)
+                        .at(unit.origin.clone()),
                 );
             }
-        }
-        Self { pending }
-    }
-
-    /// The canary for a main route about to be added by `main` (not a canary itself).
-    pub fn for_main(&mut self, main: &Unit, path: &UnitPath) -> Option<Arc<Canary>> {
-        let pending = self.pending.get_mut(&route_key(path))?;
-        if namespace(&main.key) != namespace(&pending.unit.key) {
-            pending.refused.get_or_insert_with(|| {
-                format!(
-                    "the main route for host {} path {} belongs to Ingress {} of another namespace; a canary attaches only to a main Ingress of its own namespace",
-                    path.host, path.path, main.key
-                )
-            });
-            return None;
-        }
-        Some(pending.canary.clone())
-    }
-
-    /// Records that the main route for `path` won its place in the table.
-    pub fn attached(&mut self, path: &UnitPath) {
-        if let Some(pending) = self.pending.get_mut(&route_key(path)) {
-            pending.attached = true;
-        }
-    }
-
-    /// Reports the canary paths no main route took; returns the canary Ingresses that have
-    /// one (they are rejected: a canary never serves on its own).
-    pub fn finish(self, diagnostics: &mut Vec<Diagnostic>) -> Vec<Arc<str>> {
-        let mut rejected: Vec<Arc<str>> = Vec::new();
-        let mut unattached: Vec<_> = self.pending.into_values().filter(|p| !p.attached).collect();
-        unattached.sort_by(|a, b| (&a.unit.key, &a.path.field).cmp(&(&b.unit.key, &b.path.field)));
-        for p in unattached {
-            let why = p.refused.unwrap_or_else(|| {
-                format!(
-                    "no main Ingress in namespace {} serves host {} path {} ({:?}): a canary never serves on its own",
-                    namespace(&p.unit.key),
-                    p.path.host,
-                    p.path.path,
-                    p.path.kind
-                )
-            });
             diagnostics.push(
-                Diagnostic::error(format!("Ingress {}", p.unit.key), &p.path.field, why)
-                    .at(p.unit.origin.clone()),
+                Diagnostic::error(
+                    format!("Ingress {}", unit.key),
+                    "",
+                    "canary rejected: none of its paths take traffic",
+                )
+                .at(unit.origin.clone()),
             );
-            if !rejected.contains(&p.unit.key) {
-                rejected.push(p.unit.key.clone());
-            }
+            rejected.push(unit.key.clone());
         }
-        rejected
+        Self {
+            by_route: by_route.into_iter().map(|(k, (c, _))| (k, c)).collect(),
+            rejected,
+        }
+    }
+
+    /// The canary of the main route `main` is about to add for `path`, if it has one.
+    pub fn for_main(&self, main: &Unit, path: &UnitPath) -> Option<Arc<Canary>> {
+        let canary = self.by_route.get(&route_key(path))?;
+        // Only the winning main route keeps it; a younger loser's route is dropped anyway,
+        // and one of another namespace never gets it.
+        (namespace(&main.key) == namespace(&canary.ingress)).then(|| canary.clone())
+    }
+
+    /// The canary Ingresses rejected (they serve nothing).
+    pub fn rejected(self) -> Vec<Arc<str>> {
+        self.rejected
     }
 }
 

@@ -216,7 +216,7 @@ pub fn compile(snapshot: &Snapshot, options: &Options, previous: &LastGood) -> C
     let certs = certificates(&units, options, &mut diagnostics);
     let (routes, lone_canaries) =
         routes(&units, &certs, fallback.as_ref(), options, &mut diagnostics);
-    // A canary whose main route is missing serves nothing: it counts as rejected.
+    // A canary that cannot attach whole serves nothing: it counts as rejected.
     accepted -= lone_canaries.len().min(accepted);
     rejected += lone_canaries.len();
     let last_good = LastGood(good);
@@ -452,7 +452,7 @@ fn routes(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> (RouteTable, Vec<Arc<str>>) {
     let mut table = RouteTableBuilder::default();
-    let mut canaries = canary::Canaries::collect(units, diagnostics);
+    let canaries = canary::Canaries::collect(units, diagnostics);
     for unit in units.iter().filter(|u| u.canary.is_none()) {
         let conflict = |field: &str, winner: &Route| {
             Diagnostic::warning(
@@ -491,12 +491,10 @@ fn routes(
                 p.regex.clone(),
                 canaries.for_main(unit, p),
             );
-            match table.add(&p.host, p.kind, &p.path, route) {
-                Ok(()) => canaries.attached(p),
-                Err(winner) if winner.ingress != unit.key => {
-                    diagnostics.push(conflict(&p.field, &winner))
-                }
-                Err(_) => {}
+            if let Err(winner) = table.add(&p.host, p.kind, &p.path, route)
+                && winner.ingress != unit.key
+            {
+                diagnostics.push(conflict(&p.field, &winner));
             }
         }
         if let Some(backend) = &unit.default_backend {
@@ -520,8 +518,7 @@ fn routes(
             stats,
         )));
     }
-    let lone = canaries.finish(diagnostics);
-    (table.build(), lone)
+    (table.build(), canaries.rejected())
 }
 
 /// Severity counts, for a one-line summary.

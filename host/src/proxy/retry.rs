@@ -83,6 +83,10 @@ impl<'r> Attempts<'r> {
         }
         endpoint.health.failed(health::now_ms());
         let bit = match &failed.error {
+            // nginx counts a connect timeout as `timeout`, a refused connection as `error`.
+            UpstreamError::Connect {
+                timed_out: true, ..
+            } => NextUpstream::ON_TIMEOUT,
             UpstreamError::Connect { .. } => NextUpstream::ON_ERROR,
             UpstreamError::Timeout { .. } => NextUpstream::ON_TIMEOUT,
             // A broken connection or an unreadable head: nginx's `error`, or `invalid_header`.
@@ -136,6 +140,7 @@ mod tests {
             endpoint: "e".into(),
             backend: "b".into(),
             cause: "refused".into(),
+            timed_out: false,
         }
     }
 

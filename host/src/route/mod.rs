@@ -230,14 +230,15 @@ impl Backend {
         }
     }
 
-    /// Another endpoint than `failed` for a retry, if the backend has one that is up (the
-    /// round-robin goes on; an ejected or just-failed endpoint is passed over).
+    /// Another endpoint than `failed` for a retry, if the backend has one that is up: the
+    /// next one after it in address order (the shared round-robin position is left alone, so
+    /// retries do not skew the first attempts of other requests).
     pub fn pick_other(&self, failed: SocketAddr) -> Option<&Endpoint> {
         let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.addr != failed && e.health.is_up(health::now_ms))
+        let from = self.endpoints.iter().position(|e| e.addr == failed)?;
+        (1..n)
+            .map(|i| &self.endpoints[(from + i) % n])
+            .find(|e| e.health.is_up(health::now_ms))
     }
 }
 

@@ -33,14 +33,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why a request could not be sent.
 pub enum SendError {
     /// No connection: the request was not sent and comes back.
-    Connect(String, Box<Request<UpstreamBody>>),
+    Connect(super::ConnectError, Box<Request<UpstreamBody>>),
     Protocol(hyper::Error),
 }
 
 impl std::fmt::Debug for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(cause, _) => f.debug_tuple("Connect").field(cause).finish(),
+            SendError::Connect(e, _) => f.debug_tuple("Connect").field(&e.cause).finish(),
             SendError::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
         }
     }
@@ -191,7 +191,7 @@ impl H1Pool {
     }
 
     /// A new connection; `Err` says why not.
-    async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Sender, String> {
+    async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Sender, super::ConnectError> {
         self.sweeper.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self)));
         });
@@ -203,9 +203,10 @@ impl H1Pool {
             tokio::spawn(conn);
             Ok(sender)
         };
-        tokio::time::timeout(self.connect_timeout, connected)
-            .await
-            .map_err(|_| format!("timed out after {:?}", self.connect_timeout))?
+        match tokio::time::timeout(self.connect_timeout, connected).await {
+            Ok(connected) => connected.map_err(super::ConnectError::failed),
+            Err(_) => Err(super::ConnectError::timed_out(self.connect_timeout)),
+        }
     }
 }
 
@@ -391,6 +392,10 @@ mod tests {
         drop(listener);
         let pool = Arc::new(H1Pool::new(None, Duration::from_secs(2)));
         let err = pool.connect(addr).await.expect_err("nothing listens");
-        assert!(err.contains("refused"), "{err:?}");
+        assert!(
+            err.cause.contains("refused") && !err.timed_out,
+            "{}",
+            err.cause
+        );
     }
 }

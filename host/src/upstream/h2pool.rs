@@ -29,14 +29,14 @@ pub const MAX_CONNECTIONS: usize = 8;
 /// Why a call could not be sent.
 pub enum SendError {
     /// No connection: the request was not sent and comes back.
-    Connect(String, Box<Request<UpstreamBody>>),
+    Connect(super::ConnectError, Box<Request<UpstreamBody>>),
     Protocol(hyper::Error),
 }
 
 impl std::fmt::Debug for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(cause, _) => f.debug_tuple("Connect").field(cause).finish(),
+            SendError::Connect(e, _) => f.debug_tuple("Connect").field(&e.cause).finish(),
             SendError::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
         }
     }
@@ -129,7 +129,7 @@ impl H2Pool {
     }
 
     /// A new connection; `Err` says why not.
-    async fn connect(&self, addr: SocketAddr) -> Result<Connection, String> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, super::ConnectError> {
         let connected = async {
             let io = dial(addr, self.tls.as_ref()).await?;
             let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -145,9 +145,10 @@ impl H2Pool {
             tokio::spawn(conn);
             Ok::<_, String>(sender)
         };
-        let sender = tokio::time::timeout(self.connect_timeout, connected)
-            .await
-            .map_err(|_| format!("timed out after {:?}", self.connect_timeout))??;
+        let sender = match tokio::time::timeout(self.connect_timeout, connected).await {
+            Ok(connected) => connected.map_err(super::ConnectError::failed)?,
+            Err(_) => return Err(super::ConnectError::timed_out(self.connect_timeout)),
+        };
         Ok(Connection {
             sender,
             in_flight: AtomicUsize::new(0),

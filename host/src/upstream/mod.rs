@@ -216,6 +216,8 @@ pub enum UpstreamError {
         endpoint: String,
         backend: String,
         cause: String,
+        /// The connect timeout ran out.
+        timed_out: bool,
     },
     #[error("upstream {endpoint} of {backend} failed: {cause}")]
     Protocol {
@@ -329,11 +331,12 @@ impl Client {
             Err(e) => {
                 let (endpoint, backend) = (endpoint(), backend.to_owned());
                 Err(match e {
-                    SendError::Connect(cause, req) => Failed {
+                    SendError::Connect(e, req) => Failed {
                         error: UpstreamError::Connect {
                             endpoint,
                             backend,
-                            cause,
+                            cause: e.cause,
+                            timed_out: e.timed_out,
                         },
                         unsent: Some(req),
                     },
@@ -376,9 +379,33 @@ async fn timed<F: std::future::Future>(
     }
 }
 
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub cause: String,
+    /// The connect timeout ran out (nginx's `timeout`, not `error`, for retries).
+    pub timed_out: bool,
+}
+
+impl ConnectError {
+    fn failed(cause: String) -> Self {
+        Self {
+            cause,
+            timed_out: false,
+        }
+    }
+
+    fn timed_out(after: Duration) -> Self {
+        Self {
+            cause: format!("timed out after {after:?}"),
+            timed_out: true,
+        }
+    }
+}
+
 /// A failed send, before it is named for the client.
 enum SendError {
-    Connect(String, Box<Request<UpstreamBody>>),
+    Connect(ConnectError, Box<Request<UpstreamBody>>),
     Other(String),
 }
 
