@@ -358,6 +358,8 @@ pub struct Upload<B> {
     limit: u64,
     seen: u64,
     progress: Option<Arc<Progress>>,
+    /// A mirror's copy of the body (`mirror-request-body`), fed frame by frame.
+    tee: Option<crate::mirror::Tee>,
 }
 
 impl<B> Upload<B> {
@@ -367,7 +369,14 @@ impl<B> Upload<B> {
             limit,
             seen: 0,
             progress,
+            tee: None,
         }
+    }
+
+    /// Feeds a mirror's copy with the body's frames as they pass.
+    pub fn with_tee(mut self, tee: Option<crate::mirror::Tee>) -> Self {
+        self.tee = tee;
+        self
     }
 
     /// No body: the end of stream at once.
@@ -377,6 +386,7 @@ impl<B> Upload<B> {
             limit: 0,
             seen: 0,
             progress: None,
+            tee: None,
         }
     }
 }
@@ -398,6 +408,27 @@ where
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         let end = inner.is_end_stream();
+        if let Some(tee) = &this.tee {
+            // The copy gets what goes upstream, and never holds it up: a copy that cannot
+            // keep up is cut off (see `mirror`). `Some(whole)`: the copy's body is over.
+            let over = match &polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                    Some(d) if !tee.send(d) => Some(false),
+                    _ => end.then_some(true),
+                },
+                Poll::Ready(Some(Err(_))) => Some(false),
+                Poll::Ready(None) => Some(true),
+                Poll::Pending => None,
+            };
+            if let Some(whole) = over
+                && let Some(tee) = this.tee.take()
+            {
+                // Dropped unfinished, a tee cuts its copy off.
+                if whole {
+                    tee.finish();
+                }
+            }
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
             if this.limit > 0 && this.seen > this.limit {

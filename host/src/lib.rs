@@ -17,6 +17,7 @@ pub mod cors;
 pub mod demo;
 pub mod diagnostic;
 pub mod metrics;
+pub mod mirror;
 pub mod plugin;
 pub mod policy;
 pub mod proxy;

@@ -468,6 +468,24 @@ impl Collector for Process {
             load(&c.rejected_ingresses) as i64,
         )?;
 
+        let mirrors = crate::mirror::counts();
+        counter(
+            &mut encoder,
+            "wasmgress_mirror_requests",
+            "Request copies (mirror-target) by outcome: sent (answered), failed, or dropped (too many at once, or too slow for the request body).",
+            &[
+                (vec![("outcome", "sent".to_owned())], load(&mirrors.sent)),
+                (
+                    vec![("outcome", "failed".to_owned())],
+                    load(&mirrors.failed),
+                ),
+                (
+                    vec![("outcome", "dropped".to_owned())],
+                    load(&mirrors.dropped),
+                ),
+            ],
+        )?;
+
         let plugins = plugin::all_stats();
         let per_plugin = |f: fn(&plugin::StatsSnapshot) -> u64| -> Vec<_> {
             plugins

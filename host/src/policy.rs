@@ -313,6 +313,8 @@ pub struct Policy {
     pub service_upstream: bool,
     /// Cookie session affinity (per route: its cookie path is the route's).
     pub affinity: Option<Arc<crate::affinity::Affinity>>,
+    /// A copy of each request goes there.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
     /// Per-request plugin hooks; empty for a static policy (zero Wasm calls per request).
     pub hooks: HookChain,
     /// The backends the hooks may choose instead of the route's (`request.set-backend`), by
@@ -354,6 +356,7 @@ impl Default for Policy {
             hash_by: None,
             service_upstream: false,
             affinity: None,
+            mirror: None,
             hooks: HookChain::default(),
             backends: Arc::new([]),
         }

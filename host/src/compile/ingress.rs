@@ -118,6 +118,19 @@ pub fn compile(
             p.apply_to(&mut policy);
             canary = p.canary.clone();
             affinity = p.affinity.clone();
+            if let Some(mirror) = &p.mirror {
+                let mirror = crate::mirror::Mirror {
+                    allow_loopback: cx.refs.allow_loopback,
+                    ..mirror.clone()
+                };
+                match mirror.check() {
+                    Ok(()) => policy.mirror = Some(Arc::new(mirror)),
+                    Err(why) => error(
+                        "metadata.annotations[nginx.ingress.kubernetes.io/mirror-target]".into(),
+                        why,
+                    ),
+                }
+            }
             ssl_redirect = p.ssl_redirect.unwrap_or(true);
             force_ssl_redirect = p.force_ssl_redirect.unwrap_or(false);
             regex_paths = p.use_regex.unwrap_or(false) || p.rewrite_target.is_some();

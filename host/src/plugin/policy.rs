@@ -83,6 +83,8 @@ pub struct PluginPolicy {
     pub service_upstream: Option<bool>,
     /// Cookie session affinity.
     pub affinity: Option<crate::affinity::RuleText>,
+    /// Request mirroring (compile sets whether loopback may be reached).
+    pub mirror: Option<crate::mirror::Mirror>,
     /// Per-request plugin hooks, in order. Empty: zero Wasm calls per request.
     pub hooks: HookChain,
 }
@@ -266,6 +268,7 @@ impl PluginPolicy {
         take(&mut self.balance, later.balance, "load-balance", o);
         take(&mut self.hash_by, later.hash_by, "upstream-hash-by", o);
         take(&mut self.affinity, later.affinity, "session affinity", o);
+        take(&mut self.mirror, later.mirror, "mirror", o);
         take(
             &mut self.service_upstream,
             later.service_upstream,
@@ -834,6 +837,20 @@ pub(crate) fn from_wit(p: wit::Policy) -> Result<PluginPolicy, String> {
             D::HashBy(h) => out.hash_by = Some(Arc::new(hash_by(h)?)),
             D::ServiceUpstream(on) => out.service_upstream = Some(on),
             D::Affinity(a) => out.affinity = Some(affinity(a)?),
+            D::Mirror(m) => {
+                out.mirror = Some(crate::mirror::Mirror {
+                    target: parts(m.target)?,
+                    host: m
+                        .host
+                        .map(|h| {
+                            HeaderValue::from_str(&h)
+                                .map_err(|_| format!("mirror host `{h}` is not a valid Host"))
+                        })
+                        .transpose()?,
+                    body: m.body,
+                    allow_loopback: false,
+                })
+            }
             D::LoadBalance(b) => {
                 out.balance = Some(match b {
                     wit::Balance::RoundRobin => exec::Balance::RoundRobin,

@@ -126,7 +126,8 @@ fn builtins_describe_themselves() {
             "canary",
             "retries",
             "load-balance",
-            "affinity"
+            "affinity",
+            "mirror"
         ]
     );
     for p in registry().builtins() {

@@ -136,10 +136,18 @@ pub async fn send(
             &view.request_id,
         ));
     }
+    let tee = policy.mirror.as_deref().and_then(|m| {
+        let request_uri = view.request_uri();
+        let vars = RequestVars {
+            request_uri,
+            ..super::routing::vars(view)
+        };
+        m.start(&parts, &vars, has_body)
+    });
     let counter = ex.record.as_ref().map(|r| r.bytes_in.clone());
     let progress = has_body.then(Progress::new);
     let body = Idle::new(body, ex.settings.client_body_timeout, OnIdle::Fail).counting(counter);
-    let body = Upload::new(body, policy.body_size, progress.clone());
+    let body = Upload::new(body, policy.body_size, progress.clone()).with_tee(tee);
     let hooks = has_body
         .then(|| BodyHooks::request(&policy.hooks, ex.request.as_deref()))
         .flatten();

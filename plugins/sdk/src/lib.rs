@@ -63,7 +63,7 @@ pub use bindings::wasmgress::plugin::types::{
     BodyAction, Canary, ClientTls, ClientVerify, Config, Cors, Diagnostic, DigestAuth, Direction,
     Directive, ExternalAuth, Fields, FixedResponse, HashBy, HashPart, Header, HeaderEdit,
     HeaderError, HeaderValue, Hook, HttpError, HttpRequest, HttpResponse, HttpVersion, Info,
-    MessageAction, MessageKind, NextUpstream, NextUpstreamOn, ObjectRef, Policy, RateLimit,
+    MessageAction, MessageKind, Mirror, NextUpstream, NextUpstreamOn, ObjectRef, Policy, RateLimit,
     Redirect, RequestError, RequestVariable, Response, ResponseRate, RouteInfo, RouteRef, SameSite,
     Satisfy, Severity, StaticResponse, TemplatePart, TlsInfo, UpstreamProtocol,
 };
