@@ -107,16 +107,19 @@ impl Mirror {
         if !carries {
             headers.remove(header::CONTENT_LENGTH);
         }
+        let cut = Arc::new(AtomicBool::new(false));
         let (tee, body) = if carries {
             let (tx, rx) = mpsc::channel(QUEUE);
-            let cut = Arc::new(AtomicBool::new(false));
             (
                 Some(Tee {
                     tx,
                     cut: cut.clone(),
                     finished: false,
                 }),
-                CopyBody::Stream { rx, cut },
+                CopyBody::Stream {
+                    rx,
+                    cut: cut.clone(),
+                },
             )
         } else {
             (None, CopyBody::Empty)
@@ -136,11 +139,14 @@ impl Mirror {
                     .map_err(|_| ())
             })
             .await;
-            let outcome = match sent {
-                Ok(Ok(_)) => &counts.sent,
-                _ => &counts.failed,
-            };
-            outcome.fetch_add(1, Ordering::Relaxed);
+            // Each copy is counted once: a cut-off copy was counted dropped when it was cut.
+            if !cut.load(Ordering::Relaxed) {
+                let outcome = match sent {
+                    Ok(Ok(_)) => &counts.sent,
+                    _ => &counts.failed,
+                };
+                outcome.fetch_add(1, Ordering::Relaxed);
+            }
         });
         tee
     }
@@ -157,7 +163,13 @@ impl Mirror {
             .or_else(|| head.strip_prefix("https://"))
             .ok_or("the mirror target must be an http:// or https:// URL")?;
         let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.is_empty() || authority.len() == rest.len() && self.target.len() > 1 {
+        // `http://host$request_uri` (ingress-nginx's own example) is fine: that variable starts
+        // with `/`; any other variable right after the host could change the host.
+        let path_follows = matches!(
+            self.target.get(1),
+            None | Some(Part::Variable(policy::Variable::RequestUri))
+        );
+        if authority.is_empty() || authority.len() == rest.len() && !path_follows {
             return Err("the mirror target's host must be written out, not a variable".into());
         }
         let uri: Uri = format!("http://{authority}/")
@@ -208,19 +220,26 @@ impl Tee {
         self.finished = true;
     }
 
-    /// Passes a frame on; `false` when the copy is cut off (its queue was full, or it ended).
+    /// Passes a frame on; `false` when the copy is cut off (its queue was full) or already
+    /// over (it failed or was answered without the rest of the body).
     pub fn send(&self, data: &Bytes) -> bool {
         match self.tx.try_send(data.clone()) {
             Ok(()) => true,
-            Err(_) => {
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 self.cut();
                 false
             }
+            // The copy's task ended and counted itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    /// The request body broke off: so does the copy's.
+    /// The copy cannot have the whole body: it is cut off, and counted as dropped (its task
+    /// then fails on the cut body and does not count it again).
     pub fn cut(&self) {
+        if self.tx.is_closed() {
+            return;
+        }
         if !self.cut.swap(true, Ordering::Relaxed) {
             counts().dropped.fetch_add(1, Ordering::Relaxed);
         }

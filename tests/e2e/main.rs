@@ -3,9 +3,11 @@
 //! real HTTP/1.1, HTTP/2 and TLS clients. Which backend answered proves where a request went.
 
 mod access;
+mod affinity;
 mod apiserver;
 mod harness;
 
+mod balancing;
 mod canary;
 mod classes;
 mod client_tls;
@@ -20,6 +22,7 @@ mod grpc;
 mod kubernetes;
 mod limits;
 mod loading;
+mod mirror;
 mod observability;
 mod plugin_io;
 mod plugin_platform;

@@ -449,6 +449,15 @@ pub fn compile(
         }
     }
 
+    if let Some(rule) = &affinity
+        && regex_paths
+        && rule.path.is_none()
+    {
+        error(
+            "metadata.annotations[nginx.ingress.kubernetes.io/session-cookie-path]".into(),
+            "required with regex paths (use-regex or rewrite-target), as in ingress-nginx: a regular expression is no cookie path, and browsers would never send the cookie back".into(),
+        );
+    }
     if canary.is_some() {
         let found =
             super::canary::check_unit(&annotations, default_backend.is_some(), &mut certificates);

@@ -10,8 +10,6 @@
 //!
 //! This module decides; `forward` sends.
 
-use std::time::Duration;
-
 use http::{Method, StatusCode};
 
 use crate::body::Stage;
@@ -39,8 +37,8 @@ pub struct Attempts<'r> {
     rule: &'r NextUpstream,
     backend: &'r Backend,
     made: u32,
-    /// When the first attempt started, read only once a retry is considered.
-    first: tokio::time::Instant,
+    /// When the first attempt started; read only on routes with a retry time limit.
+    first: Option<tokio::time::Instant>,
 }
 
 impl<'r> Attempts<'r> {
@@ -49,7 +47,7 @@ impl<'r> Attempts<'r> {
             rule,
             backend,
             made: 1,
-            first: tokio::time::Instant::now(),
+            first: rule.timeout.map(|_| tokio::time::Instant::now()),
         }
     }
 
@@ -116,9 +114,10 @@ impl<'r> Attempts<'r> {
     }
 
     fn out_of_time(&self) -> bool {
-        self.rule
-            .timeout
-            .is_some_and(|limit: Duration| self.first.elapsed() >= limit)
+        match (self.rule.timeout, self.first) {
+            (Some(limit), Some(first)) => first.elapsed() >= limit,
+            _ => false,
+        }
     }
 }
 
@@ -148,7 +147,7 @@ mod tests {
         UpstreamError::Timeout {
             endpoint: "e".into(),
             backend: "b".into(),
-            after: Duration::from_secs(1),
+            after: std::time::Duration::from_secs(1),
         }
     }
 

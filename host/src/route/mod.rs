@@ -536,6 +536,19 @@ impl Route {
                 "hashBy": p.hash_by.as_ref().map(|h| format!("{:?}", h.key)),
                 "hashBySubsetSize": p.hash_by.as_ref().and_then(|h| h.subset),
                 "serviceUpstream": p.service_upstream,
+                "affinity": p.affinity.as_ref().map(|a| serde_json::json!({
+                    "mode": match a.rule.mode {
+                        crate::affinity::Mode::Balanced => "balanced",
+                        crate::affinity::Mode::Persistent => "persistent",
+                    },
+                    "cookie": a.rule.name,
+                    "canaryBehavior": if a.rule.canary_sticky { "sticky" } else { "legacy" },
+                    "changeOnFailure": a.rule.change_on_failure,
+                })),
+                "mirror": p.mirror.as_ref().map(|m| serde_json::json!({
+                    "target": format!("{:?}", m.target),
+                    "requestBody": m.body,
+                })),
                 "nextUpstream": {
                     "on": p.next_upstream.names(),
                     "tries": p.next_upstream.tries,
