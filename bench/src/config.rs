@@ -7,7 +7,10 @@
 //! `/plugin` (wasmgress only) the same with the `set-header` test plugin's per-request hook;
 //! `/body` (wasmgress only) the same with the `body` test plugin's response-body hook;
 //! `/auth` (wasmgress only) behind basic-auth (a bcrypt user); `/cors` (wasmgress only) behind
-//! an IP allow list and CORS with an origin list;
+//! an IP allow list and CORS with an origin list; `/canary` (wasmgress only) to the echo
+//! backend with a canary Ingress (weight 50 of 100) on a second Service for the same echo;
+//! `/ewma` (wasmgress only) with `load-balance: ewma` over a Service with two endpoints, the echo
+//! on 127.0.0.1 and a second echo process on [`SECOND_ECHO_IP`], same port;
 //! `/ws` to the WebSocket echo; `/ws-guard` (wasmgress only) the same through the `ws-guard`
 //! example plugin's per-message hook; `/helloworld.Greeter/` to the gRPC Greeter over h2c.
 
@@ -27,6 +30,11 @@ pub const AUTHORIZATION: &str = "Basic YmVuY2g6YmVuY2gtcGFzc3dvcmQ=";
 const BENCH_HTPASSWD: &str = "bench:$2y$10$6okogsznw7YCo4pIQJPa3O3M772/QZfYfKiXwBBEKVDkk/xrx05mW";
 /// The origin the `/cors` route allows and the load sends.
 pub const ORIGIN: &str = "https://app.bench.test";
+/// Where the second echo process listens (on the echo's port), the `/ewma` Service's second
+/// endpoint: every 127/8 address is the loopback on Linux, no set-up needed.
+pub const SECOND_ECHO_IP: [u8; 4] = [127, 0, 0, 2];
+/// `canary-weight` of the `/canary` route's canary Ingress (out of 100).
+pub const CANARY_WEIGHT: u32 = 50;
 
 /// All ports on 127.0.0.1, from a base.
 #[derive(Debug, Clone, Copy)]
@@ -111,18 +119,29 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
         b64.encode(&cert.crt_pem),
         b64.encode(&cert.key_pem)
     );
-    for (svc, port) in [
-        ("echo", ports.echo),
-        ("ws", ports.ws),
-        ("greeter", ports.greeter),
+    let [a, b, c, d] = SECOND_ECHO_IP;
+    let second_echo = format!("{a}.{b}.{c}.{d}");
+    // (Service, port, endpoint addresses): `echo-canary` is the canary's Service, the same echo
+    // backend under another name; `echo-pair` has two endpoints, one per echo process.
+    for (svc, port, ips) in [
+        ("echo", ports.echo, vec!["127.0.0.1"]),
+        ("echo-canary", ports.echo, vec!["127.0.0.1"]),
+        ("echo-pair", ports.echo, vec!["127.0.0.1", &second_echo]),
+        ("ws", ports.ws, vec!["127.0.0.1"]),
+        ("greeter", ports.greeter, vec!["127.0.0.1"]),
     ] {
+        let mut endpoints = String::new();
+        for ip in ips {
+            endpoints +=
+                &format!("  - addresses: [\"{ip}\"]\n    conditions:\n      ready: true\n");
+        }
         y += &format!(
             "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: default\n\
              spec:\n  ports:\n    - name: main\n      port: 80\n      targetPort: {port}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-1\n\
              \x20 namespace: default\n  labels:\n    kubernetes.io/service-name: {svc}\n\
-             addressType: IPv4\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions:\n\
-             \x20     ready: true\nports:\n  - name: main\n    port: {port}\n    protocol: TCP\n"
+             addressType: IPv4\nendpoints:\n{endpoints}\
+             ports:\n  - name: main\n    port: {port}\n    protocol: TCP\n"
         );
     }
     y += &format!(
@@ -131,7 +150,7 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
         b64.encode(format!("{BENCH_HTPASSWD}\n"))
     );
     let static_edit = format!(r#"{{"set": {{"{SEEN_BY}": "static"}}}}"#);
-    let routes: [Route; 9] = [
+    let routes: [Route; 11] = [
         ("echo", "/", "echo", vec![]),
         (
             "static",
@@ -180,6 +199,13 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
                 ("nginx.ingress.kubernetes.io/cors-allow-origin", ORIGIN),
             ],
         ),
+        ("canary", "/canary", "echo", vec![]),
+        (
+            "ewma",
+            "/ewma",
+            "echo-pair",
+            vec![("nginx.ingress.kubernetes.io/load-balance", "ewma")],
+        ),
         (
             "ws",
             "/ws",
@@ -208,20 +234,47 @@ pub fn wasmgress_manifests(dir: &Path, ports: &Ports, cert: &Cert) -> Result<()>
         ),
     ];
     for (name, path, svc, extra) in routes {
-        let mut ann = String::from("    nginx.ingress.kubernetes.io/ssl-redirect: \"false\"\n");
-        for (k, v) in extra {
-            ann += &format!("    {k}: '{v}'\n");
-        }
-        y += &format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: bench-{name}\n\
-             \x20 namespace: default\n  annotations:\n{ann}spec:\n  ingressClassName: wasmgress\n\
-             \x20 tls:\n    - hosts: [{HOST}]\n      secretName: bench-tls\n  rules:\n\
-             \x20   - host: {HOST}\n      http:\n        paths:\n          - path: {path}\n\
-             \x20           pathType: Prefix\n            backend:\n              service:\n\
-             \x20               name: {svc}\n                port:\n                  number: 80\n"
-        );
+        let mut ann = vec![("nginx.ingress.kubernetes.io/ssl-redirect", "false")];
+        ann.extend(extra);
+        y += &ingress(name, path, svc, &ann, true);
     }
+    // The canary of `/canary`: same host, path and pathType, its own Service. Only canary
+    // annotations and no `tls`: a canary is served under its main Ingress's policy and
+    // certificates, and wasmgress warns about anything else on it.
+    let weight = CANARY_WEIGHT.to_string();
+    y += &ingress(
+        "canary-weighted",
+        "/canary",
+        "echo-canary",
+        &[
+            ("nginx.ingress.kubernetes.io/canary", "true"),
+            ("nginx.ingress.kubernetes.io/canary-weight", &weight),
+        ],
+        false,
+    );
     write(&dir.join("bench.yaml"), &y)
+}
+
+/// One Ingress `bench-{name}` on [`HOST`]: a Prefix path to port 80 of Service `svc`, the
+/// annotations (values quoted), and the `bench-tls` certificate when `tls`.
+fn ingress(name: &str, path: &str, svc: &str, annotations: &[(&str, &str)], tls: bool) -> String {
+    let mut ann = String::new();
+    for (k, v) in annotations {
+        ann += &format!("    {k}: '{v}'\n");
+    }
+    let tls = if tls {
+        format!("  tls:\n    - hosts: [{HOST}]\n      secretName: bench-tls\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: bench-{name}\n\
+         \x20 namespace: default\n  annotations:\n{ann}spec:\n  ingressClassName: wasmgress\n\
+         {tls}  rules:\n\
+         \x20   - host: {HOST}\n      http:\n        paths:\n          - path: {path}\n\
+         \x20           pathType: Prefix\n            backend:\n              service:\n\
+         \x20               name: {svc}\n                port:\n                  number: 80\n"
+    )
 }
 
 /// nginx's major and minor version from `nginx -v`, e.g. (1, 22).

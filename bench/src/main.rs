@@ -86,11 +86,11 @@ struct Opts {
     /// Do not run `cargo build --release` (use the binaries already in target/release).
     #[arg(long)]
     no_build: bool,
-    /// Scenarios to run (h1, h2, grpc, ws, plugin, access, idle).
+    /// Scenarios to run (h1, h2, grpc, ws, plugin, access, traffic, idle).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "h1,h2,grpc,ws,plugin,access,idle"
+        default_value = "h1,h2,grpc,ws,plugin,access,traffic,idle"
     )]
     scenarios: Vec<String>,
 }
@@ -194,7 +194,9 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
 
     let grpc_body = work.join("hello.grpc");
     std::fs::write(&grpc_body, grpc_hello("world")).context("writing the gRPC body")?;
-    let backends = proxies::start_backends(&s)?;
+    let want = |k: &str| opts.scenarios.iter().any(|s| s == k);
+    // The second echo process is the `/ewma` route's second endpoint; only `traffic` uses it.
+    let backends = proxies::start_backends(&s, want("traffic"))?;
     let mut running = Vec::new();
     let mut missing = Vec::new();
     for kind in Kind::ALL {
@@ -250,7 +252,6 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
         scratch: work.to_path_buf(),
     };
 
-    let want = |k: &str| opts.scenarios.iter().any(|s| s == k);
     let h1_tool = bench.h1_load(0, "/").tool();
     let mut tables: Vec<Table> = Vec::new();
     if want("h1") {
@@ -457,6 +458,62 @@ fn all(root: &Path, target_dir: &Path, work: &Path, opts: Opts) -> Result<()> {
             specs,
         ));
     }
+    if want("traffic") {
+        let wg = ports.wg_http;
+        // Before the rounds: which echo process answers `/ewma`, one request at a time.
+        let probe = 50;
+        let seen = match proxies::backends_seen(addr(wg), "/ewma", probe) {
+            Ok(seen) => seen
+                .iter()
+                .map(|(b, n)| format!("{n} by `{b}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        let row = |label: &str, kind: Kind, port: u16, path: &str| scenarios::Spec {
+            label: label.into(),
+            kind: Some(kind),
+            work: Work::Load(bench.h1_load(port, path)),
+        };
+        let specs = vec![
+            row(TRAFFIC_PLAIN, Kind::Wasmgress, wg, "/"),
+            row(TRAFFIC_CANARY, Kind::Wasmgress, wg, "/canary"),
+            row(TRAFFIC_EWMA, Kind::Wasmgress, wg, "/ewma"),
+            row(
+                "nginx, plain route (`/`)",
+                Kind::Nginx,
+                ports.nginx_http,
+                "/",
+            ),
+        ];
+        let [a, b, c, d] = config::SECOND_ECHO_IP;
+        tables.push(bench.table(
+            "traffic",
+            "Traffic management: canary and EWMA routes against the plain route",
+            format!(
+                "As the HTTP/1.1 scenario (`{h1_tool}`, {conns} connections), wasmgress only \
+                 (nginx's plain route for scale). `/` is the plain route: one endpoint, \
+                 round-robin, no canary. `/canary` is a main Ingress to the echo Service plus a \
+                 canary Ingress for the same host and path (`canary: \"true\"`, \
+                 `canary-weight: \"{weight}\"`) to a second Service on the same echo process: \
+                 every request runs the canary decision, which with no `canary-by-header` or \
+                 `canary-by-cookie` configured is the weighted draw alone, and about {weight}% \
+                 take the canary's backend (counted below from `wasmgress_canary_requests`). \
+                 `/ewma` carries `load-balance: ewma` over a Service with two endpoints: the echo \
+                 binds the one address it is given (127.0.0.1 here), so a second echo process \
+                 (`echo-2`, same binary, also on the load CPU) listens on {a}.{b}.{c}.{d} on the \
+                 same port; each request draws two endpoints, takes the one with the lower \
+                 peak-EWMA score and updates its average when the response comes. Before the \
+                 rounds, {probe} sequential requests to `/ewma` were answered {seen}. The plain \
+                 route's one echo process and `/ewma`'s two do the same backend work on the same \
+                 CPU.",
+                conns = opts.h1_conns,
+                weight = config::CANARY_WEIGHT,
+            ),
+            "req/s",
+            specs,
+        ));
+    }
     let idle = want("idle").then(|| bench.idle());
     drop(bench);
     drop(backends);
@@ -599,6 +656,9 @@ fn render(
         if t.key == "plugin" {
             o += &plugin_notes(t);
         }
+        if t.key == "traffic" {
+            o += &traffic_notes(t);
+        }
         o.push('\n');
     }
     if let Some(i) = idle {
@@ -622,6 +682,56 @@ fn plugin_notes(t: &Table) -> String {
                 s.ok
             );
         }
+    }
+    o
+}
+
+/// The wasmgress rows of the traffic scenario, found again by label for its notes.
+const TRAFFIC_PLAIN: &str = "wasmgress, plain route, round-robin (`/`)";
+const TRAFFIC_CANARY: &str = "wasmgress, weighted canary (`/canary`)";
+const TRAFFIC_EWMA: &str = "wasmgress, EWMA over two endpoints (`/ewma`)";
+
+fn traffic_notes(t: &Table) -> String {
+    let mut o = String::from("\n");
+    let row = |label: &str| t.rows.iter().find(|r| r.label == label);
+    for (what, label) in [
+        ("canary route minus plain route", TRAFFIC_CANARY),
+        ("EWMA route minus plain route", TRAFFIC_EWMA),
+    ] {
+        let diffs = row(TRAFFIC_PLAIN)
+            .zip(row(label))
+            .map(|(base, other)| report::paired_cpu_diffs(base, other))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "- {what}: {} (proxy CPU per request, paired by round; rounds: {}).",
+            report::median(&diffs).map_or("—".into(), |d| format!("{d:+.2} µs")),
+            if diffs.is_empty() {
+                "none".into()
+            } else {
+                diffs
+                    .iter()
+                    .map(|d| format!("{d:+.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    if let Some(r) = row(TRAFFIC_CANARY).filter(|r| !r.samples.is_empty()) {
+        let s = r.summary();
+        let _ = writeln!(
+            o,
+            "- `/canary`: the canary took {} of {} successful requests during the rounds{} \
+             (`wasmgress_canary_requests` on /metrics).",
+            s.canary_requests.map_or("?".into(), |c| c.to_string()),
+            s.ok,
+            s.canary_requests
+                .filter(|_| s.ok > 0)
+                .map_or(String::new(), |c| format!(
+                    ", {:.1}%",
+                    c as f64 * 100.0 / s.ok as f64
+                ))
+        );
     }
     o
 }
@@ -666,13 +776,7 @@ fn targets(tables: &[Table], idle: Option<&report::Idle>) -> Vec<Target> {
     // difference cancels slow drifts of a shared machine better than a difference of medians.
     let diffs: Vec<f64> = stat
         .zip(hook)
-        .map(|(s, h)| {
-            s.samples
-                .iter()
-                .zip(&h.samples)
-                .filter_map(|(a, b)| Some(b.cpu_us_per_req? - a.cpu_us_per_req?))
-                .collect()
-        })
+        .map(|(s, h)| report::paired_cpu_diffs(s, h))
         .unwrap_or_default();
     let cpu_added = report::median(&diffs);
     let time_added = ss

@@ -80,24 +80,40 @@ impl Running {
     }
 }
 
-/// Starts the three backends on the load CPU and waits for their ports.
-pub fn start_backends(s: &Setup) -> Result<Vec<Proc>> {
+/// The second echo process's address: [`config::SECOND_ECHO_IP`] on the echo's port.
+pub fn second_echo(p: &Ports) -> SocketAddr {
+    SocketAddr::from((config::SECOND_ECHO_IP, p.echo))
+}
+
+/// Starts the three backends on the load CPU and waits for their ports; with
+/// `with_second_echo`, also a second echo process (named `echo-2`) on [`second_echo`], the
+/// `/ewma` route's second endpoint.
+pub fn start_backends(s: &Setup, with_second_echo: bool) -> Result<Vec<Proc>> {
     let cpus = s.pin.as_ref().map(|p| p.load.as_str());
     let mut out = Vec::new();
-    for (name, bin, port, extra) in [
-        ("echo", &s.bins.echo, s.ports.echo, Some("echo")),
-        ("greeter", &s.bins.greeter, s.ports.greeter, None),
-        ("ws-echo", &s.bins.ws_echo, s.ports.ws, None),
-    ] {
-        procs::ensure_free(addr(port))?;
+    let mut backends = vec![
+        ("echo", &s.bins.echo, addr(s.ports.echo), Some("echo")),
+        ("greeter", &s.bins.greeter, addr(s.ports.greeter), None),
+        ("ws-echo", &s.bins.ws_echo, addr(s.ports.ws), None),
+    ];
+    if with_second_echo {
+        backends.push((
+            "echo-2",
+            &s.bins.echo,
+            second_echo(&s.ports),
+            Some("echo-2"),
+        ));
+    }
+    for (name, bin, at, extra) in backends {
+        procs::ensure_free(at)?;
         let mut cmd = procs::pinned(cpus, bin);
-        cmd.arg(addr(port).to_string());
+        cmd.arg(at.to_string());
         if let Some(e) = extra {
             cmd.arg(e);
         }
         let log = s.work.join(format!("{name}.log"));
         let mut p = Proc::spawn(name, cmd, &log)?;
-        procs::wait_port(&mut p, &log, addr(port), Duration::from_secs(30))?;
+        procs::wait_port(&mut p, &log, at, Duration::from_secs(30))?;
         out.push(p);
     }
     Ok(out)
@@ -219,17 +235,53 @@ pub fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String
     Ok((status, body))
 }
 
-/// Sum of `wasmgress_plugin_hook_calls` over all plugins on wasmgress's admin `/metrics`.
-pub fn hook_calls(admin: SocketAddr) -> Result<u64> {
+/// Counters read from wasmgress's admin `/metrics`, summed over their series.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    /// `wasmgress_plugin_hook_calls`, all plugins.
+    pub hook_calls: u64,
+    /// `wasmgress_canary_requests`, all routes: requests a canary Ingress took.
+    pub canary: u64,
+}
+
+/// One scrape of wasmgress's admin `/metrics`.
+pub fn counters(admin: SocketAddr) -> Result<Counters> {
     let (status, body) = get_host(admin, "127.0.0.1", "/metrics")?;
     if status != 200 {
         bail!("/metrics answered {status}");
     }
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("wasmgress_plugin_hook_calls"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    let sum = |family: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(family))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Ok(Counters {
+        hook_calls: sum("wasmgress_plugin_hook_calls"),
+        canary: sum("wasmgress_canary_requests"),
+    })
+}
+
+/// `n` sequential `GET path` on `at` (each must answer 200 from an echo backend): how many
+/// each backend answered, by the name the echo reports, most first.
+pub fn backends_seen(at: SocketAddr, path: &str, n: usize) -> Result<Vec<(String, usize)>> {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for _ in 0..n {
+        let (st, body) = get(at, path)?;
+        let name = body
+            .split_once(r#""backend":""#)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name.to_owned());
+        let Some(name) = name.filter(|_| st == 200) else {
+            bail!("GET {path} answered {st} without an echo backend's name: {body}");
+        };
+        match seen.iter_mut().find(|(b, _)| *b == name) {
+            Some((_, k)) => *k += 1,
+            None => seen.push((name, 1)),
+        }
+    }
+    seen.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    Ok(seen)
 }
 
 /// One gRPC call through `kind`'s TLS port with curl (when curl exists): the answer must end

@@ -20,6 +20,8 @@ pub struct Sample {
     pub rss_kib: Option<u64>,
     /// wasmgress plugin hook calls during the round (from its /metrics).
     pub hook_calls: Option<u64>,
+    /// Requests a canary Ingress took during the round (wasmgress's /metrics).
+    pub canary_requests: Option<u64>,
     /// Busy % of each CPU of the machine over the round (everyone's work, not only ours).
     pub cpus_busy: Vec<f64>,
     /// Whether the machine was idle when the round started (see `procs::wait_quiet`).
@@ -80,6 +82,18 @@ pub fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
+/// Per-round differences of proxy CPU per request, `other` minus `base`, in µs: round `i` of
+/// one row against round `i` of the other. Rows of a table alternate within each round, so a
+/// pair ran close together in time, which cancels slow drifts of a shared machine better than a
+/// difference of medians.
+pub fn paired_cpu_diffs(base: &Row, other: &Row) -> Vec<f64> {
+    base.samples
+        .iter()
+        .zip(&other.samples)
+        .filter_map(|(a, b)| Some(b.cpu_us_per_req? - a.cpu_us_per_req?))
+        .collect()
+}
+
 /// Medians of one row's samples.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -94,6 +108,7 @@ pub struct Summary {
     pub errors: u64,
     pub ok: u64,
     pub hook_calls: Option<u64>,
+    pub canary_requests: Option<u64>,
     /// Median busy % per CPU.
     pub cpus_busy: Vec<f64>,
     /// Rounds that started while the machine was busy.
@@ -120,6 +135,7 @@ impl Row {
             errors: s.iter().map(|x| x.run.errors).sum(),
             ok: s.iter().map(|x| x.run.ok).sum(),
             hook_calls: s.iter().map(|x| x.hook_calls).sum(),
+            canary_requests: s.iter().map(|x| x.canary_requests).sum(),
             cpus_busy: (0..s.iter().map(|x| x.cpus_busy.len()).max().unwrap_or(0))
                 .filter_map(|i| median(&col(&|x| x.cpus_busy.get(i).copied())))
                 .collect(),

@@ -157,7 +157,7 @@ impl Bench<'_> {
         };
         let pids = proxy.map(Running::pids);
         let admin = (spec.kind == Some(Kind::Wasmgress)).then(|| addr(self.setup.ports.wg_admin));
-        let hooks0 = admin.map(proxies::hook_calls).transpose()?;
+        let counters0 = admin.map(proxies::counters).transpose()?;
         let cpu0 = pids.as_deref().map(procs::cpu_seconds);
         let busy0 = procs::cpu_jiffies();
         let t0 = Instant::now();
@@ -173,7 +173,7 @@ impl Bench<'_> {
             .zip(cpu0)
             .map(|(a, b)| a - b);
         let rss = pids.as_deref().map(procs::rss_kib);
-        let hooks1 = admin.map(proxies::hook_calls).transpose()?;
+        let counters1 = admin.map(proxies::counters).transpose()?;
         if run.ok == 0 {
             bail!("no successful requests ({} failed)", run.errors);
         }
@@ -181,7 +181,12 @@ impl Bench<'_> {
             cpu_pct: cpu.map(|c| c / wall * 100.0),
             cpu_us_per_req: cpu.map(|c| c * 1e6 / run.ok as f64),
             rss_kib: rss,
-            hook_calls: hooks0.zip(hooks1).map(|(a, b)| b.saturating_sub(a)),
+            hook_calls: counters0
+                .zip(counters1)
+                .map(|(a, b)| b.hook_calls.saturating_sub(a.hook_calls)),
+            canary_requests: counters0
+                .zip(counters1)
+                .map(|(a, b)| b.canary.saturating_sub(a.canary)),
             cpus_busy,
             quiet: true,
             run,
