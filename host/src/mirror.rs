@@ -300,19 +300,9 @@ fn client(allow_loopback: bool) -> MirrorClient {
     static LOOSE: OnceLock<MirrorClient> = OnceLock::new();
     let cell = if allow_loopback { &LOOSE } else { &STRICT };
     cell.get_or_init(|| {
-        let mut http = HttpConnector::new_with_resolver(Guarded::new(allow_loopback));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let mut tls = crate::upstream::tls_config(b"http/1.1");
-        tls.alpn_protocols.clear();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(https)
+            .build(crate::access::external::guarded_connector(allow_loopback))
     })
     .clone()
 }

@@ -392,21 +392,28 @@ fn client(allow_loopback: bool) -> &'static AuthClient {
     static LOOSE: OnceLock<AuthClient> = OnceLock::new();
     let cell = if allow_loopback { &LOOSE } else { &STRICT };
     cell.get_or_init(|| {
-        let mut http = HttpConnector::new_with_resolver(Guarded::new(allow_loopback));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a config that has it.
-        let mut tls = crate::upstream::tls_config(b"http/1.1");
-        tls.alpn_protocols.clear();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(https)
+            .build(guarded_connector(allow_loopback))
     })
+}
+
+/// HTTP and HTTPS (system roots, HTTP/1.1) through the guarded resolver: what external auth
+/// and request mirrors dial with.
+pub(crate) fn guarded_connector(
+    allow_loopback: bool,
+) -> hyper_rustls::HttpsConnector<HttpConnector<Guarded>> {
+    let mut http = HttpConnector::new_with_resolver(Guarded::new(allow_loopback));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a config that has it.
+    let mut tls = crate::upstream::tls_config(b"http/1.1");
+    tls.alpn_protocols.clear();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 /// The system resolver, minus addresses an auth URL must never reach.
